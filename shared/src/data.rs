@@ -1,0 +1,318 @@
+//! Datasets: IDX (MNIST, Fashion-MNIST), CSV tabular, plain text for `charlm`, synthetic blobs.
+//!
+//! Everything is loaded into memory as a [`Dataset`] of host buffers; the training loop gathers
+//! batches from it by index. Loading reads bytes through a [`DataSource`], so the same code runs
+//! natively (files) and in the browser (bytes the page fetched). Splits and shuffles are
+//! deterministic functions of the job's seed.
+
+mod csv;
+mod idx;
+mod synthetic;
+mod text;
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{CsvTask, DatasetSpec};
+
+pub use idx::{IdxArray, parse_idx};
+
+/// Why data could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("dataset file {path} not found (looked for: {tried})")]
+    NotFound { path: String, tried: String },
+    #[error("could not read {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("{path}: not a valid IDX file: {message}")]
+    Idx { path: String, message: String },
+    #[error("{path}: {message}")]
+    Csv { path: String, message: String },
+    #[error("{path}: {message}")]
+    Text { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where dataset bytes come from: files natively, an in-memory map in the browser.
+pub trait DataSource {
+    /// The bytes at `path`, `Ok(None)` if there is nothing there.
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, DataError>;
+}
+
+/// Reads files from the local file system.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsSource;
+
+#[cfg(not(target_arch = "wasm32"))]
+impl DataSource for FsSource {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, DataError> {
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DataError::Io {
+                path: path.to_string(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Files held in memory (browser, tests).
+#[derive(Debug, Default, Clone)]
+pub struct MemorySource {
+    pub files: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl MemorySource {
+    pub fn with(mut self, path: &str, bytes: Vec<u8>) -> Self {
+        self.files.insert(path.to_string(), bytes);
+        self
+    }
+}
+
+impl DataSource for MemorySource {
+    fn read(&self, path: &str) -> Result<Option<Vec<u8>>, DataError> {
+        Ok(self.files.get(path).cloned())
+    }
+}
+
+/// Per-example inputs, stored contiguously.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inputs {
+    /// Float features; `shape` is one example's shape (`[784]`, `[1, 28, 28]`).
+    Dense { values: Vec<f32>, shape: Vec<usize> },
+    /// Token ids, `len` per example.
+    Tokens { values: Vec<u32>, len: usize },
+}
+
+/// Per-example targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    /// One class index per example.
+    Class(Vec<u32>),
+    /// One real value per example.
+    Value(Vec<f32>),
+    /// Next-token ids, `len` per example.
+    Tokens { values: Vec<u32>, len: usize },
+}
+
+/// A set of examples in host memory. A batch is a `Dataset` too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub inputs: Inputs,
+    pub targets: Targets,
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        match &self.targets {
+            Targets::Class(v) => v.len(),
+            Targets::Value(v) => v.len(),
+            Targets::Tokens { values, len } => values.len() / len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The examples at `indices`, in that order.
+    pub fn gather(&self, indices: &[usize]) -> Dataset {
+        fn rows<T: Copy>(values: &[T], width: usize, indices: &[usize]) -> Vec<T> {
+            let mut out = Vec::with_capacity(indices.len() * width);
+            for &i in indices {
+                out.extend_from_slice(&values[i * width..(i + 1) * width]);
+            }
+            out
+        }
+        let inputs = match &self.inputs {
+            Inputs::Dense { values, shape } => Inputs::Dense {
+                values: rows(values, shape.iter().product(), indices),
+                shape: shape.clone(),
+            },
+            Inputs::Tokens { values, len } => Inputs::Tokens {
+                values: rows(values, *len, indices),
+                len: *len,
+            },
+        };
+        let targets = match &self.targets {
+            Targets::Class(v) => Targets::Class(rows(v, 1, indices)),
+            Targets::Value(v) => Targets::Value(rows(v, 1, indices)),
+            Targets::Tokens { values, len } => Targets::Tokens {
+                values: rows(values, *len, indices),
+                len: *len,
+            },
+        };
+        Dataset { inputs, targets }
+    }
+
+    fn take(&self, range: std::ops::Range<usize>) -> Dataset {
+        self.gather(&range.collect::<Vec<_>>())
+    }
+}
+
+/// What a model needs to know about its data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// One example's input shape.
+    pub input_shape: Vec<usize>,
+    /// Number of classes (classification), 1 (regression) or the vocabulary size (text).
+    pub outputs: usize,
+    pub task: Task,
+    /// Class names (CSV classification) or the characters of the vocabulary (text).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Classification,
+    Regression,
+    Language,
+}
+
+/// Train, validation and (if the dataset has one) test splits.
+#[derive(Debug, Clone)]
+pub struct Splits {
+    pub train: Dataset,
+    pub valid: Option<Dataset>,
+    pub test: Option<Dataset>,
+    pub info: DataInfo,
+}
+
+/// Salt so the split permutation differs from the epoch permutations.
+const SPLIT_SALT: u64 = 0x5EED_5917;
+
+/// Load the dataset a spec names, split it, all determined by `seed`.
+pub fn load(spec: &DatasetSpec, seed: u64, source: &dyn DataSource) -> Result<Splits, DataError> {
+    let (all, test, info, contiguous) = match spec {
+        DatasetSpec::Idx { path, limit, .. } => {
+            let (mut train, test) = idx::load_dir(source, path)?;
+            if let Some(limit) = limit {
+                train = train.take(0..(*limit).min(train.len()));
+            }
+            let info = DataInfo {
+                input_shape: match &train.inputs {
+                    Inputs::Dense { shape, .. } => shape.clone(),
+                    Inputs::Tokens { len, .. } => vec![*len],
+                },
+                outputs: 10.max(idx::max_class(&train) + 1),
+                task: Task::Classification,
+                labels: vec![],
+            };
+            (train, test, info, false)
+        }
+        DatasetSpec::Csv {
+            path,
+            label_column,
+            task,
+            ..
+        } => {
+            let (data, info) = csv::load(source, path, label_column, *task)?;
+            (data, None, info, false)
+        }
+        DatasetSpec::Text { path, .. } => {
+            // Token windows are cut later, once the model's context length is known: here the
+            // whole text is one "example" of tokens.
+            let (data, info) = text::load(source, path)?;
+            (data, None, info, true)
+        }
+        DatasetSpec::Synthetic {
+            examples,
+            features,
+            classes,
+            ..
+        } => {
+            let data = synthetic::blobs(*examples, *features, *classes, seed);
+            let info = DataInfo {
+                input_shape: vec![*features],
+                outputs: *classes,
+                task: Task::Classification,
+                labels: vec![],
+            };
+            (data, None, info, false)
+        }
+    };
+    let fraction = spec.validation_fraction();
+    if contiguous {
+        return Ok(Splits {
+            train: all,
+            valid: None,
+            test,
+            info,
+        });
+    }
+    let n = all.len();
+    let n_valid = ((n as f64) * fraction).round() as usize;
+    if n_valid == 0 {
+        return Ok(Splits {
+            train: all,
+            valid: None,
+            test,
+            info,
+        });
+    }
+    if n_valid >= n {
+        return Err(DataError::Invalid(format!(
+            "dataset.validation_fraction = {fraction} leaves no training examples out of {n}"
+        )));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ SPLIT_SALT));
+    let valid = all.gather(&order[..n_valid]);
+    let mut rest = order[n_valid..].to_vec();
+    rest.sort_unstable();
+    let train = all.gather(&rest);
+    Ok(Splits {
+        train,
+        valid: Some(valid),
+        test,
+        info,
+    })
+}
+
+/// Cut a text loaded by [`load`] into windows of `context + 1` characters: inputs are the first
+/// `context`, targets the next character at every position. The last `fraction` of the text is
+/// held out for validation.
+pub fn text_windows(splits: Splits, context: usize, fraction: f64) -> Result<Splits, DataError> {
+    let Inputs::Tokens { values, .. } = &splits.train.inputs else {
+        return Ok(splits);
+    };
+    text::windows(values, context, fraction).map(|(train, valid)| Splits {
+        train,
+        valid,
+        test: None,
+        info: DataInfo {
+            input_shape: vec![context],
+            ..splits.info
+        },
+    })
+}
+
+/// The order in which epoch `epoch` visits the training examples.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mix = seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix));
+    order
+}
+
+/// Resolve an IDX / CSV spec task for display.
+pub fn task_of(spec: &DatasetSpec) -> Task {
+    match spec {
+        DatasetSpec::Csv {
+            task: CsvTask::Regression,
+            ..
+        } => Task::Regression,
+        DatasetSpec::Text { .. } => Task::Language,
+        _ => Task::Classification,
+    }
+}
+
+#[cfg(test)]
+mod tests;

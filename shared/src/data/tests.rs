@@ -1,0 +1,218 @@
+use std::io::Write;
+
+use super::*;
+use crate::spec::DatasetSpec;
+
+fn idx_bytes(kind_dims: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 0x08, kind_dims.len() as u8];
+    for d in kind_dims {
+        out.extend_from_slice(&(*d as u32).to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).expect("gzip to memory");
+    enc.finish().expect("gzip to memory")
+}
+
+/// A tiny IDX "MNIST": `n` 2×2 images whose label is the image index mod 3.
+fn tiny_mnist(n: usize) -> MemorySource {
+    let images: Vec<u8> = (0..n * 4).map(|i| (i % 256) as u8).collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+    MemorySource::default()
+        .with("d/train-images-idx3-ubyte", idx_bytes(&[n, 2, 2], &images))
+        .with("d/train-labels-idx1-ubyte.gz", gzip(&idx_bytes(&[n], &labels)))
+}
+
+fn idx_spec(fraction: f64) -> DatasetSpec {
+    DatasetSpec::Idx {
+        path: "d".into(),
+        validation_fraction: fraction,
+        limit: None,
+    }
+}
+
+fn err_text(spec: &DatasetSpec, source: &dyn DataSource) -> String {
+    load(spec, 1, source).expect_err("should fail").to_string()
+}
+
+#[test]
+fn idx_raw_and_gzip_load_the_same() {
+    let data = load(&idx_spec(0.0), 1, &tiny_mnist(10)).expect("loads");
+    assert_eq!(data.train.len(), 10);
+    assert_eq!(data.info.input_shape, vec![1, 2, 2]);
+    let Targets::Class(labels) = &data.train.targets else { panic!("class targets") };
+    assert_eq!(labels[..4], [0, 1, 2, 0]);
+    let Inputs::Dense { values, .. } = &data.train.inputs else { panic!("dense") };
+    assert!((values[5] - 5.0 / 255.0).abs() < 1e-7);
+}
+
+#[test]
+fn bad_idx_files_give_clear_errors() {
+    let good_labels = idx_bytes(&[4], &[0, 1, 2, 0]);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (idx_bytes(&[4, 2, 2], &[0; 10]), "truncated"),
+        (vec![0x12, 0x34, 0x08, 0x03, 0, 0, 0, 1], "wrong magic number"),
+        (vec![0, 0], "shorter than the 4-byte header"),
+        (vec![0, 0, 0x0D, 3], "element type 0x0d"),
+        (vec![0, 0, 0x08, 3, 0, 0, 0, 4], "truncated header"),
+        (gzip(&idx_bytes(&[4, 2, 2], &[0; 16]))[..20].to_vec(), "gzip data is corrupt"),
+        (idx_bytes(&[4, 4], &[0; 16]), "3 dimensions"),
+        (idx_bytes(&[3, 2, 2], &[0; 12]), "3 labels for"),
+    ];
+    for (images, needle) in cases {
+        let (images, labels) = if needle == "3 labels for" {
+            (idx_bytes(&[4, 2, 2], &[0; 16]), idx_bytes(&[3], &[0, 1, 2]))
+        } else {
+            (images, good_labels.clone())
+        };
+        let source = MemorySource::default()
+            .with("d/train-images-idx3-ubyte", images)
+            .with("d/train-labels-idx1-ubyte", labels);
+        let text = err_text(&idx_spec(0.0), &source);
+        assert!(text.contains(needle), "expected {needle:?} in: {text}");
+        assert!(text.contains("d/train-"), "error names the file: {text}");
+    }
+}
+
+#[test]
+fn missing_idx_files_are_named() {
+    let text = err_text(&idx_spec(0.0), &MemorySource::default());
+    assert!(text.contains("d/train-images-idx3-ubyte"), "{text}");
+    let only_images = MemorySource::default()
+        .with("d/train-images-idx3-ubyte", idx_bytes(&[1, 2, 2], &[0; 4]));
+    let text = err_text(&idx_spec(0.0), &only_images);
+    assert!(text.contains("train-labels-idx1-ubyte"), "{text}");
+}
+
+#[test]
+fn validation_split_is_deterministic_and_disjoint() {
+    let a = load(&idx_spec(0.2), 7, &tiny_mnist(50)).expect("loads");
+    let b = load(&idx_spec(0.2), 7, &tiny_mnist(50)).expect("loads");
+    let c = load(&idx_spec(0.2), 8, &tiny_mnist(50)).expect("loads");
+    assert_eq!(a.train.len(), 40);
+    assert_eq!(a.valid.as_ref().map(Dataset::len), Some(10));
+    assert_eq!(a.valid, b.valid, "same seed, same split");
+    assert_ne!(a.valid, c.valid, "another seed, another split");
+    // Every image is distinct here (its first pixel is 4 * index mod 256 for n < 64): the
+    // splits must not share one.
+    let firsts = |d: &Dataset| -> Vec<u32> {
+        let Inputs::Dense { values, .. } = &d.inputs else { panic!() };
+        values.chunks(4).map(|c| (c[0] * 255.0).round() as u32).collect()
+    };
+    let train = firsts(&a.train);
+    assert!(firsts(a.valid.as_ref().unwrap()).iter().all(|v| !train.contains(v)));
+}
+
+#[test]
+fn epoch_order_is_a_seeded_permutation() {
+    let o = epoch_order(100, 3, 0);
+    let mut sorted = o.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+    assert_eq!(o, epoch_order(100, 3, 0));
+    assert_ne!(o, epoch_order(100, 3, 1));
+    assert_ne!(o, epoch_order(100, 4, 0));
+}
+
+fn csv_spec(label: &str, task: crate::spec::CsvTask) -> DatasetSpec {
+    DatasetSpec::Csv {
+        path: "t.csv".into(),
+        label_column: label.into(),
+        task,
+        validation_fraction: 0.0,
+    }
+}
+
+#[test]
+fn csv_classification_and_regression() {
+    let text = "a,b,species\n1,2,cat\n3,4,dog\n5,6,cat\n7,8,emu\n";
+    let source = MemorySource::default().with("t.csv", text.as_bytes().to_vec());
+    let d = load(&csv_spec("species", crate::spec::CsvTask::Classification), 1, &source)
+        .expect("loads");
+    assert_eq!(d.info.outputs, 3);
+    assert_eq!(d.info.labels, vec!["cat", "dog", "emu"]);
+    assert_eq!(d.train.targets, Targets::Class(vec![0, 1, 0, 2]));
+    let d = load(&csv_spec("b", crate::spec::CsvTask::Regression), 1, &MemorySource::default().with("t.csv", b"a,b\n1,2\n3,4.5\n".to_vec()))
+        .expect("loads");
+    assert_eq!(d.train.targets, Targets::Value(vec![2.0, 4.5]));
+}
+
+#[test]
+fn bad_csv_gives_clear_errors() {
+    use crate::spec::CsvTask::*;
+    let cases: &[(&str, &str, crate::spec::CsvTask, &str)] = &[
+        ("a,b\n1,x\n2,y\n", "label", Classification, "\"label\" is not a column; the columns are: a, b"),
+        ("a,b\n1,x\nq,y\n", "b", Classification, "line 3, column \"a\": \"q\" is not a number"),
+        ("a,b\n1,x\n2,x\n", "b", Classification, "1 distinct value"),
+        ("a,b\n1,x\n", "b", Classification, "1 data rows"),
+        ("b\nx\ny\n", "b", Classification, "at least one feature column"),
+        ("a,b\n1,2\n2,z\n", "b", Regression, "\"z\" is not a number (task = regression)"),
+        ("a,b\n1,2\n2\n", "b", Regression, "line 3"),
+        ("a,b\n1,2\ninf,3\n", "b", Regression, "not a finite number"),
+    ];
+    for (text, label, task, needle) in cases {
+        let source = MemorySource::default().with("t.csv", text.as_bytes().to_vec());
+        let err = err_text(&csv_spec(label, *task), &source);
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+        assert!(err.contains("t.csv"), "names the file: {err}");
+    }
+}
+
+#[test]
+fn text_loads_and_windows() {
+    let spec = DatasetSpec::Text { path: "t.txt".into(), validation_fraction: 0.25 };
+    let source = MemorySource::default().with("t.txt", b"abcabcabcabcabcab".to_vec());
+    let splits = load(&spec, 1, &source).expect("loads");
+    assert_eq!(splits.info.outputs, 3);
+    let splits = text_windows(splits, 4, 0.25).expect("windows");
+    // 17 chars: 13 train tokens -> 3 windows of 4 (+1 target), 4 valid tokens -> none of 5.
+    assert_eq!(splits.train.len(), 3);
+    assert!(splits.valid.is_none());
+    let Inputs::Tokens { values, len } = &splits.train.inputs else { panic!() };
+    let Targets::Tokens { values: t, .. } = &splits.train.targets else { panic!() };
+    assert_eq!((*len, &values[..4], &t[..4]), (4, &[0, 1, 2, 0][..], &[1, 2, 0, 1][..]));
+}
+
+#[test]
+fn bad_text_gives_clear_errors() {
+    let spec = DatasetSpec::Text { path: "t.txt".into(), validation_fraction: 0.1 };
+    for (bytes, needle) in [
+        (b"".to_vec(), "empty"),
+        (b"  \n\n ".to_vec(), "empty"),
+        (vec![0xff, 0xfe, 0x41], "not UTF-8"),
+    ] {
+        let err = err_text(&spec, &MemorySource::default().with("t.txt", bytes));
+        assert!(err.contains(needle) && err.contains("t.txt"), "{err}");
+    }
+    let err = err_text(&spec, &MemorySource::default());
+    assert!(err.contains("not found"), "{err}");
+    let splits = load(&spec, 1, &MemorySource::default().with("t.txt", b"short".to_vec())).unwrap();
+    let err = text_windows(splits, 64, 0.1).expect_err("too short").to_string();
+    assert!(err.contains("model.context = 64"), "{err}");
+}
+
+#[test]
+fn synthetic_is_seeded() {
+    let spec = DatasetSpec::Synthetic { examples: 40, features: 3, classes: 4, validation_fraction: 0.0 };
+    let a = load(&spec, 1, &MemorySource::default()).unwrap();
+    let b = load(&spec, 1, &MemorySource::default()).unwrap();
+    let c = load(&spec, 2, &MemorySource::default()).unwrap();
+    assert_eq!(a.train, b.train);
+    assert_ne!(a.train, c.train);
+    assert_eq!(a.info.outputs, 4);
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn committed_mnist_subset_loads() {
+    let dir = format!("{}/../data/mnist", env!("CARGO_MANIFEST_DIR"));
+    let spec = DatasetSpec::Idx { path: dir, validation_fraction: 0.1, limit: None };
+    let d = load(&spec, 42, &FsSource).expect("the committed subset loads");
+    assert_eq!(d.train.len() + d.valid.as_ref().map_or(0, Dataset::len), 2000);
+    assert_eq!(d.test.as_ref().map(Dataset::len), Some(500));
+    assert_eq!(d.info.outputs, 10);
+}

@@ -1,0 +1,145 @@
+//! From a job's [`DeviceRequest`] to a Burn [`Device`].
+//!
+//! Burn registers a wgpu runtime once per process and refuses a second registration, so devices
+//! are initialised once and kept in a process-wide table.
+
+use std::sync::Mutex;
+
+use burn::tensor::{Device, DeviceKind};
+
+use crate::spec::DeviceRequest;
+
+/// A device ready to train on.
+#[derive(Debug, Clone)]
+pub struct ResolvedDevice {
+    pub device: Device,
+    /// What it is: `cpu`, `wgpu`, `cuda` or `webgpu` (never `auto`).
+    pub kind: DeviceRequest,
+    /// For people: which backend and adapter.
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("device {requested}: {message}")]
+pub struct DeviceError {
+    pub requested: DeviceRequest,
+    pub message: String,
+}
+
+static DEVICES: Mutex<Vec<(DeviceRequest, ResolvedDevice)>> = Mutex::new(Vec::new());
+
+fn cached(kind: DeviceRequest) -> Option<ResolvedDevice> {
+    DEVICES
+        .lock()
+        .ok()?
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, d)| d.clone())
+}
+
+fn remember(kind: DeviceRequest, device: ResolvedDevice) -> ResolvedDevice {
+    if let Ok(mut table) = DEVICES.lock() {
+        table.push((kind, device.clone()));
+    }
+    device
+}
+
+fn cpu() -> ResolvedDevice {
+    ResolvedDevice {
+        device: Device::flex(),
+        kind: DeviceRequest::Cpu,
+        description: "cpu (burn flex)".to_string(),
+    }
+}
+
+/// Resolve a request on a native worker.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn resolve(requested: DeviceRequest) -> Result<ResolvedDevice, DeviceError> {
+    if let Some(d) = cached(requested) {
+        return Ok(d);
+    }
+    let err = |message: String| DeviceError {
+        requested,
+        message,
+    };
+    let resolved = match requested {
+        DeviceRequest::Cpu => cpu(),
+        DeviceRequest::Wgpu => wgpu(None).map_err(err)?,
+        DeviceRequest::Cuda => cuda().map_err(err)?,
+        DeviceRequest::Webgpu => {
+            return Err(err(
+                "webgpu is the browser's device; native workers offer cpu, wgpu or cuda"
+                    .to_string(),
+            ));
+        }
+        // The first real GPU wins; a software adapter (lavapipe) is slower than the CPU backend.
+        DeviceRequest::Auto => cuda()
+            .or_else(|_| wgpu(Some(DeviceKind::DiscreteGpu(0))))
+            .or_else(|_| wgpu(Some(DeviceKind::IntegratedGpu(0))))
+            .unwrap_or_else(|_| cpu()),
+    };
+    Ok(remember(requested, resolved))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn wgpu(kind: Option<DeviceKind>) -> Result<ResolvedDevice, String> {
+    let mut options = Device::wgpu_options();
+    if let Some(kind) = kind {
+        options = options.device_kind(kind);
+    }
+    let device = options.init().map_err(|e| format!("no usable wgpu adapter: {e}"))?;
+    Ok(ResolvedDevice {
+        description: format!("wgpu ({device:?})"),
+        device,
+        kind: DeviceRequest::Wgpu,
+    })
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn cuda() -> Result<ResolvedDevice, String> {
+    #[cfg(feature = "cuda")]
+    {
+        use burn::tensor::DeviceType;
+        let devices = Device::enumerate(DeviceType::Cuda).into_vec();
+        match devices.into_iter().next() {
+            Some(device) => Ok(ResolvedDevice {
+                description: format!("cuda ({device:?})"),
+                device,
+                kind: DeviceRequest::Cuda,
+            }),
+            None => Err("no CUDA device found".to_string()),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err("this kiln was built without CUDA (rebuild with `--features cuda`)".to_string())
+    }
+}
+
+/// Resolve a request in the browser: WebGPU when asked for (or `auto`) and available, else the
+/// CPU backend, which always works.
+#[cfg(target_arch = "wasm32")]
+pub async fn resolve_browser(requested: DeviceRequest) -> ResolvedDevice {
+    use burn::tensor::wgpu::WgpuBackend;
+    if matches!(requested, DeviceRequest::Cpu) {
+        return cpu();
+    }
+    if let Some(d) = cached(DeviceRequest::Webgpu) {
+        return d;
+    }
+    match Device::wgpu_options()
+        .graphics_api(WgpuBackend::WebGpu)
+        .init_async()
+        .await
+    {
+        Ok(device) => remember(
+            DeviceRequest::Webgpu,
+            ResolvedDevice {
+                description: "webgpu".to_string(),
+                device,
+                kind: DeviceRequest::Webgpu,
+            },
+        ),
+        Err(_) => cpu(),
+    }
+}

@@ -1,0 +1,23 @@
+//! kiln-shared: what every part of Kiln agrees on.
+//!
+//! - [`spec`]: the job spec (TOML/JSON) and its validation.
+//! - [`data`]: datasets (IDX, CSV, text, synthetic), splits and data order.
+//! - [`model`]: the model zoo (`mlp`, `cnn`, `charlm`).
+//! - [`train`]: the training loop, checkpoints and the gradient hook.
+//! - [`device`]: turning a [`spec::DeviceRequest`] into a Burn device.
+//!
+//! This crate compiles for native targets and for `wasm32-unknown-unknown`; it knows nothing
+//! about tokio, axum, sqlx or the file system beyond [`data::FsSource`].
+
+#[cfg(feature = "train")]
+pub mod data;
+#[cfg(feature = "train")]
+pub mod device;
+#[cfg(feature = "train")]
+pub mod model;
+pub mod metric;
+pub mod spec;
+#[cfg(feature = "train")]
+pub mod train;
+
+pub use spec::JobSpec;

@@ -1,0 +1,579 @@
+//! The training core: one loop for every model, device and platform.
+//!
+//! The loop is `async` and reads tensors only through the async APIs, so the same code runs on
+//! a worker thread (driven by a trivial executor) and in a browser tab on WebGPU (driven by
+//! `spawn_local`). It never touches a socket or a file: it reports through [`TrainEvent`]s,
+//! stops when its [`CancelToken`] is set, and hands gradients to an optional [`GradientHook`].
+
+mod checkpoint;
+mod hook;
+mod schedule;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::module::Module;
+use burn::optim::{
+    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig,
+    decay::WeightDecayConfig, momentum::MomentumConfig,
+};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::store::ModuleRecord;
+use burn::tensor::{Bytes, Device, Int, Tensor};
+use web_time::Instant;
+
+pub use crate::metric::{Metric, Split};
+pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointError, TrainState};
+pub use hook::{GradientHook, HookError};
+pub use schedule::learning_rate;
+
+use crate::data::{self, Dataset, Splits};
+use crate::model::{Cnn, CharLm, Mlp, ModelConfig, ModelError, TrainModel};
+use crate::spec::{GradClip, JobSpec, ModelSpec, OptimizerKind, OptimizerSpec};
+
+/// What the loop reports while it runs.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    /// The model is built and the loop is about to take `total_steps` steps (from `start_step`).
+    Started {
+        total_steps: u64,
+        start_step: u64,
+        parameters: usize,
+        model: ModelConfig,
+    },
+    Metric(Metric),
+    /// A checkpoint to store (every `training.checkpoint_every` steps, and at the end).
+    Checkpoint(Box<Checkpoint>),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Completed,
+    Cancelled,
+}
+
+/// The result of [`train`].
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub outcome: Outcome,
+    pub steps: u64,
+    pub samples: u64,
+    pub model: ModelConfig,
+    /// Final weights as burnpack bytes; `None` when the platform cannot read them synchronously
+    /// (WebGPU) and no checkpoint was asked for.
+    pub weights: Option<Vec<u8>>,
+    pub last_train: Option<Metric>,
+    pub last_val: Option<Metric>,
+    pub test: Option<Metric>,
+    /// Samples per second over the whole loop (training steps only, evaluation excluded).
+    pub train_samples_per_sec: f64,
+}
+
+/// Why training stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Hook(#[from] HookError),
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    #[error("device error: {0}")]
+    Device(String),
+    #[error("the training split is empty after the split (dataset.validation_fraction too large?)")]
+    EmptyTrain,
+    #[error("the loss became {0} at step {1}: lower optimizer.lr or set training.grad_clip")]
+    Diverged(f64, u64),
+}
+
+/// Set to stop a run between steps.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a run needs.
+pub struct TrainRun<'a> {
+    pub spec: JobSpec,
+    /// Loaded data (see [`data::load`]); text is cut into windows here.
+    pub data: Splits,
+    /// The device to train on; autodiff is enabled by the loop.
+    pub device: Device,
+    pub resume: Option<Checkpoint>,
+    pub cancel: CancelToken,
+    pub hook: Option<&'a mut dyn GradientHook>,
+    pub on_event: &'a mut dyn FnMut(TrainEvent),
+    /// This replica's rank and the number of replicas (data sharding). `(0, 1)` alone.
+    pub rank: usize,
+    pub world: usize,
+    /// Stop after this many steps in total (overrides the spec when smaller).
+    pub max_steps: Option<u64>,
+}
+
+impl<'a> TrainRun<'a> {
+    pub fn new(
+        spec: JobSpec,
+        data: Splits,
+        device: Device,
+        on_event: &'a mut dyn FnMut(TrainEvent),
+    ) -> Self {
+        TrainRun {
+            spec,
+            data,
+            device,
+            resume: None,
+            cancel: CancelToken::default(),
+            hook: None,
+            on_event,
+            rank: 0,
+            world: 1,
+            max_steps: None,
+        }
+    }
+}
+
+/// Train a model as the run's spec says. Returns when the run completes, is cancelled, or fails.
+pub async fn train(mut run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
+    if let ModelSpec::Charlm { context, .. } = run.spec.model {
+        let fraction = run.spec.dataset.validation_fraction();
+        run.data = data::text_windows(run.data, context, fraction)?;
+    }
+    let config = ModelConfig::new(&run.spec.model, &run.data.info)?;
+    if let Some(ckpt) = &run.resume
+        && ckpt.state.model != config
+    {
+        return Err(TrainError::Resume(
+            "the checkpoint's model configuration differs from this job's".to_string(),
+        ));
+    }
+    match config.clone() {
+        ModelConfig::Mlp(c) => Loop::<Mlp>::run(run, config, c).await,
+        ModelConfig::Cnn(c) => Loop::<Cnn>::run(run, config, c).await,
+        ModelConfig::Charlm(c) => Loop::<CharLm>::run(run, config, c).await,
+    }
+}
+
+/// Build the optimizer a spec asks for.
+pub fn build_optimizer(o: &OptimizerSpec, clip: Option<GradClip>) -> ModuleOptimizer {
+    let clip = clip.map(|c| match c {
+        GradClip::Norm(x) => GradientClippingConfig::Norm(x as f32),
+        GradClip::Value(x) => GradientClippingConfig::Value(x as f32),
+    });
+    let decay = (o.weight_decay > 0.0).then(|| WeightDecayConfig::new(o.weight_decay as f32));
+    match o.kind {
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_momentum((o.momentum > 0.0).then(|| {
+                MomentumConfig::new()
+                    .with_momentum(o.momentum)
+                    .with_dampening(0.0)
+            }))
+            .with_weight_decay(decay)
+            .with_gradient_clipping(clip)
+            .init(),
+        OptimizerKind::Adam => AdamConfig::new()
+            .with_beta_1(o.beta1 as f32)
+            .with_beta_2(o.beta2 as f32)
+            .with_epsilon(o.epsilon as f32)
+            .with_weight_decay(decay)
+            .with_grad_clipping(clip)
+            .init(),
+        OptimizerKind::Adamw => AdamWConfig::new()
+            .with_beta_1(o.beta1 as f32)
+            .with_beta_2(o.beta2 as f32)
+            .with_epsilon(o.epsilon as f32)
+            .with_weight_decay(o.weight_decay as f32)
+            .with_grad_clipping(clip)
+            .init(),
+    }
+}
+
+/// Burnpack bytes of a module's weights (a synchronous read: not on WebGPU).
+pub fn weights_of<M: Module>(model: &M) -> Result<Vec<u8>, TrainError> {
+    model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map(|b| b.to_vec())
+        .map_err(|e| TrainError::Device(format!("serializing weights: {e:?}")))
+}
+
+/// Load burnpack bytes into a module built from the same config.
+pub fn load_weights<M: Module>(model: M, bytes: &[u8]) -> Result<M, TrainError> {
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec()))
+        .map_err(|e| TrainError::Resume(format!("weights are not a valid burnpack: {e:?}")))?;
+    model
+        .try_load_record(record)
+        .map_err(|e| TrainError::Resume(format!("weights do not fit the model: {e:?}")))
+}
+
+/// Running sums of detached per-step values, read only when a metric is due.
+struct Accumulator {
+    loss: Option<Tensor<1>>,
+    correct: Option<Tensor<1, Int>>,
+    steps: u64,
+    predictions: u64,
+    samples: u64,
+    since: Instant,
+}
+
+impl Accumulator {
+    fn new() -> Self {
+        Accumulator {
+            loss: None,
+            correct: None,
+            steps: 0,
+            predictions: 0,
+            samples: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, loss: Tensor<1>, correct: Option<Tensor<1, Int>>, predictions: usize, samples: usize) {
+        self.loss = Some(match self.loss.take() {
+            Some(acc) => acc + loss,
+            None => loss,
+        });
+        if let Some(c) = correct {
+            self.correct = Some(match self.correct.take() {
+                Some(acc) => acc + c,
+                None => c,
+            });
+        }
+        self.steps += 1;
+        self.predictions += predictions as u64;
+        self.samples += samples as u64;
+    }
+
+    /// Mean loss and accuracy since the last read; resets.
+    async fn read(&mut self) -> Result<(f64, Option<f64>, f64), TrainError> {
+        let secs = self.since.elapsed().as_secs_f64().max(1e-9);
+        let rate = self.samples as f64 / secs;
+        let loss = match self.loss.take() {
+            Some(t) => read_f64(t).await? / self.steps.max(1) as f64,
+            None => f64::NAN,
+        };
+        let accuracy = match self.correct.take() {
+            Some(t) => Some(read_i64(t).await? as f64 / self.predictions.max(1) as f64),
+            None => None,
+        };
+        *self = Accumulator::new();
+        Ok((loss, accuracy, rate))
+    }
+}
+
+async fn read_f64(t: Tensor<1>) -> Result<f64, TrainError> {
+    t.into_scalar_async::<f32>()
+        .await
+        .map(f64::from)
+        .map_err(|e| TrainError::Device(format!("{e:?}")))
+}
+
+async fn read_i64(t: Tensor<1, Int>) -> Result<i64, TrainError> {
+    t.into_scalar_async::<i64>()
+        .await
+        .map_err(|e| TrainError::Device(format!("{e:?}")))
+}
+
+/// Batches of `batch` examples in order, for evaluation.
+async fn evaluate<M: TrainModel>(
+    model: &M,
+    data: &Dataset,
+    batch: usize,
+    device: &Device,
+) -> Result<(f64, Option<f64>), TrainError> {
+    let model = model.valid();
+    let device = device.clone().without_autodiff();
+    let mut acc = Accumulator::new();
+    let n = data.len();
+    let mut weighted_loss = 0.0;
+    let mut start = 0;
+    while start < n {
+        let end = (start + batch).min(n);
+        let indices: Vec<usize> = (start..end).collect();
+        let out = model.forward_batch(&data.gather(&indices), &device);
+        // Weight each batch's mean loss by its size so a short last batch counts fairly.
+        weighted_loss += read_f64(out.loss).await? * (end - start) as f64;
+        if let Some(c) = out.correct {
+            acc.correct = Some(match acc.correct.take() {
+                Some(a) => a + c,
+                None => c,
+            });
+        }
+        acc.predictions += out.predictions as u64;
+        start = end;
+    }
+    let accuracy = match acc.correct.take() {
+        Some(t) => Some(read_i64(t).await? as f64 / acc.predictions.max(1) as f64),
+        None => None,
+    };
+    Ok((weighted_loss / n.max(1) as f64, accuracy))
+}
+
+/// A per-step seed for dropout, so a resumed run draws the same masks.
+fn step_seed(seed: u64, step: u64) -> u64 {
+    let mut x = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    x ^ (x >> 33)
+}
+
+struct Loop<M>(std::marker::PhantomData<M>);
+
+impl<M: TrainModel> Loop<M> {
+    async fn run(
+        run: TrainRun<'_>,
+        config: ModelConfig,
+        model_config: M::Config,
+    ) -> Result<TrainSummary, TrainError> {
+        let TrainRun {
+            spec,
+            data,
+            device,
+            resume,
+            cancel,
+            mut hook,
+            on_event,
+            rank,
+            world,
+            max_steps,
+        } = run;
+        let device = device.autodiff();
+        let train_data = &data.train;
+        let n = train_data.len();
+        let batch = spec.training.batch_size;
+        let world = world.max(1);
+        if n == 0 {
+            return Err(TrainError::EmptyTrain);
+        }
+        // Alone, the last short batch is kept (as Keras and PyTorch do); with replicas every
+        // step must take the same number of batches everywhere, so the remainder is dropped.
+        let steps_per_epoch = if world == 1 {
+            n.div_ceil(batch) as u64
+        } else {
+            (n / (batch * world)).max(1) as u64
+        };
+        let mut total_steps = steps_per_epoch * spec.training.epochs as u64;
+        for limit in [spec.training.max_steps, max_steps].into_iter().flatten() {
+            total_steps = total_steps.min(limit);
+        }
+
+        device.seed(spec.seed);
+        let mut model = M::init(&model_config, &device);
+        let mut optim = build_optimizer(&spec.optimizer, spec.training.grad_clip);
+        let (mut step, mut epoch, mut batch_in_epoch, mut samples) = (0u64, 0u64, 0u64, 0u64);
+        if let Some(ckpt) = resume {
+            model = load_weights(model, &ckpt.model)?;
+            optim = optim
+                .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
+                .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
+            let s = ckpt.state;
+            (step, epoch, batch_in_epoch, samples) = (s.step, s.epoch, s.batch_in_epoch, s.samples);
+        } else if let Some(hook) = hook.as_deref_mut() {
+            let weights = hook.sync_weights(weights_of(&model)?)?;
+            model = load_weights(model, &weights)?;
+        }
+
+        on_event(TrainEvent::Started {
+            total_steps,
+            start_step: step,
+            parameters: model.num_params(),
+            model: config.clone(),
+        });
+
+        let uses_rng = config.uses_rng();
+        let log_every = spec.training.log_every;
+        let epoch_at = |step: u64| step as f64 / steps_per_epoch as f64;
+        let mut order = data::epoch_order(n, spec.seed, epoch);
+        let mut acc = Accumulator::new();
+        let mut last_train = None;
+        let mut last_val = None;
+        let mut outcome = Outcome::Completed;
+        let mut train_secs = 0.0f64;
+        let mut train_samples = 0u64;
+        let checkpoint = |model: &M,
+                          optim: &ModuleOptimizer,
+                          step,
+                          epoch,
+                          batch_in_epoch,
+                          samples|
+         -> Result<Checkpoint, TrainError> {
+            Ok(Checkpoint {
+                state: TrainState {
+                    spec: spec.clone(),
+                    model: config.clone(),
+                    step,
+                    epoch,
+                    batch_in_epoch,
+                    samples,
+                    rank,
+                    world,
+                },
+                model: weights_of(model)?,
+                optimizer: optim
+                    .into_bytes()
+                    .map(|b| b.to_vec())
+                    .map_err(|e| TrainError::Device(format!("optimizer state: {e:?}")))?,
+            })
+        };
+
+        while step < total_steps {
+            if cancel.is_cancelled() {
+                outcome = Outcome::Cancelled;
+                break;
+            }
+            if batch_in_epoch >= steps_per_epoch {
+                epoch += 1;
+                batch_in_epoch = 0;
+                order = data::epoch_order(n, spec.seed, epoch);
+            }
+            let started = Instant::now();
+            let first = (batch_in_epoch as usize * world + rank) * batch;
+            let indices = &order[first.min(n)..(first + batch).min(n)];
+            let host_batch = train_data.gather(indices);
+            if uses_rng {
+                device.seed(step_seed(spec.seed, step));
+            }
+            let lr = learning_rate(&spec.schedule, spec.optimizer.lr, step, total_steps);
+            let out = model.forward_batch(&host_batch, &device);
+            let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
+            if let Some(hook) = hook.as_deref_mut() {
+                let mut flat = hook::flatten(&model, &mut grads).await?;
+                hook.on_gradients(step, &mut flat.values)?;
+                hook::unflatten(&model, &mut grads, flat);
+            }
+            model = optim.step(lr, model, grads);
+            acc.add(
+                out.loss.detach(),
+                out.correct,
+                out.predictions,
+                indices.len() * world,
+            );
+            step += 1;
+            batch_in_epoch += 1;
+            samples += (indices.len() * world) as u64;
+            train_samples += (indices.len() * world) as u64;
+            train_secs += started.elapsed().as_secs_f64();
+
+            if step % log_every == 0 || step == total_steps {
+                let (loss, accuracy, rate) = acc.read().await?;
+                if !loss.is_finite() {
+                    return Err(TrainError::Diverged(loss, step));
+                }
+                let metric = Metric {
+                    step,
+                    epoch: epoch_at(step),
+                    split: Split::Train,
+                    loss,
+                    accuracy,
+                    lr: Some(lr),
+                    samples_per_sec: Some(rate),
+                };
+                last_train = Some(metric.clone());
+                on_event(TrainEvent::Metric(metric));
+            }
+            let eval_due = spec.training.eval_every.is_some_and(|k| step % k == 0);
+            if eval_due && step < total_steps && let Some(valid) = &data.valid {
+                let metric = eval_metric(&model, valid, batch, &device, step, epoch_at(step), Split::Val).await?;
+                last_val = Some(metric.clone());
+                on_event(TrainEvent::Metric(metric));
+                acc.since = Instant::now();
+            }
+            let ckpt_due = spec.training.checkpoint_every.is_some_and(|k| step % k == 0);
+            if ckpt_due && step < total_steps {
+                let c = checkpoint(&model, &optim, step, epoch, batch_in_epoch, samples)?;
+                on_event(TrainEvent::Checkpoint(Box::new(c)));
+                acc.since = Instant::now();
+            }
+        }
+
+        let mut test = None;
+        if outcome == Outcome::Completed {
+            if let Some(valid) = &data.valid {
+                let metric = eval_metric(&model, valid, batch, &device, step, epoch_at(step), Split::Val).await?;
+                last_val = Some(metric.clone());
+                on_event(TrainEvent::Metric(metric));
+            }
+            if let Some(test_data) = &data.test {
+                let metric = eval_metric(&model, test_data, batch, &device, step, epoch_at(step), Split::Test).await?;
+                test = Some(metric.clone());
+                on_event(TrainEvent::Metric(metric));
+            }
+        }
+        // A final checkpoint (also on cancel, so a cancelled run can be resumed) where the
+        // caller asked for checkpoints; its weights double as the final model.
+        let mut weights = None;
+        if spec.training.checkpoint_every.is_some() || outcome == Outcome::Completed && !cfg!(target_arch = "wasm32") {
+            let c = checkpoint(&model, &optim, step, epoch, batch_in_epoch, samples)?;
+            weights = Some(c.model.clone());
+            if spec.training.checkpoint_every.is_some() {
+                on_event(TrainEvent::Checkpoint(Box::new(c)));
+            }
+        }
+        Ok(TrainSummary {
+            outcome,
+            steps: step,
+            samples,
+            model: config,
+            weights,
+            last_train,
+            last_val,
+            test,
+            train_samples_per_sec: train_samples as f64 / train_secs.max(1e-9),
+        })
+    }
+}
+
+async fn eval_metric<M: TrainModel>(
+    model: &M,
+    data: &Dataset,
+    batch: usize,
+    device: &Device,
+    step: u64,
+    epoch: f64,
+    split: Split,
+) -> Result<Metric, TrainError> {
+    let (loss, accuracy) = evaluate(model, data, batch, device).await?;
+    Ok(Metric {
+        step,
+        epoch,
+        split,
+        loss,
+        accuracy,
+        lr: None,
+        samples_per_sec: None,
+    })
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Re-create a model from its config and burnpack weights and write it as safetensors.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn export_safetensors(config: &ModelConfig, weights: &[u8]) -> Result<Vec<u8>, TrainError> {
+    fn export<M: TrainModel>(c: &M::Config, weights: &[u8]) -> Result<Vec<u8>, TrainError> {
+        use burn::store::{ModuleSnapshot, SafetensorsStore};
+        let model = load_weights(M::init(c, &Device::flex()), weights)?;
+        let mut store = SafetensorsStore::from_bytes(None);
+        model
+            .save_into(&mut store)
+            .map_err(|e| TrainError::Device(format!("safetensors export: {e:?}")))?;
+        store
+            .get_bytes()
+            .map_err(|e| TrainError::Device(format!("safetensors export: {e:?}")))
+    }
+    match config {
+        ModelConfig::Mlp(c) => export::<Mlp>(c, weights),
+        ModelConfig::Cnn(c) => export::<Cnn>(c, weights),
+        ModelConfig::Charlm(c) => export::<CharLm>(c, weights),
+    }
+}

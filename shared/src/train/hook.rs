@@ -1,0 +1,132 @@
+//! The gradient hook: between backward and the optimizer step, the loop hands all gradients,
+//! flattened into one buffer in parameter order, to a hook that may replace them. Distributed
+//! data-parallel training plugs its all-reduce in here.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Why a hook failed (a lost peer, say). The loop stops with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("gradient hook failed: {0}")]
+pub struct HookError(pub String);
+
+/// Called by the training loop of every replica.
+pub trait GradientHook {
+    /// Called once before the first step with this replica's weights (burnpack bytes); returns
+    /// the weights all replicas must start from (say, rank 0's). The default keeps them.
+    fn sync_weights(&mut self, weights: Vec<u8>) -> Result<Vec<u8>, HookError> {
+        Ok(weights)
+    }
+
+    /// Called after backward with every gradient, flattened in parameter order; replace them
+    /// in place (e.g. with their mean over all replicas).
+    fn on_gradients(&mut self, step: u64, gradients: &mut [f32]) -> Result<(), HookError>;
+}
+
+/// Gradients taken out of a `GradientsParams`, flattened to one buffer.
+pub(crate) struct FlatGradients {
+    pub values: Vec<f32>,
+    layout: Vec<(ParamId, Vec<usize>)>,
+    device: Option<Device>,
+}
+
+struct Collect<'a> {
+    grads: &'a mut GradientsParams,
+    parts: Vec<Tensor<1>>,
+    layout: Vec<(ParamId, Vec<usize>)>,
+    device: Option<Device>,
+}
+
+impl ModuleVisitor for Collect<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.remove::<D>(param.id) {
+            let shape = grad.dims().to_vec();
+            let n: usize = shape.iter().product();
+            self.device.get_or_insert_with(|| grad.device());
+            self.parts.push(grad.reshape([n]));
+            self.layout.push((param.id, shape));
+        }
+    }
+}
+
+struct Restore<'a> {
+    grads: &'a mut GradientsParams,
+    flat: Tensor<1>,
+    layout: &'a [(ParamId, Vec<usize>)],
+    next: usize,
+    offset: usize,
+}
+
+impl ModuleVisitor for Restore<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some((id, shape)) = self.layout.get(self.next) else {
+            return;
+        };
+        if *id != param.id {
+            return;
+        }
+        self.next += 1;
+        let n: usize = shape.iter().product();
+        let dims: [usize; D] = shape[..].try_into().expect("shape recorded for this rank");
+        let grad = self
+            .flat
+            .clone()
+            .slice([self.offset..self.offset + n])
+            .reshape(dims);
+        self.offset += n;
+        self.grads.register::<D>(param.id, grad);
+    }
+}
+
+/// Take every gradient of `model` out of `grads` into one host buffer (one device read).
+pub(crate) async fn flatten<M: Module>(
+    model: &M,
+    grads: &mut GradientsParams,
+) -> Result<FlatGradients, HookError> {
+    let mut collect = Collect {
+        grads,
+        parts: Vec::new(),
+        layout: Vec::new(),
+        device: None,
+    };
+    model.visit(&mut collect);
+    let Collect {
+        parts,
+        layout,
+        device,
+        ..
+    } = collect;
+    let values = if parts.is_empty() {
+        Vec::new()
+    } else {
+        Tensor::cat(parts, 0)
+            .into_data_async()
+            .await
+            .map_err(|e| HookError(format!("reading gradients: {e:?}")))?
+            .try_into_vec::<f32>()
+            .map_err(|e| HookError(format!("reading gradients: {e:?}")))?
+    };
+    Ok(FlatGradients {
+        values,
+        layout,
+        device,
+    })
+}
+
+/// Put (possibly replaced) flat gradients back into `grads`.
+pub(crate) fn unflatten<M: Module>(model: &M, grads: &mut GradientsParams, flat: FlatGradients) {
+    let Some(device) = flat.device else {
+        return;
+    };
+    let total = flat.values.len();
+    let tensor = Tensor::<1>::from_data(TensorData::new(flat.values, [total]), &device);
+    let mut restore = Restore {
+        grads,
+        flat: tensor,
+        layout: &flat.layout,
+        next: 0,
+        offset: 0,
+    };
+    model.visit(&mut restore);
+}

@@ -1,0 +1,279 @@
+use std::sync::{Arc, Barrier, Mutex};
+
+use burn::tensor::Device;
+
+use super::*;
+use crate::data::{MemorySource, load};
+use crate::spec::JobSpec;
+
+fn spec(extra_training: &str, model: &str) -> JobSpec {
+    let text = format!(
+        r#"
+name = "unit"
+seed = 3
+[model]
+{model}
+[dataset]
+kind = "synthetic"
+examples = 256
+features = 8
+classes = 3
+validation_fraction = 0.25
+[optimizer]
+kind = "adam"
+lr = 0.01
+[training]
+batch_size = 16
+log_every = 1
+{extra_training}
+"#
+    );
+    JobSpec::from_toml_str(&text).expect("test spec is valid")
+}
+
+/// Burn's CPU backend keeps one process-wide RNG: runs that must be reproducible take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+const MLP: &str = "kind = \"mlp\"\nhidden = [16]";
+
+struct Recorded {
+    summary: TrainSummary,
+    metrics: Vec<Metric>,
+    checkpoints: Vec<Checkpoint>,
+}
+
+fn run_with(
+    spec: &JobSpec,
+    resume: Option<Checkpoint>,
+    max_steps: Option<u64>,
+    cancel_after: Option<u64>,
+) -> Recorded {
+    let _serial = serial();
+    let data = load(&spec.dataset, spec.seed, &MemorySource::default()).expect("synthetic data");
+    let mut metrics = Vec::new();
+    let mut checkpoints = Vec::new();
+    let cancel = CancelToken::default();
+    let cancel2 = cancel.clone();
+    let mut on_event = |e: TrainEvent| match e {
+        TrainEvent::Metric(m) => {
+            if m.split == Split::Train && cancel_after.is_some_and(|n| m.step >= n) {
+                cancel2.cancel();
+            }
+            metrics.push(m)
+        }
+        TrainEvent::Checkpoint(c) => checkpoints.push(*c),
+        TrainEvent::Started { .. } => {}
+    };
+    let mut run = TrainRun::new(spec.clone(), data, Device::flex(), &mut on_event);
+    run.resume = resume;
+    run.max_steps = max_steps;
+    run.cancel = cancel;
+    let summary = pollster::block_on(train(run)).expect("training runs");
+    Recorded {
+        summary,
+        metrics,
+        checkpoints,
+    }
+}
+
+/// Every parameter value of a run's final model, in parameter order.
+fn param_values(summary: &TrainSummary) -> Vec<f32> {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct Values(Vec<f32>);
+    impl ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.extend(param.val().into_data().to_vec::<f32>().expect("f32 weights"));
+        }
+    }
+    let ModelConfig::Mlp(config) = &summary.model else { panic!("mlp expected") };
+    let weights = summary.weights.as_ref().expect("final weights");
+    let model = load_weights(Mlp::init(config, &Device::flex()), weights).expect("weights load");
+    let mut values = Values(Vec::new());
+    model.visit(&mut values);
+    assert!(!values.0.is_empty());
+    values.0
+}
+
+fn train_losses(metrics: &[Metric]) -> Vec<(u64, f64)> {
+    metrics
+        .iter()
+        .filter(|m| m.split == Split::Train)
+        .map(|m| (m.step, m.loss))
+        .collect()
+}
+
+#[test]
+fn mlp_learns_blobs() {
+    let r = run_with(&spec("epochs = 3", MLP), None, None, None);
+    let losses = train_losses(&r.metrics);
+    assert_eq!(r.summary.outcome, Outcome::Completed);
+    assert_eq!(r.summary.steps, 3 * 12, "192 training examples / 16 = 12 steps per epoch");
+    let first = losses[0].1;
+    let last = losses.last().expect("losses").1;
+    assert!(last < first * 0.5, "loss fell from {first} to {last}");
+    let val = r.summary.last_val.expect("validation metric");
+    assert!(val.accuracy.expect("accuracy") > 0.8, "{val:?}");
+}
+
+/// N steps, checkpoint, resume, N more steps == 2N steps uninterrupted, bit for bit, also with
+/// dropout and across an epoch boundary (12 steps per epoch).
+#[test]
+fn resume_is_bit_exact() {
+    for model in [MLP, "kind = \"mlp\"\nhidden = [16, 16]\ndropout = 0.3"] {
+        let s = spec("epochs = 4\ncheckpoint_every = 7", model);
+        let full = run_with(&s, None, Some(20), None);
+        let first = run_with(&s, None, Some(10), None);
+        let ckpt = first
+            .checkpoints
+            .iter()
+            .find(|c| c.state.step == 7)
+            .expect("checkpoint at step 7")
+            .clone();
+        // Through the byte format, as it would travel.
+        let ckpt = Checkpoint::decode(&ckpt.encode()).expect("round trip");
+        let resumed = run_with(&s, Some(ckpt), Some(20), None);
+        let full_losses = train_losses(&full.metrics);
+        let resumed_losses = train_losses(&resumed.metrics);
+        assert_eq!(resumed_losses.first().map(|l| l.0), Some(8));
+        assert_eq!(&full_losses[7..], &resumed_losses[..], "model: {model}");
+        // Parameter ids are random per process, so compare the values, not the bytes.
+        assert_eq!(param_values(&full.summary), param_values(&resumed.summary), "final weights, model: {model}");
+    }
+}
+
+#[test]
+fn cancel_stops_between_steps_and_leaves_a_checkpoint() {
+    let s = spec("epochs = 50\ncheckpoint_every = 1000", MLP);
+    let r = run_with(&s, None, None, Some(5));
+    assert_eq!(r.summary.outcome, Outcome::Cancelled);
+    assert_eq!(r.summary.steps, 5);
+    let last = r.checkpoints.last().expect("a final checkpoint on cancel");
+    assert_eq!(last.state.step, 5);
+}
+
+#[test]
+fn checkpoint_decode_rejects_garbage() {
+    let r = run_with(&spec("checkpoint_every = 5", MLP), None, Some(5), None);
+    let bytes = r.checkpoints[0].encode();
+    assert!(matches!(Checkpoint::decode(b"nope"), Err(CheckpointError::Magic)));
+    let mut wrong_version = bytes.clone();
+    wrong_version[8] = 9;
+    assert!(matches!(Checkpoint::decode(&wrong_version), Err(CheckpointError::Version { found: 9 })));
+    let err = Checkpoint::decode(&bytes[..bytes.len() - 3]).unwrap_err();
+    assert!(matches!(err, CheckpointError::Truncated { section: "optimizer", .. }), "{err}");
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(Checkpoint::decode(&trailing), Err(CheckpointError::Trailing(1))));
+}
+
+#[test]
+fn resume_with_another_model_is_refused() {
+    let r = run_with(&spec("checkpoint_every = 5", MLP), None, Some(5), None);
+    let other = spec("", "kind = \"mlp\"\nhidden = [8]");
+    let data = load(&other.dataset, other.seed, &MemorySource::default()).expect("data");
+    let mut sink = |_e: TrainEvent| {};
+    let mut run = TrainRun::new(other, data, Device::flex(), &mut sink);
+    run.resume = Some(r.checkpoints[0].clone());
+    let err = pollster::block_on(train(run)).unwrap_err();
+    assert!(err.to_string().contains("model configuration differs"), "{err}");
+}
+
+/// In-process all-reduce over threads: every replica contributes its gradient, all get the mean.
+struct ThreadAllReduce {
+    world: usize,
+    barrier: Arc<Barrier>,
+    sum: Arc<Mutex<Vec<f32>>>,
+    weights: Arc<Mutex<Option<Vec<u8>>>>,
+    rank: usize,
+    calls: usize,
+}
+
+impl GradientHook for ThreadAllReduce {
+    fn sync_weights(&mut self, weights: Vec<u8>) -> Result<Vec<u8>, HookError> {
+        if self.rank == 0 {
+            *self.weights.lock().expect("lock") = Some(weights);
+        }
+        self.barrier.wait();
+        let w = self.weights.lock().expect("lock").clone().expect("rank 0 wrote");
+        Ok(w)
+    }
+
+    fn on_gradients(&mut self, _step: u64, grads: &mut [f32]) -> Result<(), HookError> {
+        self.calls += 1;
+        {
+            let mut sum = self.sum.lock().expect("lock");
+            if sum.is_empty() {
+                sum.resize(grads.len(), 0.0);
+            }
+            for (s, g) in sum.iter_mut().zip(grads.iter()) {
+                *s += *g;
+            }
+        }
+        self.barrier.wait(); // everyone added
+        {
+            let sum = self.sum.lock().expect("lock");
+            for (g, s) in grads.iter_mut().zip(sum.iter()) {
+                *g = *s / self.world as f32;
+            }
+        }
+        if self.barrier.wait().is_leader() {
+            self.sum.lock().expect("lock").clear();
+        }
+        self.barrier.wait(); // cleared before the next step adds
+        Ok(())
+    }
+}
+
+#[test]
+fn gradient_hook_keeps_two_replicas_identical() {
+    let _serial = serial();
+    let world = 2;
+    let barrier = Arc::new(Barrier::new(world));
+    let sum = Arc::new(Mutex::new(Vec::new()));
+    let weights = Arc::new(Mutex::new(None));
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let mut hook = ThreadAllReduce {
+                world,
+                barrier: barrier.clone(),
+                sum: sum.clone(),
+                weights: weights.clone(),
+                rank,
+                calls: 0,
+            };
+            // Different seeds, so without the weight sync the replicas would start apart.
+            let mut s = spec("epochs = 2", MLP);
+            s.seed = 3 + rank as u64;
+            std::thread::spawn(move || {
+                let data = load(&s.dataset, 3, &MemorySource::default()).expect("data");
+                let mut losses = Vec::new();
+                let mut on_event = |e: TrainEvent| {
+                    if let TrainEvent::Metric(m) = e {
+                        losses.push(m)
+                    }
+                };
+                let mut run = TrainRun::new(s, data, Device::flex(), &mut on_event);
+                run.hook = Some(&mut hook);
+                run.rank = rank;
+                run.world = world;
+                let summary = pollster::block_on(train(run)).expect("replica trains");
+                (summary, hook.calls, losses)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("replica thread")).collect();
+    let (a, calls_a, losses_a) = &results[0];
+    let (b, calls_b, losses_b) = &results[1];
+    // 192 examples / (16 × 2) = 6 steps per epoch.
+    assert_eq!((a.steps, b.steps), (12, 12));
+    assert_eq!((*calls_a, *calls_b), (12, 12), "the hook ran on every step");
+    assert!(a.weights.is_some());
+    assert_eq!(a.weights, b.weights, "replicas must end with identical weights");
+    // They saw different shards, so their local losses differ: the hook did the syncing.
+    assert_ne!(train_losses(losses_a), train_losses(losses_b));
+}

@@ -1,0 +1,65 @@
+//! `kiln`: the command line. Only argument parsing and output live here; the work is done by
+//! kiln-shared (training core), kiln-coordinator and kiln-worker.
+
+mod train_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Kiln: one Rust model, trained anywhere")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a job spec locally, with a progress bar; writes a run folder.
+    Train(train_cmd::TrainArgs),
+    /// Check a job spec and print it with every default filled in.
+    Check {
+        /// Job spec (TOML, or JSON if it ends in .json).
+        spec: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    set_burn_default_device();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kiln=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train_cmd::run(args),
+        Command::Check { spec } => train_cmd::read_spec(&spec).map(|s| {
+            print!("{}", s.to_toml_string());
+            ExitCode::SUCCESS
+        }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Burn's `Device::default()` — which it uses to materialise a loaded optimizer state before
+/// moving it to the training device — would pick wgpu and so demand a GPU adapter on a CPU run.
+/// Point it at the CPU backend unless the user chose otherwise.
+fn set_burn_default_device() {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("BURN_DEVICE", "flex")
+        };
+    }
+}

@@ -1,0 +1,4 @@
+//! End-to-end tests: the real `kiln` binary, real files, real training.
+
+mod support;
+mod train_cli;

@@ -1,0 +1,129 @@
+//! `kiln train` from the command line.
+
+use std::fs;
+
+use crate::support::{kiln, read_jsonl, repo_root, run, stderr};
+
+#[test]
+fn train_writes_a_complete_run_folder_and_resumes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("run");
+    let o = run(kiln()
+        .args(["train", "examples/mnist-mlp.toml", "--max-steps", "12", "--out"])
+        .arg(&out));
+    assert!(o.status.success(), "kiln train failed: {}", stderr(&o));
+    for file in ["spec.toml", "model.json", "metrics.jsonl", "model.bpk", "model.safetensors", "summary.json"] {
+        assert!(out.join(file).is_file(), "{file} missing from the run folder");
+    }
+    let metrics = read_jsonl(&out.join("metrics.jsonl"));
+    let train: Vec<_> = metrics.iter().filter(|m| m["split"] == "train").collect();
+    assert_eq!(train.len(), 2, "log_every = 10 over 12 steps: steps 10 and 12");
+    assert!(metrics.iter().all(|m| m["step"].is_u64() && m["loss"].is_f64()));
+    let test = metrics.iter().find(|m| m["split"] == "test").expect("a test metric at the end");
+    assert!(test["accuracy"].as_f64().expect("accuracy") > 0.3, "{test}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 12);
+    assert_eq!(summary["outcome"], "completed");
+    // The safetensors file is real: a header length and a JSON header naming the weights.
+    let st = fs::read(out.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&st[8..8 + header_len]).expect("utf-8 header");
+    assert!(header.contains("weight"), "{header}");
+    // A final checkpoint was written (checkpoint_every is set): resume continues from step 12.
+    let o = run(kiln()
+        .args(["train", "examples/mnist-mlp.toml", "--max-steps", "20", "--resume", "--out"])
+        .arg(&out));
+    assert!(o.status.success(), "resume failed: {}", stderr(&o));
+    assert!(stderr(&o).contains("(step 12)"), "{}", stderr(&o));
+    let metrics = read_jsonl(&out.join("metrics.jsonl"));
+    let steps: Vec<u64> = metrics
+        .iter()
+        .filter(|m| m["split"] == "train")
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![10, 12, 20], "the resumed run appends from step 13 on");
+}
+
+#[test]
+fn bad_spec_is_rejected_with_every_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bad.toml");
+    fs::write(
+        &spec,
+        "name = \"x\"\n[model]\nkind = \"mlp\"\ndropout = 2.0\n[dataset]\nkind = \"synthetic\"\n[training]\nbatch_size = 0\n",
+    )
+    .unwrap();
+    let o = run(kiln().arg("train").arg(&spec).arg("--out").arg(dir.path().join("run")));
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("model.dropout") && err.contains("training.batch_size"), "{err}");
+    assert!(!dir.path().join("run").exists(), "nothing written for an invalid spec");
+
+    let o = run(kiln().args(["train", "examples/mnist-mlp.toml", "--device", "tpu"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("allowed: auto, cpu, wgpu, cuda, webgpu"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_data_gives_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mnist");
+    fs::create_dir(&data).unwrap();
+    let labels = fs::read(repo_root().join("data/mnist/train-labels-idx1-ubyte.gz")).unwrap();
+    fs::write(data.join("train-labels-idx1-ubyte.gz"), labels).unwrap();
+    fs::write(data.join("train-images-idx3-ubyte"), [0u8, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3])
+        .unwrap();
+    let o = run(kiln()
+        .args(["train", "examples/mnist-mlp.toml", "--data-dir"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("run")));
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("train-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn charlm_example_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(kiln()
+        .args(["train", "examples/charlm.toml", "--max-steps", "30", "--device", "cpu", "--out"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = read_jsonl(&out.join("metrics.jsonl"));
+    let train: Vec<f64> = metrics
+        .iter()
+        .filter(|m| m["split"] == "train")
+        .map(|m| m["loss"].as_f64().unwrap())
+        .collect();
+    assert!(train.last().unwrap() < &(train[0] * 0.8), "charlm loss falls: {train:?}");
+    assert!(metrics.iter().any(|m| m["split"] == "val"), "validation on held-out text");
+}
+
+/// wgpu where an adapter exists. On a machine without one the test says so and skips.
+#[test]
+fn wgpu_device_trains_where_an_adapter_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = run(kiln()
+        .args(["train", "examples/mnist-mlp.toml", "--device", "wgpu", "--max-steps", "10", "--out"])
+        .arg(&out)
+        .env("CUBECL_AUTOTUNE_LEVEL", "minimal"));
+    if !o.status.success() && stderr(&o).contains("no usable wgpu adapter") {
+        eprintln!("SKIPPED wgpu_device_trains_where_an_adapter_exists: no wgpu adapter on this machine");
+        return;
+    }
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["device"], "wgpu");
+    let metrics = read_jsonl(&out.join("metrics.jsonl"));
+    let train: Vec<f64> = metrics
+        .iter()
+        .filter(|m| m["split"] == "train")
+        .map(|m| m["loss"].as_f64().unwrap())
+        .collect();
+    assert!(train.iter().all(|l| l.is_finite()), "{train:?}");
+}
