@@ -1,0 +1,314 @@
+//! A typed async client for the coordinator's REST API (the CLI, workers and tests use it).
+//!
+//! ```no_run
+//! # async fn demo(spec: kiln_shared::JobSpec) -> Result<(), kiln_coordinator::client::ClientError> {
+//! use kiln_coordinator::client::Client;
+//! let client = Client::new("http://127.0.0.1:7070", Some("kiln_…".into()))?;
+//! let job = client.submit(&kiln_shared::protocol::SubmitJob { spec, group: None }).await?;
+//! println!("job {} is {}", job.id, job.state.as_str());
+//! # Ok(())
+//! # }
+//! ```
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+
+use kiln_shared::metric::Split;
+use kiln_shared::protocol::{
+    ApiErrorBody, ArtifactInfo, AttemptInfo, JobId, JobInfo, JobPage, JobState, LogEntry,
+    MetricPoint, SubmitJob, WorkerInfo,
+};
+use kiln_shared::spec::FieldError;
+
+/// What went wrong talking to the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator answered with an error status; `message` is its explanation.
+    #[error("the coordinator answered {status}: {message}")]
+    Api {
+        status: StatusCode,
+        message: String,
+        /// For an invalid spec: every problem, by field.
+        fields: Vec<FieldError>,
+    },
+    /// No answer (connection refused, timeout, …).
+    #[error("cannot reach the coordinator at {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// An answer that is not what the API promises.
+    #[error("unexpected answer from {url}: {message}")]
+    Decode { url: String, message: String },
+    #[error("invalid coordinator URL `{0}`")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The HTTP status, for an error the coordinator answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// `GET /api/jobs` filters; `None` leaves a filter out.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub group: Option<String>,
+    /// Part of the job name.
+    pub name: Option<String>,
+    pub limit: Option<u32>,
+    pub offset: Option<u64>,
+}
+
+/// `GET /api/jobs/{id}/metrics` query.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricQuery {
+    pub split: Option<Split>,
+    pub from_step: Option<u64>,
+    pub to_step: Option<u64>,
+    pub max_points: Option<usize>,
+}
+
+/// The health answer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}
+
+/// A REST client; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// `base_url` like `http://127.0.0.1:7070`; `token` is sent as `Authorization: Bearer`.
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        reqwest::Url::parse(&base).map_err(|_| ClientError::BadUrl(base_url.to_string()))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(Client { http, base, token })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// The WebSocket URL of `path` (`ws://…` or `wss://…`).
+    pub fn ws_url(&self, path: &str) -> String {
+        let base = if let Some(rest) = self.base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else if let Some(rest) = self.base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else {
+            self.base.clone()
+        };
+        format!("{base}{path}")
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
+    }
+
+    async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = req.send().await.map_err(|source| ClientError::Transport {
+            url: self.base.clone(),
+            source,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let url = response.url().to_string();
+        let text = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ApiErrorBody>(&text) {
+            Ok(body) => Err(ClientError::Api {
+                status,
+                message: body.error,
+                fields: body.fields,
+            }),
+            Err(_) => Err(ClientError::Api {
+                status,
+                message: if text.is_empty() {
+                    format!("{status} from {url}")
+                } else {
+                    text
+                },
+                fields: Vec::new(),
+            }),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send(req).await?;
+        let url = response.url().to_string();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.json(self.request(Method::GET, "/api/health")).await
+    }
+
+    pub async fn submit(&self, job: &SubmitJob) -> Result<JobInfo, ClientError> {
+        self.json(self.request(Method::POST, "/api/jobs").json(job))
+            .await
+    }
+
+    pub async fn jobs(&self, filter: &JobFilter) -> Result<JobPage, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = filter.state {
+            query.push(("state", s.as_str().to_string()));
+        }
+        if let Some(g) = &filter.group {
+            query.push(("group", g.clone()));
+        }
+        if let Some(n) = &filter.name {
+            query.push(("name", n.clone()));
+        }
+        if let Some(l) = filter.limit {
+            query.push(("limit", l.to_string()));
+        }
+        if let Some(o) = filter.offset {
+            query.push(("offset", o.to_string()));
+        }
+        self.json(self.request(Method::GET, "/api/jobs").query(&query))
+            .await
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<JobInfo, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/jobs/{id}")))
+            .await
+    }
+
+    pub async fn cancel(&self, id: JobId) -> Result<JobInfo, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/jobs/{id}/cancel")))
+            .await
+    }
+
+    pub async fn retry(&self, id: JobId) -> Result<JobInfo, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/jobs/{id}/retry")))
+            .await
+    }
+
+    pub async fn attempts(&self, id: JobId) -> Result<Vec<AttemptInfo>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/jobs/{id}/attempts")))
+            .await
+    }
+
+    pub async fn metrics(
+        &self,
+        id: JobId,
+        query: &MetricQuery,
+    ) -> Result<Vec<MetricPoint>, ClientError> {
+        let mut q: Vec<(&str, String)> = Vec::new();
+        if let Some(split) = query.split {
+            let s = match split {
+                Split::Train => "train",
+                Split::Val => "val",
+                Split::Test => "test",
+            };
+            q.push(("split", s.to_string()));
+        }
+        if let Some(f) = query.from_step {
+            q.push(("from_step", f.to_string()));
+        }
+        if let Some(t) = query.to_step {
+            q.push(("to_step", t.to_string()));
+        }
+        if let Some(m) = query.max_points {
+            q.push(("max_points", m.to_string()));
+        }
+        self.json(
+            self.request(Method::GET, &format!("/api/jobs/{id}/metrics"))
+                .query(&q),
+        )
+        .await
+    }
+
+    /// Log lines with `seq > after_seq`, oldest first.
+    pub async fn logs(
+        &self,
+        id: JobId,
+        after_seq: i64,
+        limit: Option<u32>,
+    ) -> Result<Vec<LogEntry>, ClientError> {
+        let mut q: Vec<(&str, String)> = vec![("after", after_seq.to_string())];
+        if let Some(l) = limit {
+            q.push(("limit", l.to_string()));
+        }
+        self.json(
+            self.request(Method::GET, &format!("/api/jobs/{id}/logs"))
+                .query(&q),
+        )
+        .await
+    }
+
+    pub async fn artifacts(&self, id: JobId) -> Result<Vec<ArtifactInfo>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/jobs/{id}/artifacts")))
+            .await
+    }
+
+    pub async fn download_artifact(&self, id: JobId, name: &str) -> Result<Vec<u8>, ClientError> {
+        let response = self
+            .send(self.request(Method::GET, &format!("/api/jobs/{id}/artifacts/{name}")))
+            .await?;
+        let url = response.url().to_string();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?;
+        Ok(bytes.to_vec())
+    }
+
+    pub async fn upload_artifact(
+        &self,
+        id: JobId,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<ArtifactInfo, ClientError> {
+        self.json(
+            self.request(Method::PUT, &format!("/api/jobs/{id}/artifacts/{name}"))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes),
+        )
+        .await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
+        self.json(self.request(Method::GET, "/api/workers")).await
+    }
+
+    pub async fn drain(&self, worker_id: &str) -> Result<WorkerInfo, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/workers/{worker_id}/drain")))
+            .await
+    }
+}

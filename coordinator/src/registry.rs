@@ -1,0 +1,156 @@
+//! Connected workers, in memory: the socket to each, when it was last heard from, and whether
+//! it is draining. The database keeps the durable part (see `store::workers`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use kiln_shared::protocol::{Capabilities, CloseReason, CoordinatorMessage};
+
+/// What the coordinator wants a worker's socket task to do.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    Message(CoordinatorMessage),
+    /// Send Goodbye with this reason, then close.
+    Close(CloseReason),
+}
+
+#[derive(Debug)]
+struct Entry {
+    conn_id: u64,
+    /// `None` once disconnected (the entry stays to remember when it was last seen).
+    tx: Option<mpsc::UnboundedSender<Outbound>>,
+    capabilities: Capabilities,
+    draining: bool,
+    last_seen: Instant,
+    connected_at: Instant,
+}
+
+/// A worker that can take a job now.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: String,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<String, Entry>>,
+    next_conn: AtomicU64,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding this lock leaves plain data behind; keep going with it.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register a connection; returns its id and the sender of the connection it replaces.
+    pub fn connect(
+        &self,
+        id: &str,
+        capabilities: Capabilities,
+        draining: bool,
+        tx: mpsc::UnboundedSender<Outbound>,
+    ) -> (u64, Option<mpsc::UnboundedSender<Outbound>>) {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let old = self.lock().insert(
+            id.to_string(),
+            Entry {
+                conn_id,
+                tx: Some(tx),
+                capabilities,
+                draining,
+                last_seen: now,
+                connected_at: now,
+            },
+        );
+        (conn_id, old.and_then(|e| e.tx))
+    }
+
+    /// Forget a connection's sender. `true` if it was the worker's current connection.
+    pub fn disconnect(&self, id: &str, conn_id: u64) -> bool {
+        let mut entries = self.lock();
+        match entries.get_mut(id) {
+            Some(e) if e.conn_id == conn_id && e.tx.is_some() => {
+                e.tx = None;
+                e.last_seen = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn touch(&self, id: &str, conn_id: u64) {
+        if let Some(e) = self.lock().get_mut(id)
+            && e.conn_id == conn_id
+        {
+            e.last_seen = Instant::now();
+        }
+    }
+
+    /// Queue a message for a connected worker; `false` if it is not connected.
+    pub fn send(&self, id: &str, msg: Outbound) -> bool {
+        self.lock()
+            .get(id)
+            .and_then(|e| e.tx.as_ref())
+            .is_some_and(|tx| tx.send(msg).is_ok())
+    }
+
+    pub fn set_draining(&self, id: &str) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.draining = true;
+        }
+    }
+
+    /// Connected, non-draining workers, oldest connection first.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let entries = self.lock();
+        let mut list: Vec<(&String, &Entry)> = entries
+            .iter()
+            .filter(|(_, e)| e.tx.is_some() && !e.draining)
+            .collect();
+        list.sort_by_key(|(id, e)| (e.connected_at, (*id).clone()));
+        list.into_iter()
+            .map(|(id, e)| Candidate {
+                id: id.clone(),
+                capabilities: e.capabilities.clone(),
+            })
+            .collect()
+    }
+
+    /// `Some((connected, last_seen))` for a worker seen since this coordinator started.
+    pub fn seen(&self, id: &str) -> Option<(bool, Instant)> {
+        self.lock().get(id).map(|e| (e.tx.is_some(), e.last_seen))
+    }
+
+    /// Connected workers not heard from for longer than `timeout`: disconnected here (their
+    /// socket tasks see the channel close and end). Returns their ids.
+    pub fn drop_silent(&self, timeout: Duration) -> Vec<String> {
+        let mut dropped = Vec::new();
+        for (id, e) in self.lock().iter_mut() {
+            if e.tx.is_some() && e.last_seen.elapsed() > timeout {
+                e.tx = None;
+                dropped.push(id.clone());
+            }
+        }
+        dropped
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.lock().values().filter(|e| e.tx.is_some()).count()
+    }
+
+    /// Tell every connected worker to close.
+    pub fn close_all(&self, reason: &CloseReason) {
+        for e in self.lock().values() {
+            if let Some(tx) = &e.tx {
+                let _ = tx.send(Outbound::Close(reason.clone()));
+            }
+        }
+    }
+}

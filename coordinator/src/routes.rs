@@ -1,0 +1,117 @@
+//! The HTTP router: one module per resource, plus health, metrics, the OpenAPI document and
+//! the dashboard's static files.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::auth::{require_admin, require_token};
+use crate::error::ApiError;
+use crate::openapi::{ApiDoc, Health};
+use crate::state::AppState;
+
+pub mod artifacts;
+pub mod jobs;
+pub mod workers;
+
+/// Shown at `/` when no dashboard build is configured.
+const NO_DASHBOARD: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Kiln</title>\
+</head><body><h1>Kiln coordinator</h1><p>The dashboard is not built. The REST API is at \
+<code>/api</code> (see <code>/api/openapi.json</code>).</p></body></html>";
+
+/// The whole application. Tests drive it directly or through a socket on `127.0.0.1:0`.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    // Admin only; small JSON bodies.
+    let admin = Router::new()
+        .merge(jobs::router())
+        .merge(workers::router())
+        .route("/metrics", get(prometheus))
+        .route("/ws/events", get(crate::ws::events::upgrade))
+        .route_layer(middleware::from_fn(require_admin))
+        .layer(RequestBodyLimitLayer::new(max_body));
+    // Worker or admin; artifact uploads have their own, larger limit (checked as they stream).
+    let any_token = Router::new()
+        .merge(artifacts::router())
+        .route("/ws/worker", get(crate::ws::worker::upgrade))
+        .route("/api/openapi.json", get(openapi));
+    let protected = admin
+        .merge(any_token)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let dashboard = match &state.config.static_dir {
+        Some(dir) => Router::new()
+            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
+        None => Router::new().fallback(|| async { Html(NO_DASHBOARD) }),
+    };
+    Router::new()
+        .route("/api/health", get(health))
+        .merge(protected)
+        .route("/api/{*rest}", any(api_not_found))
+        .merge(dashboard)
+        .layer(middleware::from_fn(json_413))
+        .layer(DefaultBodyLimit::disable())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `RequestBodyLimitLayer` answers 413 with a plain-text body; make it an `ApiErrorBody`.
+async fn json_413(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json {
+        return ApiError::PayloadTooLarge("the request body is larger than allowed".into())
+            .into_response();
+    }
+    response
+}
+
+async fn api_not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no API endpoint {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+#[utoipa::path(get, path = "/api/health", tag = "meta",
+    responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    description = "Prometheus text: jobs by state, workers connected, metric points ingested, jobs submitted.",
+    responses((status = 200, content_type = "text/plain", body = String)),
+    security(("bearer" = [])))]
+pub async fn prometheus(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let counts = state.store.count_jobs_by_state().await?;
+    let text = state
+        .telemetry
+        .render(&counts, state.workers.connected_count());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

@@ -1,0 +1,119 @@
+//! `/api/jobs/{id}/artifacts…`: list, download, upload (worker or admin token).
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+use tracing::info;
+
+use kiln_shared::protocol::ArtifactInfo;
+
+use crate::artifact::{WriteError, check_name};
+use crate::error::ApiError;
+use crate::openapi::{ApiErrorDoc, ArtifactInfoDoc};
+use crate::routes::jobs::job_id;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs/{id}/artifacts", get(list))
+        .route("/api/jobs/{id}/artifacts/{name}", get(download).put(upload))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}/artifacts", tag = "artifacts",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = Vec<ArtifactInfoDoc>), (status = 404, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ArtifactInfo>>, ApiError> {
+    Ok(Json(state.store.artifacts(job_id(&id)?).await?))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}/artifacts/{name}", tag = "artifacts",
+    params(("id" = i64, Path, description = "Job id"),
+        ("name" = String, Path, description = "Artifact name")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, body = ApiErrorDoc), (status = 404, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn download(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    check_name(&name).map_err(ApiError::BadRequest)?;
+    state.store.job(id).await?;
+    if state.store.artifact(id, &name).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "job {id} has no artifact `{name}`"
+        )));
+    }
+    let path = state.artifacts.path(id, &name);
+    let mut response = ServeFile::new(&path)
+        .oneshot(request)
+        .await
+        .map_err(ApiError::internal)?;
+    if response.status() == StatusCode::NOT_FOUND {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "artifact `{name}` of job {id} is recorded but {} is missing",
+            path.display()
+        )));
+    }
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(response.map(Body::new))
+}
+
+#[utoipa::path(put, path = "/api/jobs/{id}/artifacts/{name}", tag = "artifacts",
+    params(("id" = i64, Path, description = "Job id"),
+        ("name" = String, Path, description = "Artifact name: [A-Za-z0-9._-]{1,128}, not starting with '.'")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = ArtifactInfoDoc), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc), (status = 413, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn upload(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    check_name(&name).map_err(ApiError::BadRequest)?;
+    state.store.job(id).await?;
+    let limit = state.config.artifact_max_bytes;
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "artifact `{name}` is larger than the limit of {limit} bytes"
+        ))
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = request.into_body().into_data_stream();
+    let size = match state.artifacts.write(id, &name, body, limit).await {
+        Ok(size) => size,
+        Err(WriteError::TooLarge { .. }) => return Err(too_large()),
+        Err(WriteError::Body(e)) => {
+            return Err(ApiError::BadRequest(format!(
+                "the upload was interrupted: {e}"
+            )));
+        }
+        Err(e @ WriteError::Io { .. }) => return Err(ApiError::internal(e)),
+    };
+    let info = state.store.upsert_artifact(id, &name, size).await?;
+    info!(job_id = id, artifact = %name, size, "artifact stored");
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}

@@ -1,0 +1,296 @@
+//! `/api/jobs…`: submit, list, inspect, cancel, retry; attempts, metrics and logs of a job.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tracing::info;
+use utoipa::IntoParams;
+
+use kiln_shared::protocol::{
+    AttemptInfo, CoordinatorMessage, JobId, JobInfo, JobPage, JobState, LogEntry, MetricPoint,
+    SubmitJob,
+};
+
+use crate::downsample::downsample;
+use crate::error::{ApiError, ApiJson, parse_param};
+use crate::openapi::{
+    ApiErrorDoc, AttemptInfoDoc, JobInfoDoc, JobPageDoc, LogEntryDoc, MetricPointDoc, SubmitJobDoc,
+};
+use crate::registry::Outbound;
+use crate::state::AppState;
+use crate::store::{CancelOutcome, JobFilter, MetricRange, parse_split};
+
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+const DEFAULT_MAX_POINTS: usize = 2000;
+const MAX_MAX_POINTS: usize = 100_000;
+const DEFAULT_LOG_LIMIT: u32 = 1000;
+const MAX_LOG_LIMIT: u32 = 10_000;
+const MAX_GROUP_LEN: usize = 128;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/jobs", post(submit).get(list))
+        .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/jobs/{id}/retry", post(retry))
+        .route("/api/jobs/{id}/attempts", get(attempts))
+        .route("/api/jobs/{id}/metrics", get(metrics))
+        .route("/api/jobs/{id}/logs", get(logs))
+}
+
+/// A job id from the path; the error names it.
+pub fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid job id `{raw}`: expected an integer")))
+}
+
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = SubmitJobDoc,
+    responses((status = 201, body = JobInfoDoc), (status = 400, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn submit(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SubmitJob>,
+) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
+    body.spec.validate().map_err(ApiError::InvalidSpec)?;
+    if let Some(group) = &body.group
+        && (group.is_empty() || group.len() > MAX_GROUP_LEN)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid `group`: must be 1 to {MAX_GROUP_LEN} bytes"
+        )));
+    }
+    let job = state
+        .store
+        .insert_job(&body.spec, body.group.as_deref())
+        .await?;
+    state.telemetry.jobs_submitted.inc();
+    info!(job_id = job.id, name = %job.name, "job submitted");
+    state.job_changed(&job);
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+/// `GET /api/jobs` query; every value is checked by hand so the error can name it.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// queued, running, succeeded, failed or cancelled.
+    state: Option<String>,
+    /// Sweep group, exact.
+    group: Option<String>,
+    /// Part of the job name.
+    name: Option<String>,
+    /// 1 to 500 (default 50).
+    limit: Option<String>,
+    /// Jobs to skip (default 0).
+    offset: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobPageDoc), (status = 400, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobPage>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let job_state =
+        match q.state.as_deref() {
+            None => None,
+            Some(s) => Some(s.parse::<JobState>().map_err(|e| {
+                ApiError::BadRequest(format!("invalid query parameter `state`: {e}"))
+            })?),
+        };
+    let limit = parse_param::<u32>("limit", q.limit.as_deref(), "an integer from 1 to 500")?
+        .unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid query parameter `limit`: got `{limit}`, allowed: an integer from 1 to {MAX_LIMIT}"
+        )));
+    }
+    let offset = parse_param::<u64>("offset", q.offset.as_deref(), "an integer ≥ 0")?.unwrap_or(0);
+    let filter = JobFilter {
+        state: job_state,
+        group: q.group,
+        name: q.name,
+        limit,
+        offset,
+    };
+    Ok(Json(state.store.jobs(&filter).await?))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = JobInfoDoc), (status = 404, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobInfo>, ApiError> {
+    Ok(Json(state.store.job(job_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = JobInfoDoc), (status = 404, body = ApiErrorDoc),
+        (status = 409, body = ApiErrorDoc, description = "The job already ended")),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobInfo>, ApiError> {
+    let id = job_id(&id)?;
+    let job = match state.store.cancel_job(id).await? {
+        CancelOutcome::Cancelled(job) => job,
+        CancelOutcome::Requested {
+            job,
+            attempt,
+            worker_id,
+        } => {
+            let told = state.workers.send(
+                &worker_id,
+                Outbound::Message(CoordinatorMessage::Cancel { attempt }),
+            );
+            if told {
+                job
+            } else {
+                // Nobody to tell: the attempt ends here.
+                state
+                    .store
+                    .finish_attempt(
+                        attempt,
+                        kiln_shared::protocol::AttemptOutcome::Cancelled,
+                        Some("cancelled while its worker was disconnected"),
+                        None,
+                    )
+                    .await?
+                    .unwrap_or(job)
+            }
+        }
+    };
+    info!(job_id = id, state = job.state.as_str(), "cancel requested");
+    state.job_changed(&job);
+    Ok(Json(job))
+}
+
+#[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = JobInfoDoc), (status = 404, body = ApiErrorDoc),
+        (status = 409, body = ApiErrorDoc, description = "The job is not failed or cancelled")),
+    security(("bearer" = [])))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobInfo>, ApiError> {
+    let job = state.store.retry_job(job_id(&id)?).await?;
+    info!(job_id = job.id, "job re-queued");
+    state.job_changed(&job);
+    Ok(Json(job))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}/attempts", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = Vec<AttemptInfoDoc>), (status = 404, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn attempts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<AttemptInfo>>, ApiError> {
+    Ok(Json(state.store.attempts(job_id(&id)?).await?))
+}
+
+/// `GET /api/jobs/{id}/metrics` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// train, val or test (default: all).
+    split: Option<String>,
+    /// First step, inclusive.
+    from_step: Option<String>,
+    /// Last step, inclusive.
+    to_step: Option<String>,
+    /// 2 to 100000 (default 2000); more matching points are downsampled per split.
+    max_points: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}/metrics", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id"), MetricsQuery),
+    responses((status = 200, body = Vec<MetricPointDoc>), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<MetricPoint>>, ApiError> {
+    let id = job_id(&id)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let split =
+        match q.split.as_deref() {
+            None => None,
+            Some(s) => Some(parse_split(s).map_err(|e| {
+                ApiError::BadRequest(format!("invalid query parameter `split`: {e}"))
+            })?),
+        };
+    let from_step = parse_param::<u64>("from_step", q.from_step.as_deref(), "an integer ≥ 0")?;
+    let to_step = parse_param::<u64>("to_step", q.to_step.as_deref(), "an integer ≥ 0")?;
+    if let (Some(from), Some(to)) = (from_step, to_step)
+        && from > to
+    {
+        return Err(ApiError::BadRequest(format!(
+            "invalid query parameters: `from_step` ({from}) is after `to_step` ({to})"
+        )));
+    }
+    let allowed = "an integer from 2 to 100000";
+    let max_points = parse_param::<usize>("max_points", q.max_points.as_deref(), allowed)?
+        .unwrap_or(DEFAULT_MAX_POINTS);
+    if !(2..=MAX_MAX_POINTS).contains(&max_points) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid query parameter `max_points`: got `{max_points}`, allowed: {allowed}"
+        )));
+    }
+    let range = MetricRange {
+        split,
+        from_step,
+        to_step,
+    };
+    let points = state.store.metrics(id, range).await?;
+    Ok(Json(downsample(points, max_points)))
+}
+
+/// `GET /api/jobs/{id}/logs` query.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Only lines with a larger `seq` (default 0: from the start).
+    after: Option<String>,
+    /// 1 to 10000 (default 1000).
+    limit: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}/logs", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id"), LogsQuery),
+    responses((status = 200, body = Vec<LogEntryDoc>), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<LogEntry>>, ApiError> {
+    let id = job_id(&id)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let after = parse_param::<i64>("after", q.after.as_deref(), "an integer ≥ 0")?.unwrap_or(0);
+    let allowed = "an integer from 1 to 10000";
+    let limit =
+        parse_param::<u32>("limit", q.limit.as_deref(), allowed)?.unwrap_or(DEFAULT_LOG_LIMIT);
+    if !(1..=MAX_LOG_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "invalid query parameter `limit`: got `{limit}`, allowed: {allowed}"
+        )));
+    }
+    Ok(Json(state.store.logs(id, after, limit).await?))
+}

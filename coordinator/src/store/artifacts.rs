@@ -1,0 +1,86 @@
+//! Artifact rows (the bytes live in files under `data_dir/artifacts/`, see `crate::artifact`).
+
+use sqlx::{Row, SqliteConnection};
+
+use kiln_shared::protocol::{ArtifactInfo, JobId};
+
+use super::{Store, StoreResult, from_u64, now_ms, to_u64};
+use crate::artifact::checkpoint_step;
+
+/// The job's checkpoint with the highest step, with that step.
+pub(super) async fn newest_checkpoint(
+    conn: &mut SqliteConnection,
+    job_id: JobId,
+) -> StoreResult<Option<(String, u64)>> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM artifacts WHERE job_id = ? AND name LIKE 'checkpoint-%.ckpt'",
+    )
+    .bind(job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(names
+        .into_iter()
+        .filter_map(|name| checkpoint_step(&name).map(|step| (name, step)))
+        .max_by_key(|(_, step)| *step))
+}
+
+fn artifact_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ArtifactInfo> {
+    Ok(ArtifactInfo {
+        name: row.try_get("name")?,
+        size: to_u64(row.try_get("size")?, "artifacts.size")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+impl Store {
+    /// Record (or replace) an artifact whose file is already in place.
+    pub async fn upsert_artifact(
+        &self,
+        job_id: JobId,
+        name: &str,
+        size: u64,
+    ) -> StoreResult<ArtifactInfo> {
+        let row = sqlx::query(
+            "INSERT INTO artifacts (job_id, name, size, created_ms) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (job_id, name) DO UPDATE SET size = excluded.size, \
+             created_ms = excluded.created_ms RETURNING name, size, created_ms",
+        )
+        .bind(job_id)
+        .bind(name)
+        .bind(from_u64(size))
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        artifact_from_row(&row)
+    }
+
+    pub async fn artifacts(&self, job_id: JobId) -> StoreResult<Vec<ArtifactInfo>> {
+        self.job(job_id).await?;
+        let rows = sqlx::query(
+            "SELECT name, size, created_ms FROM artifacts WHERE job_id = ? ORDER BY name",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(artifact_from_row).collect()
+    }
+
+    pub async fn artifact(&self, job_id: JobId, name: &str) -> StoreResult<Option<ArtifactInfo>> {
+        let row = sqlx::query(
+            "SELECT name, size, created_ms FROM artifacts WHERE job_id = ? AND name = ?",
+        )
+        .bind(job_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(artifact_from_row).transpose()
+    }
+
+    /// The job's newest checkpoint artifact name, if any.
+    pub async fn newest_checkpoint(&self, job_id: JobId) -> StoreResult<Option<String>> {
+        let mut conn = self.pool.acquire().await?;
+        Ok(newest_checkpoint(&mut conn, job_id)
+            .await?
+            .map(|(name, _)| name))
+    }
+}

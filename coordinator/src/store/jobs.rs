@@ -1,0 +1,449 @@
+//! Jobs and attempts: submission, listing and every state transition (one transaction each).
+
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use kiln_shared::JobSpec;
+use kiln_shared::protocol::{
+    AttemptInfo, AttemptOutcome, AttemptRef, JobId, JobInfo, JobPage, JobState,
+};
+use kiln_shared::spec::DeviceRequest;
+
+use super::{
+    Store, StoreError, StoreResult, attempt_from_row, from_u64, now_ms, parse_state, to_u32, to_u64,
+};
+
+const JOB_COLUMNS: &str = "id, name, spec_json, state, priority, \"group\", created_ms, started_ms, \
+     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error";
+
+/// `GET /api/jobs` filters, already checked.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub group: Option<String>,
+    /// Substring of the job name.
+    pub name: Option<String>,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// A queued job as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct QueuedJob {
+    pub id: JobId,
+    pub device: DeviceRequest,
+}
+
+/// An attempt the database believes is running.
+#[derive(Debug, Clone)]
+pub struct RunningAttempt {
+    pub attempt: AttemptRef,
+    pub worker_id: String,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub attempt: AttemptRef,
+    pub spec: JobSpec,
+    /// Newest checkpoint artifact of the job, if any.
+    pub resume: Option<String>,
+    pub job: JobInfo,
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// The job was queued and is now cancelled.
+    Cancelled(JobInfo),
+    /// The job is running: its worker must be told; the job ends when the worker reports.
+    Requested {
+        job: JobInfo,
+        attempt: AttemptRef,
+        worker_id: String,
+    },
+}
+
+fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<JobInfo> {
+    let id: i64 = row.try_get("id")?;
+    let spec_json: &str = row.try_get("spec_json")?;
+    let spec: JobSpec = serde_json::from_str(spec_json)
+        .map_err(|e| StoreError::Corrupt(format!("spec of job {id}: {e}")))?;
+    Ok(JobInfo {
+        id,
+        name: row.try_get("name")?,
+        state: parse_state(row.try_get::<&str, _>("state")?)?,
+        priority: row.try_get("priority")?,
+        group: row.try_get("group")?,
+        created_ms: row.try_get("created_ms")?,
+        started_ms: row.try_get("started_ms")?,
+        finished_ms: row.try_get("finished_ms")?,
+        attempts: to_u32(row.try_get("attempts")?, "jobs.attempts")?,
+        max_attempts: to_u32(row.try_get("max_attempts")?, "jobs.max_attempts")?,
+        worker_id: row.try_get("worker_id")?,
+        step: to_u64(row.try_get("step")?, "jobs.step")?,
+        total_steps: to_u64(row.try_get("total_steps")?, "jobs.total_steps")?,
+        error: row.try_get("error")?,
+        spec,
+    })
+}
+
+async fn load_job(conn: &mut SqliteConnection, id: JobId) -> StoreResult<JobInfo> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("job {id} does not exist")))?;
+    job_from_row(&row)
+}
+
+/// The job row plus the flag that is not part of [`JobInfo`].
+async fn load_job_for_update(
+    conn: &mut SqliteConnection,
+    id: JobId,
+) -> StoreResult<(JobInfo, bool)> {
+    let job = load_job(conn, id).await?;
+    let cancel: i64 = sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((job, cancel != 0))
+}
+
+impl Store {
+    /// Store a new queued job (the spec is already validated).
+    pub async fn insert_job(&self, spec: &JobSpec, group: Option<&str>) -> StoreResult<JobInfo> {
+        let spec_json = serde_json::to_string(spec)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the spec: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO jobs (name, spec_json, state, priority, device, \"group\", created_ms, \
+             max_attempts) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&spec.name)
+        .bind(spec_json)
+        .bind(spec.priority)
+        .bind(spec.device.as_str())
+        .bind(group)
+        .bind(now_ms())
+        .bind(i64::from(spec.max_attempts))
+        .fetch_one(&mut *tx)
+        .await?;
+        let job = load_job(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    pub async fn job(&self, id: JobId) -> StoreResult<JobInfo> {
+        let mut conn = self.pool.acquire().await?;
+        load_job(&mut conn, id).await
+    }
+
+    /// Newest first.
+    pub async fn jobs(&self, filter: &JobFilter) -> StoreResult<JobPage> {
+        fn push_where(q: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
+            q.push(" WHERE 1 = 1");
+            if let Some(state) = filter.state {
+                q.push(" AND state = ").push_bind(state.as_str());
+            }
+            if let Some(group) = &filter.group {
+                q.push(" AND \"group\" = ").push_bind(group.clone());
+            }
+            if let Some(name) = &filter.name {
+                q.push(" AND instr(name, ")
+                    .push_bind(name.clone())
+                    .push(") > 0");
+            }
+        }
+        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM jobs");
+        push_where(&mut count, filter);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut list = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs"));
+        push_where(&mut list, filter);
+        list.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit))
+            .push(" OFFSET ")
+            .push_bind(from_u64(filter.offset));
+        let rows = list.build().fetch_all(&self.pool).await?;
+        let jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(JobPage {
+            jobs,
+            total: to_u64(total, "count")?,
+        })
+    }
+
+    /// How many jobs are in each state (every state listed, zeros included).
+    pub async fn count_jobs_by_state(&self) -> StoreResult<Vec<(JobState, u64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut counts: Vec<(JobState, u64)> = JobState::ALL.iter().map(|s| (*s, 0)).collect();
+        for row in rows {
+            let state = parse_state(row.try_get::<&str, _>("state")?)?;
+            let n = to_u64(row.try_get("n")?, "count")?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+
+    pub async fn attempts(&self, job_id: JobId) -> StoreResult<Vec<AttemptInfo>> {
+        self.job(job_id).await?;
+        let rows = sqlx::query(
+            "SELECT job_id, attempt, worker_id, state, started_ms, finished_ms, \
+             resumed_from_step, error FROM attempts WHERE job_id = ? ORDER BY attempt",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    /// Queued jobs in scheduling order: priority (higher first), then FIFO.
+    pub async fn queued_jobs(&self) -> StoreResult<Vec<QueuedJob>> {
+        let rows = sqlx::query(
+            "SELECT id, device FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id ASC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let device: &str = row.try_get("device")?;
+                Ok(QueuedJob {
+                    id: row.try_get("id")?,
+                    device: device.parse().map_err(StoreError::Corrupt)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn running_attempts(&self) -> StoreResult<Vec<RunningAttempt>> {
+        let rows = sqlx::query(
+            "SELECT id, attempts, worker_id FROM jobs WHERE state = 'running' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RunningAttempt {
+                    attempt: AttemptRef {
+                        job_id: row.try_get("id")?,
+                        attempt: to_u32(row.try_get("attempts")?, "jobs.attempts")?,
+                    },
+                    worker_id: row
+                        .try_get::<Option<String>, _>("worker_id")?
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Start the next attempt of a queued job on `worker_id`. `None` if the job is no longer
+    /// queued (cancelled in between).
+    pub async fn assign(&self, job_id: JobId, worker_id: &str) -> StoreResult<Option<Assignment>> {
+        let mut tx = self.pool.begin().await?;
+        let job = load_job(&mut tx, job_id).await?;
+        if job.state != JobState::Queued {
+            return Ok(None);
+        }
+        let resume = super::artifacts::newest_checkpoint(&mut tx, job_id).await?;
+        let attempt = job.attempts + 1;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO attempts (job_id, attempt, worker_id, state, started_ms, \
+             resumed_from_step, resume_artifact) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .bind(worker_id)
+        .bind(now)
+        .bind(resume.as_ref().map(|(_, step)| from_u64(*step)))
+        .bind(resume.as_ref().map(|(name, _)| name.clone()))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'running', attempts = ?, worker_id = ?, \
+             started_ms = COALESCE(started_ms, ?), step = ? WHERE id = ?",
+        )
+        .bind(i64::from(attempt))
+        .bind(worker_id)
+        .bind(now)
+        .bind(
+            resume
+                .as_ref()
+                .map_or(from_u64(job.step), |(_, s)| from_u64(*s)),
+        )
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
+        let job = load_job(&mut tx, job_id).await?;
+        tx.commit().await?;
+        Ok(Some(Assignment {
+            attempt: AttemptRef { job_id, attempt },
+            spec: job.spec.clone(),
+            resume: resume.map(|(name, _)| name),
+            job,
+        }))
+    }
+
+    /// Whether `attempt` is the job's current, running attempt.
+    pub async fn is_current(&self, attempt: AttemptRef) -> StoreResult<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE id = ? AND state = 'running' AND attempts = ?",
+        )
+        .bind(attempt.job_id)
+        .bind(i64::from(attempt.attempt))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// The worker's loop started. `None` if the attempt is not current.
+    pub async fn start_attempt(
+        &self,
+        attempt: AttemptRef,
+        total_steps: u64,
+        start_step: u64,
+    ) -> StoreResult<Option<JobInfo>> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET total_steps = ?, step = ? \
+             WHERE id = ? AND state = 'running' AND attempts = ?",
+        )
+        .bind(from_u64(total_steps))
+        .bind(from_u64(start_step))
+        .bind(attempt.job_id)
+        .bind(i64::from(attempt.attempt))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let job = load_job(&mut tx, attempt.job_id).await?;
+        tx.commit().await?;
+        Ok(Some(job))
+    }
+
+    /// The attempt ended on its worker. `None` if the attempt is not current (a late message
+    /// from an attempt already declared lost).
+    pub async fn finish_attempt(
+        &self,
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+        error: Option<&str>,
+        steps: Option<u64>,
+    ) -> StoreResult<Option<JobInfo>> {
+        let mut tx = self.pool.begin().await?;
+        let (job, cancel_requested) = load_job_for_update(&mut tx, attempt.job_id).await?;
+        if job.state != JobState::Running || job.attempts != attempt.attempt {
+            return Ok(None);
+        }
+        let now = now_ms();
+        let attempt_state = match outcome {
+            AttemptOutcome::Succeeded => JobState::Succeeded,
+            AttemptOutcome::Failed => JobState::Failed,
+            AttemptOutcome::Cancelled => JobState::Cancelled,
+        };
+        sqlx::query(
+            "UPDATE attempts SET state = ?, finished_ms = ?, error = ? \
+             WHERE job_id = ? AND attempt = ?",
+        )
+        .bind(attempt_state.as_str())
+        .bind(now)
+        .bind(error)
+        .bind(attempt.job_id)
+        .bind(i64::from(attempt.attempt))
+        .execute(&mut *tx)
+        .await?;
+        let next = match outcome {
+            AttemptOutcome::Succeeded => JobState::Succeeded,
+            AttemptOutcome::Cancelled => JobState::Cancelled,
+            AttemptOutcome::Failed if cancel_requested => JobState::Cancelled,
+            AttemptOutcome::Failed if job.attempts < job.max_attempts => JobState::Queued,
+            AttemptOutcome::Failed => JobState::Failed,
+        };
+        let finished = next.is_terminal().then_some(now);
+        let step = steps.map_or(from_u64(job.step), from_u64);
+        sqlx::query(
+            "UPDATE jobs SET state = ?, finished_ms = ?, step = MAX(step, ?), error = ?, \
+             worker_id = CASE WHEN ? = 'queued' THEN NULL ELSE worker_id END WHERE id = ?",
+        )
+        .bind(next.as_str())
+        .bind(finished)
+        .bind(step)
+        .bind(error)
+        .bind(next.as_str())
+        .bind(attempt.job_id)
+        .execute(&mut *tx)
+        .await?;
+        let job = load_job(&mut tx, attempt.job_id).await?;
+        tx.commit().await?;
+        Ok(Some(job))
+    }
+
+    /// Cancel a queued job at once, or mark a running one for cancellation.
+    pub async fn cancel_job(&self, id: JobId) -> StoreResult<CancelOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let job = load_job(&mut tx, id).await?;
+        let outcome = match job.state {
+            JobState::Queued => {
+                sqlx::query("UPDATE jobs SET state = 'cancelled', finished_ms = ? WHERE id = ?")
+                    .bind(now_ms())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Cancelled(load_job(&mut tx, id).await?)
+            }
+            JobState::Running => {
+                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Requested {
+                    attempt: AttemptRef {
+                        job_id: id,
+                        attempt: job.attempts,
+                    },
+                    worker_id: job.worker_id.clone().unwrap_or_default(),
+                    job,
+                }
+            }
+            state => {
+                return Err(StoreError::Conflict(format!(
+                    "job {id} is already {}; only queued or running jobs can be cancelled",
+                    state.as_str()
+                )));
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Re-queue a failed or cancelled job with `spec.max_attempts` more attempts.
+    pub async fn retry_job(&self, id: JobId) -> StoreResult<JobInfo> {
+        let mut tx = self.pool.begin().await?;
+        let job = load_job(&mut tx, id).await?;
+        if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+            return Err(StoreError::Conflict(format!(
+                "job {id} is {}; only failed or cancelled jobs can be retried",
+                job.state.as_str()
+            )));
+        }
+        let max_attempts = job.attempts.saturating_add(job.spec.max_attempts);
+        sqlx::query(
+            "UPDATE jobs SET state = 'queued', max_attempts = ?, error = NULL, finished_ms = NULL, \
+             worker_id = NULL, cancel_requested = 0 WHERE id = ?",
+        )
+        .bind(i64::from(max_attempts))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let job = load_job(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+}

@@ -1,0 +1,164 @@
+//! Metrics and logs: append-only series of a job.
+
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use kiln_shared::metric::{Metric, Split};
+use kiln_shared::protocol::{AttemptRef, JobId, LogEntry, LogLine, MetricPoint};
+
+use super::{Store, StoreError, StoreResult, from_u64, parse_split, split_str, to_u32, to_u64};
+
+/// Rows per multi-row INSERT: 9 binds each, well under SQLite's 32766 bind limit.
+const METRIC_ROWS_PER_INSERT: usize = 500;
+const LOG_ROWS_PER_INSERT: usize = 1000;
+
+/// `GET /api/jobs/{id}/metrics` filters, already checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MetricRange {
+    pub split: Option<Split>,
+    pub from_step: Option<u64>,
+    pub to_step: Option<u64>,
+}
+
+async fn current_in_tx(
+    conn: &mut sqlx::SqliteConnection,
+    attempt: AttemptRef,
+) -> StoreResult<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM jobs WHERE id = ? AND state = 'running' AND attempts = ?",
+    )
+    .bind(attempt.job_id)
+    .bind(i64::from(attempt.attempt))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
+}
+
+impl Store {
+    /// Append a batch of metrics in one transaction and advance the job's step. Returns
+    /// `false` (and stores nothing) if the attempt is not the job's current running one.
+    pub async fn insert_metrics(
+        &self,
+        attempt: AttemptRef,
+        points: &[Metric],
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        if !current_in_tx(&mut tx, attempt).await? {
+            return Ok(false);
+        }
+        for chunk in points.chunks(METRIC_ROWS_PER_INSERT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO metrics (job_id, attempt, step, split, loss, accuracy, lr, \
+                 samples_per_sec, epoch) ",
+            );
+            q.push_values(chunk, |mut row, m| {
+                row.push_bind(attempt.job_id)
+                    .push_bind(i64::from(attempt.attempt))
+                    .push_bind(from_u64(m.step))
+                    .push_bind(split_str(m.split))
+                    .push_bind(m.loss)
+                    .push_bind(m.accuracy)
+                    .push_bind(m.lr)
+                    .push_bind(m.samples_per_sec)
+                    .push_bind(m.epoch);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        if let Some(max_step) = points.iter().map(|m| m.step).max() {
+            sqlx::query("UPDATE jobs SET step = MAX(step, ?) WHERE id = ?")
+                .bind(from_u64(max_step))
+                .bind(attempt.job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Metrics of a job ordered by step (then arrival), every attempt included.
+    pub async fn metrics(
+        &self,
+        job_id: JobId,
+        range: MetricRange,
+    ) -> StoreResult<Vec<MetricPoint>> {
+        self.job(job_id).await?;
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT attempt, step, split, loss, accuracy, lr, samples_per_sec, epoch \
+             FROM metrics WHERE job_id = ",
+        );
+        q.push_bind(job_id);
+        if let Some(split) = range.split {
+            q.push(" AND split = ").push_bind(split_str(split));
+        }
+        if let Some(from) = range.from_step {
+            q.push(" AND step >= ").push_bind(from_u64(from));
+        }
+        if let Some(to) = range.to_step {
+            q.push(" AND step <= ").push_bind(from_u64(to));
+        }
+        q.push(" ORDER BY step, rowid");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(MetricPoint {
+                    attempt: to_u32(row.try_get("attempt")?, "metrics.attempt")?,
+                    metric: Metric {
+                        step: to_u64(row.try_get("step")?, "metrics.step")?,
+                        epoch: row.try_get("epoch")?,
+                        split: parse_split(row.try_get::<&str, _>("split")?)
+                            .map_err(StoreError::Corrupt)?,
+                        loss: row.try_get::<Option<f64>, _>("loss")?.unwrap_or(f64::NAN),
+                        accuracy: row.try_get("accuracy")?,
+                        lr: row.try_get("lr")?,
+                        samples_per_sec: row.try_get("samples_per_sec")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Append log lines in one transaction. Returns `false` (and stores nothing) if the
+    /// attempt is not current.
+    pub async fn insert_logs(&self, attempt: AttemptRef, lines: &[LogLine]) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        if !current_in_tx(&mut tx, attempt).await? {
+            return Ok(false);
+        }
+        for chunk in lines.chunks(LOG_ROWS_PER_INSERT) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO logs (job_id, attempt, ts_ms, text) ");
+            q.push_values(chunk, |mut row, line| {
+                row.push_bind(attempt.job_id)
+                    .push_bind(i64::from(attempt.attempt))
+                    .push_bind(line.ts_ms)
+                    .push_bind(line.text.clone());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Log lines of a job with `seq > after`, oldest first.
+    pub async fn logs(&self, job_id: JobId, after: i64, limit: u32) -> StoreResult<Vec<LogEntry>> {
+        self.job(job_id).await?;
+        let rows = sqlx::query(
+            "SELECT seq, ts_ms, text FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LogEntry {
+                    seq: row.try_get("seq")?,
+                    line: LogLine {
+                        ts_ms: row.try_get("ts_ms")?,
+                        text: row.try_get("text")?,
+                    },
+                })
+            })
+            .collect()
+    }
+}

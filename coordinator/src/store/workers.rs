@@ -1,0 +1,178 @@
+//! Workers as last seen, and API tokens (stored as SHA-256 hashes only).
+
+use sqlx::Row;
+
+use kiln_shared::protocol::{AttemptRef, Capabilities, WorkerInfo};
+
+use super::{Store, StoreError, StoreResult, now_ms, to_u32};
+
+/// What a bearer token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Everything.
+    Admin,
+    /// `/ws/worker` and artifact upload/download.
+    Worker,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Admin => "admin",
+            TokenKind::Worker => "worker",
+        }
+    }
+}
+
+const WORKER_SELECT: &str = "SELECT w.id, w.name, w.capabilities_json, w.connected, w.draining, \
+     w.last_seen_ms, j.id AS job_id, j.attempts AS attempt FROM workers w \
+     LEFT JOIN jobs j ON j.worker_id = w.id AND j.state = 'running'";
+
+fn worker_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<WorkerInfo> {
+    let id: String = row.try_get("id")?;
+    let caps: &str = row.try_get("capabilities_json")?;
+    let capabilities: Capabilities = serde_json::from_str(caps)
+        .map_err(|e| StoreError::Corrupt(format!("capabilities of worker {id}: {e}")))?;
+    let running = match row.try_get::<Option<i64>, _>("job_id")? {
+        Some(job_id) => Some(AttemptRef {
+            job_id,
+            attempt: to_u32(row.try_get("attempt")?, "jobs.attempts")?,
+        }),
+        None => None,
+    };
+    Ok(WorkerInfo {
+        id,
+        name: row.try_get("name")?,
+        capabilities,
+        connected: row.try_get::<i64, _>("connected")? != 0,
+        draining: row.try_get::<i64, _>("draining")? != 0,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+        running,
+    })
+}
+
+impl Store {
+    /// A worker said hello. `keep_draining`: keep an earlier drain (a reconnect with jobs
+    /// still running) rather than clearing it (a fresh worker process).
+    pub async fn connect_worker(
+        &self,
+        id: &str,
+        name: &str,
+        capabilities: &Capabilities,
+        keep_draining: bool,
+    ) -> StoreResult<WorkerInfo> {
+        let caps = serde_json::to_string(capabilities)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialize capabilities: {e}")))?;
+        sqlx::query(
+            "INSERT INTO workers (id, name, capabilities_json, connected, draining, last_seen_ms) \
+             VALUES (?, ?, ?, 1, 0, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+             capabilities_json = excluded.capabilities_json, connected = 1, \
+             draining = CASE WHEN ? THEN draining ELSE 0 END, last_seen_ms = excluded.last_seen_ms",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(caps)
+        .bind(now_ms())
+        .bind(keep_draining)
+        .execute(&self.pool)
+        .await?;
+        self.worker(id).await
+    }
+
+    pub async fn set_worker_connected(&self, id: &str, connected: bool) -> StoreResult<WorkerInfo> {
+        sqlx::query("UPDATE workers SET connected = ?, last_seen_ms = ? WHERE id = ?")
+            .bind(connected)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.worker(id).await
+    }
+
+    /// Mark every worker disconnected (coordinator start).
+    pub async fn disconnect_all_workers(&self) -> StoreResult<()> {
+        sqlx::query("UPDATE workers SET connected = 0")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn touch_worker(&self, id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE workers SET last_seen_ms = ? WHERE id = ?")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn drain_worker(&self, id: &str) -> StoreResult<WorkerInfo> {
+        let done = sqlx::query("UPDATE workers SET draining = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("worker `{id}` is not known")));
+        }
+        self.worker(id).await
+    }
+
+    pub async fn worker(&self, id: &str) -> StoreResult<WorkerInfo> {
+        let row = sqlx::query(&format!("{WORKER_SELECT} WHERE w.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("worker `{id}` is not known")))?;
+        worker_from_row(&row)
+    }
+
+    /// Every known worker, connected first, then by id.
+    pub async fn workers(&self) -> StoreResult<Vec<WorkerInfo>> {
+        let rows = sqlx::query(&format!("{WORKER_SELECT} ORDER BY w.connected DESC, w.id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    /// Store a token hash. Replaces every earlier admin token when `kind` is admin.
+    pub async fn put_token(&self, hash: &str, kind: TokenKind, name: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        if kind == TokenKind::Admin {
+            sqlx::query("DELETE FROM tokens WHERE kind = 'admin'")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO tokens (hash, kind, name, created_ms) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (hash) DO UPDATE SET kind = excluded.kind, name = excluded.name",
+        )
+        .bind(hash)
+        .bind(kind.as_str())
+        .bind(name)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn has_admin_token(&self) -> StoreResult<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = 'admin'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn token_kind(&self, hash: &str) -> StoreResult<Option<TokenKind>> {
+        let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        match kind.as_deref() {
+            None => Ok(None),
+            Some("admin") => Ok(Some(TokenKind::Admin)),
+            Some("worker") => Ok(Some(TokenKind::Worker)),
+            Some(other) => Err(StoreError::Corrupt(format!("unknown token kind `{other}`"))),
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The wire protocol between coordinator, workers and clients, and the REST API's JSON types.
+//!
+//! Only the types in this module (and the job spec and metric types they embed) are serialized
+//! for the wire. Messages are `#[serde(tag = "type")]` enums. The first frame of every WebSocket
+//! is a hello carrying [`PROTOCOL_VERSION`]; a mismatch closes the socket with a typed
+//! [`CloseReason`]. Within a version, changes are additive only (new optional fields with
+//! `#[serde(default)]`). Golden JSON tests in `protocol/tests.rs` pin every message.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metric::Metric;
+use crate::spec::{DeviceRequest, FieldError, JobSpec};
+
+/// Bumped on any incompatible change to the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Coordinator-assigned job id.
+pub type JobId = i64;
+
+/// What a worker can run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Devices this worker offers (`cpu`, `wgpu`, `cuda`), best first.
+    pub devices: Vec<DeviceRequest>,
+    /// Human description of each device, same order.
+    #[serde(default)]
+    pub device_names: Vec<String>,
+    pub memory_mb: u64,
+    pub cores: u32,
+    pub kiln_version: String,
+}
+
+/// One attempt of one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub job_id: JobId,
+    pub attempt: u32,
+}
+
+/// A log line from a running job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    pub text: String,
+}
+
+/// A stored log line with its position in the job's log (`GET /api/jobs/{id}/logs?after=`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Increases with every stored line (across jobs); pass the last one seen as `after`.
+    pub seq: i64,
+    #[serde(flatten)]
+    pub line: LogLine,
+}
+
+/// How an attempt ended on the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// Worker → coordinator, over `/ws/worker`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerMessage {
+    /// First frame. `running` lists attempts still running after a reconnect.
+    Hello {
+        protocol_version: u32,
+        worker_id: String,
+        name: String,
+        capabilities: Capabilities,
+        #[serde(default)]
+        running: Vec<AttemptRef>,
+    },
+    Heartbeat {
+        #[serde(default)]
+        running: Vec<AttemptRef>,
+    },
+    /// The attempt's model is built and its loop starts.
+    Started {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        device: String,
+        total_steps: u64,
+        start_step: u64,
+    },
+    /// Metrics, batched (flushed at least every 100 ms while a job runs).
+    Metrics {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        points: Vec<Metric>,
+    },
+    Logs {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        lines: Vec<LogLine>,
+    },
+    /// A checkpoint was uploaded as artifact `artifact` (HTTP, before this message).
+    Checkpoint {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        step: u64,
+        artifact: String,
+    },
+    Finished {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        outcome: AttemptOutcome,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        steps: u64,
+    },
+}
+
+/// Coordinator → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CoordinatorMessage {
+    Welcome {
+        protocol_version: u32,
+        worker_id: String,
+        heartbeat_interval_ms: u64,
+    },
+    /// Run this attempt; `resume` names a checkpoint artifact of the job to start from.
+    Assign {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        spec: JobSpec,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
+    },
+    Cancel {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+    },
+    /// Sent just before the coordinator closes the socket.
+    Goodbye { reason: CloseReason },
+}
+
+/// Why a socket is closed. Also the WebSocket close frame's reason text (JSON), with
+/// [`CloseReason::code`] as its code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum CloseReason {
+    ProtocolVersion {
+        expected: u32,
+        got: u32,
+    },
+    /// The first frame was not a hello, or a frame did not parse.
+    BadMessage {
+        message: String,
+    },
+    /// Another connection with the same worker id took over.
+    Superseded,
+    ShuttingDown,
+    /// A frame was larger than the coordinator accepts.
+    FrameTooLarge {
+        max_bytes: u64,
+    },
+}
+
+impl CloseReason {
+    /// WebSocket close code: the application range 4000–4999, except `FrameTooLarge`, which
+    /// uses the standard 1009 (message too big).
+    pub fn code(&self) -> u16 {
+        match self {
+            CloseReason::ProtocolVersion { .. } => 4001,
+            CloseReason::BadMessage { .. } => 4002,
+            CloseReason::Superseded => 4003,
+            CloseReason::ShuttingDown => 4004,
+            CloseReason::FrameTooLarge { .. } => 1009,
+        }
+    }
+}
+
+/// Client → coordinator, over `/ws/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Hello {
+        protocol_version: u32,
+    },
+    /// Receive this job's metrics and logs (job list changes always arrive).
+    Subscribe {
+        job_id: JobId,
+    },
+    Unsubscribe {
+        job_id: JobId,
+    },
+}
+
+/// Coordinator → client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerEvent {
+    Welcome {
+        protocol_version: u32,
+    },
+    /// A job was created or changed state or progress.
+    Job {
+        job: JobInfo,
+    },
+    Metrics {
+        job_id: JobId,
+        points: Vec<MetricPoint>,
+    },
+    Logs {
+        job_id: JobId,
+        lines: Vec<LogLine>,
+    },
+    Worker {
+        worker: WorkerInfo,
+    },
+    Goodbye {
+        reason: CloseReason,
+    },
+}
+
+/// Lifecycle of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobState::ALL
+            .into_iter()
+            .find(|j| j.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown job state `{s}`; allowed: queued, running, succeeded, failed, cancelled")
+            })
+    }
+}
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub name: String,
+    pub state: JobState,
+    pub priority: i32,
+    /// Sweep group, if the job was made by `kiln sweep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub created_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    pub step: u64,
+    pub total_steps: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub spec: JobSpec,
+}
+
+/// One attempt's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptInfo {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub state: JobState,
+    pub started_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_step: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A stored metric with the attempt that produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub metric: Metric,
+}
+
+/// A connected (or recently seen) worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub name: String,
+    pub capabilities: Capabilities,
+    pub connected: bool,
+    pub draining: bool,
+    pub last_seen_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<AttemptRef>,
+}
+
+/// A stored file of a job: checkpoints (`checkpoint-<step>.ckpt`), the final model
+/// (`model.bpk`, `model.safetensors`), the summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactInfo {
+    pub name: String,
+    pub size: u64,
+    pub created_ms: i64,
+}
+
+/// `POST /api/jobs` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitJob {
+    pub spec: JobSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobInfo>,
+    pub total: u64,
+}
+
+/// Every 4xx/5xx body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub error: String,
+    /// For an invalid spec: every problem, by field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,395 @@
+//! Golden JSON for every message: a change to the wire shows here in review.
+//!
+//! Each case serializes a fixed value, compares it with a literal, and parses the literal back.
+//! Job specs are pinned by `spec/tests.rs`; here they stand in as `SPEC`.
+
+use std::fmt::Debug;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::*;
+use crate::metric::{Metric, Split};
+
+fn spec() -> JobSpec {
+    JobSpec::from_json_str(
+        r#"{"name":"golden","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
+    )
+    .expect("the golden spec is valid")
+}
+
+/// `expected` with `SPEC` replaced by the golden spec's JSON.
+fn with_spec(expected: &str) -> String {
+    expected.replace(
+        "SPEC",
+        &serde_json::to_string(&spec()).expect("a spec serializes"),
+    )
+}
+
+fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: T, expected: &str) {
+    let expected = with_spec(expected);
+    let json = serde_json::to_string(&value).expect("serializes");
+    assert_eq!(json, expected, "serialized form of {value:?}");
+    let back: T = serde_json::from_str(&expected).expect("the golden JSON parses");
+    assert_eq!(back, value, "parsed back from {expected}");
+}
+
+fn caps() -> Capabilities {
+    Capabilities {
+        devices: vec![DeviceRequest::Cpu, DeviceRequest::Wgpu],
+        device_names: vec!["cpu".into(), "llvmpipe".into()],
+        memory_mb: 2048,
+        cores: 2,
+        kiln_version: "0.1.0".into(),
+    }
+}
+
+const A: AttemptRef = AttemptRef {
+    job_id: 7,
+    attempt: 2,
+};
+
+fn metric() -> Metric {
+    Metric {
+        step: 10,
+        epoch: 0.5,
+        split: Split::Train,
+        loss: 1.25,
+        accuracy: Some(0.5),
+        lr: None,
+        samples_per_sec: None,
+    }
+}
+
+fn job() -> JobInfo {
+    JobInfo {
+        id: 7,
+        name: "golden".into(),
+        state: JobState::Running,
+        priority: 1,
+        group: None,
+        created_ms: 1000,
+        started_ms: Some(2000),
+        finished_ms: None,
+        attempts: 2,
+        max_attempts: 3,
+        worker_id: Some("w1".into()),
+        step: 10,
+        total_steps: 100,
+        error: None,
+        spec: spec(),
+    }
+}
+
+fn worker() -> WorkerInfo {
+    WorkerInfo {
+        id: "w1".into(),
+        name: "box".into(),
+        capabilities: caps(),
+        connected: true,
+        draining: false,
+        last_seen_ms: 3000,
+        running: Some(A),
+    }
+}
+
+const CAPS: &str = r#"{"devices":["cpu","wgpu"],"device_names":["cpu","llvmpipe"],"memory_mb":2048,"cores":2,"kiln_version":"0.1.0"}"#;
+
+#[test]
+fn worker_messages() {
+    check(
+        WorkerMessage::Hello {
+            protocol_version: 1,
+            worker_id: "w1".into(),
+            name: "box".into(),
+            capabilities: caps(),
+            running: vec![A],
+        },
+        &format!(
+            r#"{{"type":"hello","protocol_version":1,"worker_id":"w1","name":"box","capabilities":{CAPS},"running":[{{"job_id":7,"attempt":2}}]}}"#
+        ),
+    );
+    check(
+        WorkerMessage::Heartbeat { running: vec![A] },
+        r#"{"type":"heartbeat","running":[{"job_id":7,"attempt":2}]}"#,
+    );
+    check(
+        WorkerMessage::Started {
+            attempt: A,
+            device: "cpu".into(),
+            total_steps: 100,
+            start_step: 0,
+        },
+        r#"{"type":"started","job_id":7,"attempt":2,"device":"cpu","total_steps":100,"start_step":0}"#,
+    );
+    check(
+        WorkerMessage::Metrics {
+            attempt: A,
+            points: vec![metric()],
+        },
+        r#"{"type":"metrics","job_id":7,"attempt":2,"points":[{"step":10,"epoch":0.5,"split":"train","loss":1.25,"accuracy":0.5}]}"#,
+    );
+    check(
+        WorkerMessage::Logs {
+            attempt: A,
+            lines: vec![LogLine {
+                ts_ms: 5,
+                text: "hi".into(),
+            }],
+        },
+        r#"{"type":"logs","job_id":7,"attempt":2,"lines":[{"ts_ms":5,"text":"hi"}]}"#,
+    );
+    check(
+        WorkerMessage::Checkpoint {
+            attempt: A,
+            step: 10,
+            artifact: "checkpoint-0000000010.ckpt".into(),
+        },
+        r#"{"type":"checkpoint","job_id":7,"attempt":2,"step":10,"artifact":"checkpoint-0000000010.ckpt"}"#,
+    );
+    check(
+        WorkerMessage::Finished {
+            attempt: A,
+            outcome: AttemptOutcome::Failed,
+            error: Some("boom".into()),
+            steps: 10,
+        },
+        r#"{"type":"finished","job_id":7,"attempt":2,"outcome":"failed","error":"boom","steps":10}"#,
+    );
+    check(
+        WorkerMessage::Finished {
+            attempt: A,
+            outcome: AttemptOutcome::Succeeded,
+            error: None,
+            steps: 100,
+        },
+        r#"{"type":"finished","job_id":7,"attempt":2,"outcome":"succeeded","steps":100}"#,
+    );
+}
+
+#[test]
+fn worker_hello_defaults() {
+    let hello: WorkerMessage = serde_json::from_str(&format!(
+        r#"{{"type":"hello","protocol_version":1,"worker_id":"w1","name":"box","capabilities":{CAPS}}}"#
+    ))
+    .expect("running is optional");
+    assert!(matches!(hello, WorkerMessage::Hello { running, .. } if running.is_empty()));
+}
+
+#[test]
+fn coordinator_messages() {
+    check(
+        CoordinatorMessage::Welcome {
+            protocol_version: 1,
+            worker_id: "w1".into(),
+            heartbeat_interval_ms: 2000,
+        },
+        r#"{"type":"welcome","protocol_version":1,"worker_id":"w1","heartbeat_interval_ms":2000}"#,
+    );
+    check(
+        CoordinatorMessage::Assign {
+            attempt: A,
+            spec: spec(),
+            resume: Some("checkpoint-0000000010.ckpt".into()),
+        },
+        r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC,"resume":"checkpoint-0000000010.ckpt"}"#,
+    );
+    check(
+        CoordinatorMessage::Assign {
+            attempt: A,
+            spec: spec(),
+            resume: None,
+        },
+        r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC}"#,
+    );
+    check(
+        CoordinatorMessage::Cancel { attempt: A },
+        r#"{"type":"cancel","job_id":7,"attempt":2}"#,
+    );
+    check(
+        CoordinatorMessage::Goodbye {
+            reason: CloseReason::Superseded,
+        },
+        r#"{"type":"goodbye","reason":{"reason":"superseded"}}"#,
+    );
+}
+
+#[test]
+fn close_reasons() {
+    let cases = [
+        (
+            CloseReason::ProtocolVersion {
+                expected: 1,
+                got: 2,
+            },
+            r#"{"reason":"protocol_version","expected":1,"got":2}"#,
+            4001,
+        ),
+        (
+            CloseReason::BadMessage {
+                message: "no".into(),
+            },
+            r#"{"reason":"bad_message","message":"no"}"#,
+            4002,
+        ),
+        (CloseReason::Superseded, r#"{"reason":"superseded"}"#, 4003),
+        (
+            CloseReason::ShuttingDown,
+            r#"{"reason":"shutting_down"}"#,
+            4004,
+        ),
+        (
+            CloseReason::FrameTooLarge { max_bytes: 1024 },
+            r#"{"reason":"frame_too_large","max_bytes":1024}"#,
+            1009,
+        ),
+    ];
+    for (reason, json, code) in cases {
+        assert_eq!(reason.code(), code, "{reason:?}");
+        check(reason, json);
+    }
+}
+
+#[test]
+fn client_messages() {
+    check(
+        ClientMessage::Hello {
+            protocol_version: 1,
+        },
+        r#"{"type":"hello","protocol_version":1}"#,
+    );
+    check(
+        ClientMessage::Subscribe { job_id: 7 },
+        r#"{"type":"subscribe","job_id":7}"#,
+    );
+    check(
+        ClientMessage::Unsubscribe { job_id: 7 },
+        r#"{"type":"unsubscribe","job_id":7}"#,
+    );
+}
+
+#[test]
+fn server_events() {
+    check(
+        ServerEvent::Welcome {
+            protocol_version: 1,
+        },
+        r#"{"type":"welcome","protocol_version":1}"#,
+    );
+    check(
+        ServerEvent::Job { job: job() },
+        r#"{"type":"job","job":{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"worker_id":"w1","step":10,"total_steps":100,"spec":SPEC}}"#,
+    );
+    check(
+        ServerEvent::Metrics {
+            job_id: 7,
+            points: vec![MetricPoint {
+                attempt: 2,
+                metric: metric(),
+            }],
+        },
+        r#"{"type":"metrics","job_id":7,"points":[{"attempt":2,"step":10,"epoch":0.5,"split":"train","loss":1.25,"accuracy":0.5}]}"#,
+    );
+    check(
+        ServerEvent::Logs {
+            job_id: 7,
+            lines: vec![LogLine {
+                ts_ms: 5,
+                text: "hi".into(),
+            }],
+        },
+        r#"{"type":"logs","job_id":7,"lines":[{"ts_ms":5,"text":"hi"}]}"#,
+    );
+    check(
+        ServerEvent::Worker { worker: worker() },
+        &format!(
+            r#"{{"type":"worker","worker":{{"id":"w1","name":"box","capabilities":{CAPS},"connected":true,"draining":false,"last_seen_ms":3000,"running":{{"job_id":7,"attempt":2}}}}}}"#
+        ),
+    );
+    check(
+        ServerEvent::Goodbye {
+            reason: CloseReason::ShuttingDown,
+        },
+        r#"{"type":"goodbye","reason":{"reason":"shutting_down"}}"#,
+    );
+}
+
+#[test]
+fn rest_types() {
+    check(
+        AttemptInfo {
+            job_id: 7,
+            attempt: 2,
+            worker_id: "w1".into(),
+            state: JobState::Failed,
+            started_ms: 1,
+            finished_ms: Some(2),
+            resumed_from_step: Some(10),
+            error: Some("worker lost".into()),
+        },
+        r#"{"job_id":7,"attempt":2,"worker_id":"w1","state":"failed","started_ms":1,"finished_ms":2,"resumed_from_step":10,"error":"worker lost"}"#,
+    );
+    check(
+        ArtifactInfo {
+            name: "model.bpk".into(),
+            size: 3,
+            created_ms: 4,
+        },
+        r#"{"name":"model.bpk","size":3,"created_ms":4}"#,
+    );
+    check(
+        LogEntry {
+            seq: 9,
+            line: LogLine {
+                ts_ms: 5,
+                text: "hi".into(),
+            },
+        },
+        r#"{"seq":9,"ts_ms":5,"text":"hi"}"#,
+    );
+    check(
+        SubmitJob {
+            spec: spec(),
+            group: Some("sweep-1".into()),
+        },
+        r#"{"spec":SPEC,"group":"sweep-1"}"#,
+    );
+    check(
+        JobPage {
+            jobs: vec![],
+            total: 0,
+        },
+        r#"{"jobs":[],"total":0}"#,
+    );
+    check(
+        ApiErrorBody {
+            error: "bad".into(),
+            fields: vec![FieldError {
+                field: "training.batch_size".into(),
+                value: "0".into(),
+                allowed: "1 to 65536".into(),
+            }],
+        },
+        r#"{"error":"bad","fields":[{"field":"training.batch_size","value":"0","allowed":"1 to 65536"}]}"#,
+    );
+    check(
+        ApiErrorBody {
+            error: "bad".into(),
+            fields: vec![],
+        },
+        r#"{"error":"bad"}"#,
+    );
+}
+
+#[test]
+fn job_states_parse_and_print() {
+    for state in JobState::ALL {
+        assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
+        assert_eq!(
+            serde_json::to_string(&state).expect("serializes"),
+            format!("\"{}\"", state.as_str())
+        );
+    }
+    let err = "done".parse::<JobState>().expect_err("unknown state");
+    assert!(err.contains("allowed"), "{err}");
+}
