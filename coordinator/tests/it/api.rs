@@ -1,0 +1,384 @@
+//! REST: submit, list, auth, limits, artifacts, metrics, static files.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use kiln_coordinator::client::{Client, JobFilter};
+use kiln_shared::protocol::{ApiErrorBody, JobState, SubmitJob};
+
+use crate::support::{self, ADMIN, MAX_ARTIFACT, MAX_BODY};
+
+const HB: Duration = Duration::from_secs(2);
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+async fn raw(
+    url: &str,
+    method: reqwest::Method,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, String) {
+    let mut req = reqwest::Client::new().request(method, url).body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    (status, resp.text().await.expect("body"))
+}
+
+fn error_body(text: &str) -> ApiErrorBody {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not an ApiErrorBody ({e}): {text}"))
+}
+
+#[tokio::test]
+async fn submit_valid_and_invalid() {
+    let dir = tmp();
+    let c = support::start(dir.path(), HB).await;
+    let client = support::admin(&c);
+
+    let job = support::submit(&client, "ok-job").await;
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.name, "ok-job");
+    assert_eq!(client.job(job.id).await.expect("job").id, job.id);
+
+    // Every problem is listed, and nothing is stored.
+    let bad = r#"{"spec":{"name":"bad name!","max_attempts":0,"model":{"kind":"mlp"},
+        "dataset":{"kind":"synthetic"},"training":{"batch_size":0}}}"#;
+    let (status, text) = raw(
+        &format!("{}/api/jobs", c.url()),
+        reqwest::Method::POST,
+        Some(ADMIN),
+        bad.into(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(error_body(&text).error.contains("Content-Type"), "{text}");
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/jobs", c.url()))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::from_str::<serde_json::Value>(bad).expect("json"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body = error_body(&resp.text().await.expect("body"));
+    let fields: Vec<&str> = body.fields.iter().map(|f| f.field.as_str()).collect();
+    for f in ["name", "max_attempts", "training.batch_size"] {
+        assert!(fields.contains(&f), "{f} missing from {fields:?}");
+    }
+    assert!(body.error.contains("training.batch_size"), "{}", body.error);
+
+    // Malformed JSON and unknown fields name serde's complaint.
+    let err = reqwest::Client::new()
+        .post(format!("{}/api/jobs", c.url()))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body(r#"{"spec":{"name":"x","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"},"bogus":1}}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    let text = err.text().await.expect("body");
+    assert!(text.contains("bogus"), "{text}");
+
+    let err = client
+        .submit(&SubmitJob {
+            spec: support::spec("x"),
+            group: Some(String::new()),
+        })
+        .await
+        .expect_err("empty group");
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+
+    let page = client.jobs(&JobFilter::default()).await.expect("list");
+    assert_eq!(page.total, 1, "only the valid job is stored");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_filters_and_pages() {
+    let dir = tmp();
+    let c = support::start(dir.path(), HB).await;
+    let client = support::admin(&c);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let job = client
+            .submit(&SubmitJob {
+                spec: support::spec(&format!("job-{i}")),
+                group: (i % 2 == 0).then(|| "sweep".to_string()),
+            })
+            .await
+            .expect("submit");
+        ids.push(job.id);
+    }
+    client.cancel(ids[1]).await.expect("cancel");
+
+    let page = client
+        .jobs(&JobFilter {
+            limit: Some(2),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.total, 5);
+    assert_eq!(
+        page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[4], ids[3]],
+        "newest first"
+    );
+    let page = client
+        .jobs(&JobFilter {
+            limit: Some(2),
+            offset: Some(4),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[0]]
+    );
+
+    let group = JobFilter {
+        group: Some("sweep".into()),
+        ..Default::default()
+    };
+    assert_eq!(client.jobs(&group).await.expect("list").total, 3);
+    let cancelled = JobFilter {
+        state: Some(JobState::Cancelled),
+        ..Default::default()
+    };
+    let page = client.jobs(&cancelled).await.expect("list");
+    assert_eq!(
+        page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+    let name = JobFilter {
+        name: Some("job-3".into()),
+        ..Default::default()
+    };
+    assert_eq!(client.jobs(&name).await.expect("list").total, 1);
+
+    for (query, param) in [
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=abc", "limit"),
+        ("offset=-1", "offset"),
+        ("state=done", "state"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, text) = raw(
+            &format!("{}/api/jobs?{query}", c.url()),
+            reqwest::Method::GET,
+            Some(ADMIN),
+            vec![],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        let body = error_body(&text);
+        assert!(body.error.contains(param), "{query}: {}", body.error);
+    }
+    let (status, text) = raw(
+        &format!("{}/api/jobs/999", c.url()),
+        reqwest::Method::GET,
+        Some(ADMIN),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_body(&text).error.contains("999"));
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn auth_limits_and_meta() {
+    let dir = tmp();
+    let c = support::start(dir.path(), HB).await;
+    let url = c.url();
+    let client = support::admin(&c);
+    let job = support::submit(&client, "auth").await;
+    let worker_token = c.create_worker_token("w").await.expect("token");
+
+    // Health needs no token; everything else does.
+    let health = Client::new(&url, None)
+        .expect("url")
+        .health()
+        .await
+        .expect("health");
+    assert_eq!(health.status, "ok");
+    let (status, text) = raw(
+        &format!("{url}/api/jobs"),
+        reqwest::Method::GET,
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error_body(&text).error.contains("Authorization"), "{text}");
+    let (status, text) = raw(
+        &format!("{url}/api/jobs"),
+        reqwest::Method::GET,
+        Some("nope"),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(error_body(&text).error.contains("not valid"), "{text}");
+    for path in ["/metrics", "/api/openapi.json", "/api/workers"] {
+        let (status, _) = raw(&format!("{url}{path}"), reqwest::Method::GET, None, vec![]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+
+    // A worker token may use artifacts, not admin endpoints.
+    let worker = Client::new(&url, Some(worker_token.clone())).expect("url");
+    let err = worker.jobs(&JobFilter::default()).await.expect_err("403");
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+    assert!(err.to_string().contains("admin token"), "{err}");
+    assert!(
+        worker
+            .artifacts(job.id)
+            .await
+            .expect("artifacts")
+            .is_empty()
+    );
+    worker
+        .upload_artifact(job.id, "model.bpk", vec![1, 2, 3])
+        .await
+        .expect("upload");
+    assert_eq!(
+        client
+            .download_artifact(job.id, "model.bpk")
+            .await
+            .expect("download"),
+        vec![1, 2, 3]
+    );
+
+    // Oversized bodies: 413 with a JSON body, and the server carries on.
+    let (status, text) = raw(
+        &format!("{url}/api/jobs"),
+        reqwest::Method::POST,
+        Some(ADMIN),
+        vec![b' '; MAX_BODY + 1],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error_body(&text).error.contains("larger"), "{text}");
+    let err = client
+        .upload_artifact(job.id, "big.bin", vec![0; MAX_ARTIFACT + 1])
+        .await
+        .expect_err("413");
+    assert_eq!(err.status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
+    assert!(client.health().await.is_ok());
+    let names: Vec<String> = client
+        .artifacts(job.id)
+        .await
+        .expect("artifacts")
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, vec!["model.bpk"]);
+
+    // Prometheus text and the OpenAPI document.
+    let (status, text) = raw(
+        &format!("{url}/metrics"),
+        reqwest::Method::GET,
+        Some(ADMIN),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("kiln_jobs{state=\"queued\"} 1"), "{text}");
+    assert!(text.contains("kiln_jobs_submitted_total 1"), "{text}");
+    assert!(text.contains("kiln_workers_connected 0"), "{text}");
+    assert!(text.contains("kiln_metric_points_ingested_total"), "{text}");
+    let (status, text) = raw(
+        &format!("{url}/api/openapi.json"),
+        reqwest::Method::GET,
+        Some(ADMIN),
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    for path in [
+        "/api/jobs",
+        "/api/jobs/{id}/metrics",
+        "/api/jobs/{id}/artifacts/{name}",
+        "/ws/worker",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+
+    // Unknown API paths are JSON 404s; other paths are the dashboard.
+    let (status, text) = raw(
+        &format!("{url}/api/nope"),
+        reqwest::Method::GET,
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    error_body(&text);
+    let (status, text) = raw(&format!("{url}/jobs/3"), reqwest::Method::GET, None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("dashboard is not built"), "{text}");
+    c.shutdown().await;
+}
+
+/// A raw HTTP/1.1 request, so no client normalizes the path first.
+async fn raw_status(addr: std::net::SocketAddr, request_line: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{request_line} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Length: 1\r\nConnection: close\r\n\r\nx"
+    );
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("read");
+    out.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn artifact_names_cannot_escape() {
+    let dir = tmp();
+    let c = support::start(dir.path(), HB).await;
+    let client = support::admin(&c);
+    let job = support::submit(&client, "art").await;
+    for name in [
+        "..%2Fx",
+        "%2e%2e",
+        "%2E%2E%2Fkiln.db",
+        "a%2Fb",
+        ".hidden",
+        "a%5Cb",
+        "%00",
+    ] {
+        for method in ["PUT", "GET"] {
+            let line = format!("{method} /api/jobs/{}/artifacts/{name}", job.id);
+            let status = raw_status(c.local_addr(), &line).await;
+            assert!(status.contains(" 400 "), "{line}: {status}");
+        }
+    }
+    // Raw `..` segments never reach a handler with a name.
+    let status = raw_status(
+        c.local_addr(),
+        &format!("PUT /api/jobs/{}/artifacts/../x", job.id),
+    )
+    .await;
+    assert!(!status.contains(" 201 "), "{status}");
+    assert!(client.artifacts(job.id).await.expect("list").is_empty());
+    assert!(!dir.path().join("x").exists());
+    let err = client
+        .download_artifact(job.id, "missing.bin")
+        .await
+        .expect_err("404");
+    assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+    c.shutdown().await;
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the coordinator: real SQLite files in temp dirs, real TCP on
+//! 127.0.0.1:0, real WebSockets (tokio-tungstenite). One binary keeps link time down.
+
+mod api;
+mod restart;
+mod support;
+mod worker;
