@@ -1,1 +1,233 @@
+//! Store transitions on a real SQLite file.
 
+use kiln_shared::JobSpec;
+use kiln_shared::metric::{Metric, Split};
+use kiln_shared::protocol::{AttemptOutcome, JobState};
+
+use super::*;
+
+fn spec(max_attempts: u32) -> JobSpec {
+    JobSpec::from_json_str(&format!(
+        r#"{{"name":"s","max_attempts":{max_attempts},"model":{{"kind":"mlp"}},"dataset":{{"kind":"synthetic"}}}}"#
+    ))
+    .expect("valid spec")
+}
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path()).await.expect("opens");
+    (dir, store)
+}
+
+#[tokio::test]
+async fn relative_paths_are_refused() {
+    let err = Store::open(std::path::Path::new("relative/dir"))
+        .await
+        .expect_err("relative");
+    assert!(err.to_string().contains("absolute"), "{err}");
+}
+
+#[tokio::test]
+async fn failures_requeue_until_max_attempts_then_retry_adds_more() {
+    let (_dir, store) = store().await;
+    let job = store.insert_job(&spec(2), None).await.expect("insert");
+    for (n, expected) in [(1, JobState::Queued), (2, JobState::Failed)] {
+        let a = store
+            .assign(job.id, "w")
+            .await
+            .expect("assign")
+            .expect("queued");
+        assert_eq!(a.attempt.attempt, n);
+        assert!(store.is_current(a.attempt).await.expect("query"));
+        let after = store
+            .finish_attempt(a.attempt, AttemptOutcome::Failed, Some("boom"), Some(5))
+            .await
+            .expect("finish")
+            .expect("current");
+        assert_eq!(after.state, expected);
+        assert_eq!(after.error.as_deref(), Some("boom"));
+        // A second report of the same attempt changes nothing.
+        assert!(
+            store
+                .finish_attempt(a.attempt, AttemptOutcome::Succeeded, None, None)
+                .await
+                .expect("finish")
+                .is_none()
+        );
+    }
+    let retried = store.retry_job(job.id).await.expect("retry");
+    assert_eq!(
+        (retried.state, retried.max_attempts, retried.error),
+        (JobState::Queued, 4, None)
+    );
+    assert!(matches!(
+        store.retry_job(job.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let attempts = store.attempts(job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 2);
+}
+
+#[tokio::test]
+async fn cancel_requested_wins_over_requeue_and_resume_picks_the_newest_checkpoint() {
+    let (_dir, store) = store().await;
+    let job = store.insert_job(&spec(3), Some("g")).await.expect("insert");
+    let a = store
+        .assign(job.id, "w")
+        .await
+        .expect("assign")
+        .expect("queued");
+    assert_eq!(a.resume, None);
+    for step in [9, 10, 2] {
+        store
+            .upsert_artifact(job.id, &crate::artifact::checkpoint_name(step), 1)
+            .await
+            .expect("artifact");
+    }
+    store
+        .upsert_artifact(job.id, "checkpoint-x.ckpt", 1)
+        .await
+        .expect("artifact");
+    assert!(matches!(
+        store.cancel_job(job.id).await,
+        Ok(CancelOutcome::Requested { .. })
+    ));
+    let after = store
+        .finish_attempt(a.attempt, AttemptOutcome::Failed, Some("interrupted"), None)
+        .await
+        .expect("finish")
+        .expect("current");
+    assert_eq!(after.state, JobState::Cancelled);
+    store.retry_job(job.id).await.expect("retry");
+    let b = store
+        .assign(job.id, "w2")
+        .await
+        .expect("assign")
+        .expect("queued");
+    assert_eq!(b.resume.as_deref(), Some("checkpoint-0000000010.ckpt"));
+    assert_eq!(b.job.step, 10);
+    assert_eq!(
+        store.attempts(job.id).await.expect("attempts")[1].resumed_from_step,
+        Some(10)
+    );
+}
+
+#[tokio::test]
+async fn metrics_of_stale_attempts_are_dropped_and_batches_are_large() {
+    let (_dir, store) = store().await;
+    let job = store.insert_job(&spec(3), None).await.expect("insert");
+    let a = store
+        .assign(job.id, "w")
+        .await
+        .expect("assign")
+        .expect("queued");
+    let points: Vec<Metric> = (0..2_345)
+        .map(|s| Metric {
+            step: s,
+            epoch: 0.0,
+            split: if s % 10 == 0 {
+                Split::Val
+            } else {
+                Split::Train
+            },
+            loss: if s == 7 { f64::NAN } else { 1.0 },
+            accuracy: None,
+            lr: Some(0.1),
+            samples_per_sec: None,
+        })
+        .collect();
+    assert!(
+        store
+            .insert_metrics(a.attempt, &points)
+            .await
+            .expect("insert")
+    );
+    let stored = store
+        .metrics(job.id, MetricRange::default())
+        .await
+        .expect("query");
+    assert_eq!(stored.len(), points.len());
+    assert!(stored[7].metric.loss.is_nan(), "NaN comes back as NaN");
+    assert_eq!(store.job(job.id).await.expect("job").step, 2_344);
+    let val = MetricRange {
+        split: Some(Split::Val),
+        from_step: Some(100),
+        to_step: Some(200),
+    };
+    assert_eq!(store.metrics(job.id, val).await.expect("query").len(), 11);
+    store
+        .finish_attempt(a.attempt, AttemptOutcome::Failed, None, None)
+        .await
+        .expect("finish");
+    assert!(
+        !store
+            .insert_metrics(a.attempt, &points[..1])
+            .await
+            .expect("insert")
+    );
+    assert!(!store.insert_logs(a.attempt, &[]).await.expect("insert"));
+}
+
+#[tokio::test]
+async fn tokens_and_workers() {
+    let (_dir, store) = store().await;
+    assert!(!store.has_admin_token().await.expect("query"));
+    store
+        .put_token("h1", TokenKind::Admin, "admin")
+        .await
+        .expect("put");
+    store
+        .put_token("h2", TokenKind::Admin, "admin")
+        .await
+        .expect("put");
+    store
+        .put_token("h3", TokenKind::Worker, "w")
+        .await
+        .expect("put");
+    assert_eq!(
+        store.token_kind("h1").await.expect("query"),
+        None,
+        "replaced"
+    );
+    assert_eq!(
+        store.token_kind("h2").await.expect("query"),
+        Some(TokenKind::Admin)
+    );
+    assert_eq!(
+        store.token_kind("h3").await.expect("query"),
+        Some(TokenKind::Worker)
+    );
+    let caps = kiln_shared::protocol::Capabilities {
+        devices: vec![],
+        device_names: vec![],
+        memory_mb: 1,
+        cores: 1,
+        kiln_version: "t".into(),
+    };
+    let w = store
+        .connect_worker("w", "box", &caps, false)
+        .await
+        .expect("connect");
+    assert!(w.connected && !w.draining);
+    assert!(store.drain_worker("w").await.expect("drain").draining);
+    assert!(
+        store
+            .connect_worker("w", "box", &caps, true)
+            .await
+            .expect("connect")
+            .draining
+    );
+    assert!(
+        !store
+            .connect_worker("w", "box", &caps, false)
+            .await
+            .expect("connect")
+            .draining
+    );
+    store.disconnect_all_workers().await.expect("disconnect");
+    assert!(!store.workers().await.expect("workers")[0].connected);
+    assert!(matches!(
+        store.drain_worker("nobody").await,
+        Err(StoreError::NotFound(_))
+    ));
+}

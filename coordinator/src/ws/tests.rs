@@ -1,1 +1,239 @@
+//! The socket handlers driven through channels instead of sockets.
 
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use futures_channel::mpsc;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use kiln_shared::protocol::{
+    Capabilities, ClientMessage, CloseReason, CoordinatorMessage, PROTOCOL_VERSION, ServerEvent,
+    WorkerMessage,
+};
+
+use super::*;
+use crate::CoordinatorConfig;
+use crate::state::AppState;
+use crate::store::Store;
+
+type In = mpsc::UnboundedSender<Result<Message, std::io::Error>>;
+type Out = mpsc::UnboundedReceiver<Message>;
+
+async fn state(dir: &std::path::Path) -> (AppState, watch::Sender<bool>) {
+    let store = Store::open(dir).await.expect("store opens");
+    let (tx, rx) = watch::channel(false);
+    let config = CoordinatorConfig {
+        data_dir: dir.to_path_buf(),
+        max_frame_bytes: 1024,
+        ..Default::default()
+    };
+    (AppState::new(config, store, rx), tx)
+}
+
+fn pipes() -> (
+    In,
+    mpsc::UnboundedReceiver<Result<Message, std::io::Error>>,
+    mpsc::UnboundedSender<Message>,
+    Out,
+) {
+    let (in_tx, in_rx) = mpsc::unbounded();
+    let (out_tx, out_rx) = mpsc::unbounded();
+    (in_tx, in_rx, out_tx, out_rx)
+}
+
+fn text<T: serde::Serialize>(msg: &T) -> Result<Message, std::io::Error> {
+    Ok(Message::Text(
+        serde_json::to_string(msg).expect("serializes").into(),
+    ))
+}
+
+async fn next_out(out: &mut Out) -> Message {
+    tokio::time::timeout(Duration::from_secs(5), out.next())
+        .await
+        .expect("a frame in time")
+        .expect("the handler sent a frame")
+}
+
+fn hello(id: &str) -> WorkerMessage {
+    WorkerMessage::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: id.into(),
+        name: id.into(),
+        capabilities: Capabilities {
+            devices: vec![kiln_shared::spec::DeviceRequest::Cpu],
+            device_names: vec![],
+            memory_mb: 1,
+            cores: 1,
+            kiln_version: "t".into(),
+        },
+        running: vec![],
+    }
+}
+
+#[tokio::test]
+async fn worker_bad_first_frame_gets_goodbye_and_close() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, _keep) = state(dir.path()).await;
+    let (in_tx, in_rx, out_tx, mut out) = pipes();
+    in_tx
+        .unbounded_send(Ok(Message::Text("not json".into())))
+        .expect("send");
+    worker::serve(state, out_tx, in_rx).await;
+    match next_out(&mut out).await {
+        Message::Text(t) => {
+            let msg: CoordinatorMessage = serde_json::from_str(&t).expect("json");
+            assert!(
+                matches!(
+                    msg,
+                    CoordinatorMessage::Goodbye {
+                        reason: CloseReason::BadMessage { .. }
+                    }
+                ),
+                "{msg:?}"
+            );
+        }
+        other => panic!("expected goodbye, got {other:?}"),
+    }
+    match next_out(&mut out).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, 4002),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn worker_is_superseded_by_a_second_connection_and_says_goodbye_on_shutdown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, shutdown) = state(dir.path()).await;
+    let (in1, rx1, tx1, mut out1) = pipes();
+    in1.unbounded_send(text(&hello("w"))).expect("send");
+    let first = tokio::spawn(worker::serve(state.clone(), tx1, rx1));
+    assert!(
+        matches!(next_out(&mut out1).await, Message::Text(_)),
+        "welcome"
+    );
+
+    let (in2, rx2, tx2, mut out2) = pipes();
+    in2.unbounded_send(text(&hello("w"))).expect("send");
+    let second = tokio::spawn(worker::serve(state.clone(), tx2, rx2));
+    assert!(
+        matches!(next_out(&mut out2).await, Message::Text(_)),
+        "welcome"
+    );
+    match next_out(&mut out1).await {
+        Message::Text(t) => assert!(t.contains("superseded"), "{t}"),
+        other => panic!("expected goodbye, got {other:?}"),
+    }
+    first.await.expect("first ends");
+    assert_eq!(state.workers.connected_count(), 1);
+
+    shutdown.send(true).expect("shutdown");
+    match next_out(&mut out2).await {
+        Message::Text(t) => assert!(t.contains("shutting_down"), "{t}"),
+        other => panic!("expected goodbye, got {other:?}"),
+    }
+    second.await.expect("second ends");
+    drop((in1, in2));
+}
+
+#[tokio::test]
+async fn events_client_gets_welcome_then_filtered_events() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, _keep) = state(dir.path()).await;
+    let (in_tx, in_rx, out_tx, mut out) = pipes();
+    in_tx
+        .unbounded_send(text(&ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        }))
+        .expect("send");
+    let task = tokio::spawn(events::serve(state.clone(), out_tx, in_rx));
+    match next_out(&mut out).await {
+        Message::Text(t) => assert!(t.contains("welcome"), "{t}"),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    // Not subscribed: logs of job 1 are filtered out; subscribed: they arrive.
+    state
+        .events
+        .send(ServerEvent::Logs {
+            job_id: 1,
+            lines: vec![],
+        })
+        .expect("a receiver");
+    in_tx
+        .unbounded_send(text(&ClientMessage::Subscribe { job_id: 2 }))
+        .expect("send");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    state
+        .events
+        .send(ServerEvent::Logs {
+            job_id: 2,
+            lines: vec![],
+        })
+        .expect("a receiver");
+    match next_out(&mut out).await {
+        Message::Text(t) => assert!(t.contains("\"job_id\":2"), "{t}"),
+        other => panic!("expected logs, got {other:?}"),
+    }
+    // A second hello is a protocol error.
+    in_tx
+        .unbounded_send(text(&ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        }))
+        .expect("send");
+    assert!(matches!(next_out(&mut out).await, Message::Text(t) if t.contains("bad_message")));
+    task.await.expect("ends");
+}
+
+#[test]
+fn close_frames_fit_a_control_frame() {
+    for reason in [
+        CloseReason::BadMessage {
+            message: "x".repeat(500),
+        },
+        CloseReason::ProtocolVersion {
+            expected: 1,
+            got: 2,
+        },
+        CloseReason::FrameTooLarge { max_bytes: 1 << 40 },
+    ] {
+        match close_frame(&reason) {
+            Message::Close(Some(frame)) => {
+                assert_eq!(frame.code, reason.code());
+                assert!(frame.reason.len() <= 123, "{}", frame.reason.len());
+                let parsed: CloseReason = serde_json::from_str(&frame.reason).expect("json");
+                assert_eq!(
+                    std::mem::discriminant(&parsed),
+                    std::mem::discriminant(&reason)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn hello_checks() {
+    let check = |text: &str, expected: Option<CloseReason>| {
+        assert_eq!(check_hello(text).err(), expected, "{text}");
+    };
+    check(r#"{"type":"hello","protocol_version":1}"#, None);
+    check(
+        r#"{"type":"hello","protocol_version":7}"#,
+        Some(CloseReason::ProtocolVersion {
+            expected: PROTOCOL_VERSION,
+            got: 7,
+        }),
+    );
+    assert!(matches!(
+        check_hello(r#"{"type":"heartbeat"}"#),
+        Err(CloseReason::BadMessage { .. })
+    ));
+    assert!(matches!(
+        check_hello(r#"{"type":"hello"}"#),
+        Err(CloseReason::BadMessage { .. })
+    ));
+    assert!(matches!(
+        check_hello("[1"),
+        Err(CloseReason::BadMessage { .. })
+    ));
+}
