@@ -5,7 +5,9 @@
 
 use std::sync::Mutex;
 
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::Device;
+#[cfg(not(target_arch = "wasm32"))]
+use burn::tensor::DeviceKind;
 
 use crate::spec::DeviceRequest;
 

@@ -16,6 +16,7 @@ pub mod device;
 #[cfg(feature = "train")]
 pub mod model;
 pub mod metric;
+pub mod protocol;
 pub mod spec;
 #[cfg(feature = "train")]
 pub mod train;
