@@ -1,6 +1,8 @@
 //! `kiln`: the command line. Only argument parsing and output live here; the work is done by
 //! kiln-shared (training core), kiln-coordinator and kiln-worker.
 
+mod client_cmd;
+mod server_cmd;
 mod train_cmd;
 
 use std::process::ExitCode;
@@ -8,10 +10,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Kiln: one Rust model, trained anywhere")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: one Rust model, trained anywhere"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    remote: client_cmd::Remote,
 }
 
 #[derive(Subcommand)]
@@ -23,6 +31,14 @@ enum Command {
         /// Job spec (TOML, or JSON if it ends in .json).
         spec: std::path::PathBuf,
     },
+    /// Coordinator and a local worker in one process, with the dashboard.
+    Up(server_cmd::UpArgs),
+    /// Run the coordinator: job queue, store, dashboard.
+    Serve(server_cmd::ServeArgs),
+    /// Run a worker that dials out to a coordinator and trains its jobs.
+    Worker(server_cmd::WorkerArgs),
+    #[command(flatten)]
+    Remote(client_cmd::RemoteCommand),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +57,10 @@ fn main() -> ExitCode {
             print!("{}", s.to_toml_string());
             ExitCode::SUCCESS
         }),
+        Command::Up(args) => server_cmd::up(args),
+        Command::Serve(args) => server_cmd::serve(args),
+        Command::Worker(args) => server_cmd::worker(args, cli.remote),
+        Command::Remote(command) => client_cmd::run(cli.remote, command),
     };
     match result {
         Ok(code) => code,

@@ -84,7 +84,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut spec = read_spec(&args.spec)?;
     if let Some(dir) = &args.data_dir {
         if spec.dataset.path().is_none() {
-            bail!("--data-dir given, but dataset.kind = {} reads no files", spec.dataset.kind());
+            bail!(
+                "--data-dir given, but dataset.kind = {} reads no files",
+                spec.dataset.kind()
+            );
         }
         let path = if matches!(spec.dataset, kiln_shared::spec::DatasetSpec::Idx { .. }) {
             dir.clone()
@@ -108,7 +111,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let ckpt = Checkpoint::decode(&bytes)
             .with_context(|| format!("cannot resume from {}", path.display()))?;
-        eprintln!("resuming from {} (step {})", path.display(), ckpt.state.step);
+        eprintln!(
+            "resuming from {} (step {})",
+            path.display(),
+            ckpt.state.step
+        );
         Some(ckpt)
     } else {
         None
@@ -118,15 +125,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     fs::write(out.join("spec.toml"), spec.to_toml_string()).context("writing spec.toml")?;
 
     let resolved = device::resolve(spec.device)?;
-    let splits = data::load(&spec.dataset, spec.seed, &FsSource)
-        .with_context(|| format!("loading dataset {}", spec.dataset.path().unwrap_or("(synthetic)")))?;
+    let splits = data::load(&spec.dataset, spec.seed, &FsSource).with_context(|| {
+        format!(
+            "loading dataset {}",
+            spec.dataset.path().unwrap_or("(synthetic)")
+        )
+    })?;
     eprintln!(
         "kiln train: {} | {} on {} | {} training examples{} | run folder {}",
         spec.name,
         spec.model.kind(),
         resolved.description,
         splits.train.len(),
-        splits.valid.as_ref().map(|v| format!(", {} validation", v.len())).unwrap_or_default(),
+        splits
+            .valid
+            .as_ref()
+            .map(|v| format!(", {} validation", v.len()))
+            .unwrap_or_default(),
         out.display()
     );
 
@@ -141,7 +156,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         .append(true)
         .open(out.join("metrics.jsonl"))
         .context("opening metrics.jsonl")?;
-    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} steps  {msg}",
@@ -153,11 +172,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut on_event = |event: TrainEvent| {
         let result = (|| -> anyhow::Result<()> {
             match event {
-                TrainEvent::Started { total_steps, start_step, parameters, model } => {
+                TrainEvent::Started {
+                    total_steps,
+                    start_step,
+                    parameters,
+                    model,
+                } => {
                     bar.set_length(total_steps);
                     bar.set_position(start_step);
                     bar.println(format!("model: {} parameters", parameters));
-                    fs::write(out.join("model.json"), serde_json::to_string_pretty(&model)?)?;
+                    fs::write(
+                        out.join("model.json"),
+                        serde_json::to_string_pretty(&model)?,
+                    )?;
                 }
                 TrainEvent::Metric(m) => {
                     let line = serde_json::to_string(&m)?;
@@ -171,7 +198,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                             bar.set_message(format!(
                                 "loss {:.4}{}  {:.0} samples/s",
                                 m.loss,
-                                m.accuracy.map(|a| format!("  acc {a:.3}")).unwrap_or_default(),
+                                m.accuracy
+                                    .map(|a| format!("  acc {a:.3}"))
+                                    .unwrap_or_default(),
                                 m.samples_per_sec.unwrap_or(0.0)
                             ));
                         }
@@ -180,12 +209,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                             m.step,
                             format!("{split:?}").to_lowercase(),
                             m.loss,
-                            m.accuracy.map(|a| format!("  accuracy {a:.4}")).unwrap_or_default()
+                            m.accuracy
+                                .map(|a| format!("  accuracy {a:.4}"))
+                                .unwrap_or_default()
                         )),
                     }
                 }
                 TrainEvent::Checkpoint(c) => {
-                    let path = out.join("checkpoints").join(format!("step-{:08}.ckpt", c.state.step));
+                    let path = out
+                        .join("checkpoints")
+                        .join(format!("step-{:08}.ckpt", c.state.step));
                     write_atomic(&path, &c.encode())?;
                 }
             }
@@ -223,21 +256,35 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         "val": summary.last_val,
         "test": summary.test,
     });
-    fs::write(out.join("summary.json"), serde_json::to_string_pretty(&report)?)
-        .context("writing summary.json")?;
+    fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&report)?,
+    )
+    .context("writing summary.json")?;
     let acc = |m: &Option<train::Metric>| {
-        m.as_ref().and_then(|m| m.accuracy).map(|a| format!("{a:.4}")).unwrap_or_else(|| "-".into())
+        m.as_ref()
+            .and_then(|m| m.accuracy)
+            .map(|a| format!("{a:.4}"))
+            .unwrap_or_else(|| "-".into())
     };
     eprintln!(
         "{} after {} steps: {:.0} samples/s, val accuracy {}, test accuracy {} | {}",
-        if summary.outcome == Outcome::Completed { "done" } else { "cancelled (resume with --resume)" },
+        if summary.outcome == Outcome::Completed {
+            "done"
+        } else {
+            "cancelled (resume with --resume)"
+        },
         summary.steps,
         summary.train_samples_per_sec,
         acc(&summary.last_val),
         acc(&summary.test),
         out.display()
     );
-    Ok(if summary.outcome == Outcome::Completed { ExitCode::SUCCESS } else { ExitCode::from(130) })
+    Ok(if summary.outcome == Outcome::Completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(130)
+    })
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -140,6 +140,11 @@ impl Coordinator {
         let state = AppState::new(config, store, shutdown_rx.clone());
         let router = app(state.clone());
         let mut server_shutdown = shutdown_rx;
+        // Small frames (metric batches, events) must not wait for Nagle + delayed ACK: it
+        // added ~22 ms to the metric → browser p99 (examples/bench_coordinator.rs).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(async move {

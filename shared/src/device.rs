@@ -60,10 +60,7 @@ pub fn resolve(requested: DeviceRequest) -> Result<ResolvedDevice, DeviceError> 
     if let Some(d) = cached(requested) {
         return Ok(d);
     }
-    let err = |message: String| DeviceError {
-        requested,
-        message,
-    };
+    let err = |message: String| DeviceError { requested, message };
     let resolved = match requested {
         DeviceRequest::Cpu => cpu(),
         DeviceRequest::Wgpu => wgpu(None).map_err(err)?,
@@ -89,7 +86,9 @@ fn wgpu(kind: Option<DeviceKind>) -> Result<ResolvedDevice, String> {
     if let Some(kind) = kind {
         options = options.device_kind(kind);
     }
-    let device = options.init().map_err(|e| format!("no usable wgpu adapter: {e}"))?;
+    let device = options
+        .init()
+        .map_err(|e| format!("no usable wgpu adapter: {e}"))?;
     Ok(ResolvedDevice {
         description: format!("wgpu ({device:?})"),
         device,

@@ -13,9 +13,9 @@
 pub mod data;
 #[cfg(feature = "train")]
 pub mod device;
+pub mod metric;
 #[cfg(feature = "train")]
 pub mod model;
-pub mod metric;
 pub mod protocol;
 pub mod spec;
 #[cfg(feature = "train")]

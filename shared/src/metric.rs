@@ -26,4 +26,3 @@ pub struct Metric {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_per_sec: Option<f64>,
 }
-

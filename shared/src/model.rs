@@ -71,7 +71,14 @@ impl ModelConfig {
                         ),
                     });
                 };
-                ModelConfig::Cnn(CnnConfig::new([c, h, w], conv, hidden, info.outputs, *activation, *dropout)?)
+                ModelConfig::Cnn(CnnConfig::new(
+                    [c, h, w],
+                    conv,
+                    hidden,
+                    info.outputs,
+                    *activation,
+                    *dropout,
+                )?)
             }
             ModelSpec::Charlm {
                 context,
@@ -161,7 +168,11 @@ pub(crate) fn dense_inputs(batch: &Dataset, device: &Device) -> (Tensor<2>, Vec<
 }
 
 /// Classification or regression loss for `[batch, outputs]` predictions.
-pub(crate) fn supervised_output(output: Tensor<2>, targets: &Targets, device: &Device) -> StepOutput {
+pub(crate) fn supervised_output(
+    output: Tensor<2>,
+    targets: &Targets,
+    device: &Device,
+) -> StepOutput {
     let [n, _] = output.dims();
     match targets {
         Targets::Class(labels) => {
@@ -187,7 +198,9 @@ pub(crate) fn supervised_output(output: Tensor<2>, targets: &Targets, device: &D
                 predictions: n,
             }
         }
-        Targets::Tokens { .. } => unreachable!("token targets go to charlm, checked by ModelConfig::new"),
+        Targets::Tokens { .. } => {
+            unreachable!("token targets go to charlm, checked by ModelConfig::new")
+        }
     }
 }
 

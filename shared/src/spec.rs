@@ -828,7 +828,12 @@ impl JobSpec {
                 v.check(field, n, n >= 1, "at least 1 (leave it out to disable)");
             }
         }
-        v.check("training.log_every", t.log_every, t.log_every >= 1, "at least 1");
+        v.check(
+            "training.log_every",
+            t.log_every,
+            t.log_every >= 1,
+            "at least 1",
+        );
         match t.grad_clip {
             Some(GradClip::Norm(x)) => v.check(
                 "training.grad_clip.norm",

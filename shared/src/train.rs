@@ -12,12 +12,12 @@ mod schedule;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{
-    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig,
-    decay::WeightDecayConfig, momentum::MomentumConfig,
+    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig,
+    momentum::MomentumConfig,
 };
-use burn::grad_clipping::GradientClippingConfig;
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Int, Tensor};
 use web_time::Instant;
@@ -28,7 +28,7 @@ pub use hook::{GradientHook, HookError};
 pub use schedule::learning_rate;
 
 use crate::data::{self, Dataset, Splits};
-use crate::model::{Cnn, CharLm, Mlp, ModelConfig, ModelError, TrainModel};
+use crate::model::{CharLm, Cnn, Mlp, ModelConfig, ModelError, TrainModel};
 use crate::spec::{GradClip, JobSpec, ModelSpec, OptimizerKind, OptimizerSpec};
 
 /// What the loop reports while it runs.
@@ -238,7 +238,13 @@ impl Accumulator {
         }
     }
 
-    fn add(&mut self, loss: Tensor<1>, correct: Option<Tensor<1, Int>>, predictions: usize, samples: usize) {
+    fn add(
+        &mut self,
+        loss: Tensor<1>,
+        correct: Option<Tensor<1, Int>>,
+        predictions: usize,
+        samples: usize,
+    ) {
         self.loss = Some(match self.loss.take() {
             Some(acc) => acc + loss,
             None => loss,
@@ -482,13 +488,28 @@ impl<M: TrainModel> Loop<M> {
                 on_event(TrainEvent::Metric(metric));
             }
             let eval_due = spec.training.eval_every.is_some_and(|k| step % k == 0);
-            if eval_due && step < total_steps && let Some(valid) = &data.valid {
-                let metric = eval_metric(&model, valid, batch, &device, step, epoch_at(step), Split::Val).await?;
+            if eval_due
+                && step < total_steps
+                && let Some(valid) = &data.valid
+            {
+                let metric = eval_metric(
+                    &model,
+                    valid,
+                    batch,
+                    &device,
+                    step,
+                    epoch_at(step),
+                    Split::Val,
+                )
+                .await?;
                 last_val = Some(metric.clone());
                 on_event(TrainEvent::Metric(metric));
                 acc.since = Instant::now();
             }
-            let ckpt_due = spec.training.checkpoint_every.is_some_and(|k| step % k == 0);
+            let ckpt_due = spec
+                .training
+                .checkpoint_every
+                .is_some_and(|k| step % k == 0);
             if ckpt_due && step < total_steps {
                 let c = checkpoint(&model, &optim, step, epoch, batch_in_epoch, samples)?;
                 on_event(TrainEvent::Checkpoint(Box::new(c)));
@@ -499,12 +520,30 @@ impl<M: TrainModel> Loop<M> {
         let mut test = None;
         if outcome == Outcome::Completed {
             if let Some(valid) = &data.valid {
-                let metric = eval_metric(&model, valid, batch, &device, step, epoch_at(step), Split::Val).await?;
+                let metric = eval_metric(
+                    &model,
+                    valid,
+                    batch,
+                    &device,
+                    step,
+                    epoch_at(step),
+                    Split::Val,
+                )
+                .await?;
                 last_val = Some(metric.clone());
                 on_event(TrainEvent::Metric(metric));
             }
             if let Some(test_data) = &data.test {
-                let metric = eval_metric(&model, test_data, batch, &device, step, epoch_at(step), Split::Test).await?;
+                let metric = eval_metric(
+                    &model,
+                    test_data,
+                    batch,
+                    &device,
+                    step,
+                    epoch_at(step),
+                    Split::Test,
+                )
+                .await?;
                 test = Some(metric.clone());
                 on_event(TrainEvent::Metric(metric));
             }
@@ -512,7 +551,9 @@ impl<M: TrainModel> Loop<M> {
         // A final checkpoint (also on cancel, so a cancelled run can be resumed) where the
         // caller asked for checkpoints; its weights double as the final model.
         let mut weights = None;
-        if spec.training.checkpoint_every.is_some() || outcome == Outcome::Completed && !cfg!(target_arch = "wasm32") {
+        if spec.training.checkpoint_every.is_some()
+            || outcome == Outcome::Completed && !cfg!(target_arch = "wasm32")
+        {
             let c = checkpoint(&model, &optim, step, epoch, batch_in_epoch, samples)?;
             weights = Some(c.model.clone());
             if spec.training.checkpoint_every.is_some() {

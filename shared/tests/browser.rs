@@ -54,9 +54,14 @@ log_every = 1
             losses.push(m.loss);
         }
     };
-    let summary = train(TrainRun::new(spec, data, device.device.clone(), &mut on_event))
-        .await
-        .expect("trains in the browser");
+    let summary = train(TrainRun::new(
+        spec,
+        data,
+        device.device.clone(),
+        &mut on_event,
+    ))
+    .await
+    .expect("trains in the browser");
     assert_eq!(summary.steps, steps);
     console_log!("{}: losses {:?}", device.description, losses);
     (device.kind, losses)

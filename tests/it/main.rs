@@ -1,4 +1,5 @@
 //! End-to-end tests: the real `kiln` binary, real files, real training.
 
+mod cluster;
 mod support;
 mod train_cli;

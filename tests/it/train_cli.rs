@@ -9,17 +9,44 @@ fn train_writes_a_complete_run_folder_and_resumes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("run");
     let o = run(kiln()
-        .args(["train", "examples/mnist-mlp.toml", "--max-steps", "12", "--out"])
+        .args([
+            "train",
+            "examples/mnist-mlp.toml",
+            "--max-steps",
+            "12",
+            "--out",
+        ])
         .arg(&out));
     assert!(o.status.success(), "kiln train failed: {}", stderr(&o));
-    for file in ["spec.toml", "model.json", "metrics.jsonl", "model.bpk", "model.safetensors", "summary.json"] {
-        assert!(out.join(file).is_file(), "{file} missing from the run folder");
+    for file in [
+        "spec.toml",
+        "model.json",
+        "metrics.jsonl",
+        "model.bpk",
+        "model.safetensors",
+        "summary.json",
+    ] {
+        assert!(
+            out.join(file).is_file(),
+            "{file} missing from the run folder"
+        );
     }
     let metrics = read_jsonl(&out.join("metrics.jsonl"));
     let train: Vec<_> = metrics.iter().filter(|m| m["split"] == "train").collect();
-    assert_eq!(train.len(), 2, "log_every = 10 over 12 steps: steps 10 and 12");
-    assert!(metrics.iter().all(|m| m["step"].is_u64() && m["loss"].is_f64()));
-    let test = metrics.iter().find(|m| m["split"] == "test").expect("a test metric at the end");
+    assert_eq!(
+        train.len(),
+        2,
+        "log_every = 10 over 12 steps: steps 10 and 12"
+    );
+    assert!(
+        metrics
+            .iter()
+            .all(|m| m["step"].is_u64() && m["loss"].is_f64())
+    );
+    let test = metrics
+        .iter()
+        .find(|m| m["split"] == "test")
+        .expect("a test metric at the end");
     assert!(test["accuracy"].as_f64().expect("accuracy") > 0.3, "{test}");
     let summary: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -32,7 +59,14 @@ fn train_writes_a_complete_run_folder_and_resumes() {
     assert!(header.contains("weight"), "{header}");
     // A final checkpoint was written (checkpoint_every is set): resume continues from step 12.
     let o = run(kiln()
-        .args(["train", "examples/mnist-mlp.toml", "--max-steps", "20", "--resume", "--out"])
+        .args([
+            "train",
+            "examples/mnist-mlp.toml",
+            "--max-steps",
+            "20",
+            "--resume",
+            "--out",
+        ])
         .arg(&out));
     assert!(o.status.success(), "resume failed: {}", stderr(&o));
     assert!(stderr(&o).contains("(step 12)"), "{}", stderr(&o));
@@ -42,7 +76,11 @@ fn train_writes_a_complete_run_folder_and_resumes() {
         .filter(|m| m["split"] == "train")
         .map(|m| m["step"].as_u64().unwrap())
         .collect();
-    assert_eq!(steps, vec![10, 12, 20], "the resumed run appends from step 13 on");
+    assert_eq!(
+        steps,
+        vec![10, 12, 20],
+        "the resumed run appends from step 13 on"
+    );
 }
 
 #[test]
@@ -54,15 +92,29 @@ fn bad_spec_is_rejected_with_every_field_named() {
         "name = \"x\"\n[model]\nkind = \"mlp\"\ndropout = 2.0\n[dataset]\nkind = \"synthetic\"\n[training]\nbatch_size = 0\n",
     )
     .unwrap();
-    let o = run(kiln().arg("train").arg(&spec).arg("--out").arg(dir.path().join("run")));
+    let o = run(kiln()
+        .arg("train")
+        .arg(&spec)
+        .arg("--out")
+        .arg(dir.path().join("run")));
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.contains("model.dropout") && err.contains("training.batch_size"), "{err}");
-    assert!(!dir.path().join("run").exists(), "nothing written for an invalid spec");
+    assert!(
+        err.contains("model.dropout") && err.contains("training.batch_size"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("run").exists(),
+        "nothing written for an invalid spec"
+    );
 
     let o = run(kiln().args(["train", "examples/mnist-mlp.toml", "--device", "tpu"]));
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("allowed: auto, cpu, wgpu, cuda, webgpu"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("allowed: auto, cpu, wgpu, cuda, webgpu"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -72,8 +124,11 @@ fn bad_data_gives_a_clear_error() {
     fs::create_dir(&data).unwrap();
     let labels = fs::read(repo_root().join("data/mnist/train-labels-idx1-ubyte.gz")).unwrap();
     fs::write(data.join("train-labels-idx1-ubyte.gz"), labels).unwrap();
-    fs::write(data.join("train-images-idx3-ubyte"), [0u8, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3])
-        .unwrap();
+    fs::write(
+        data.join("train-images-idx3-ubyte"),
+        [0u8, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3],
+    )
+    .unwrap();
     let o = run(kiln()
         .args(["train", "examples/mnist-mlp.toml", "--data-dir"])
         .arg(&data)
@@ -81,7 +136,10 @@ fn bad_data_gives_a_clear_error() {
         .arg(dir.path().join("run")));
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(err.contains("train-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,7 +147,15 @@ fn charlm_example_trains() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = run(kiln()
-        .args(["train", "examples/charlm.toml", "--max-steps", "30", "--device", "cpu", "--out"])
+        .args([
+            "train",
+            "examples/charlm.toml",
+            "--max-steps",
+            "30",
+            "--device",
+            "cpu",
+            "--out",
+        ])
         .arg(&out));
     assert!(o.status.success(), "{}", stderr(&o));
     let metrics = read_jsonl(&out.join("metrics.jsonl"));
@@ -98,8 +164,14 @@ fn charlm_example_trains() {
         .filter(|m| m["split"] == "train")
         .map(|m| m["loss"].as_f64().unwrap())
         .collect();
-    assert!(train.last().unwrap() < &(train[0] * 0.8), "charlm loss falls: {train:?}");
-    assert!(metrics.iter().any(|m| m["split"] == "val"), "validation on held-out text");
+    assert!(
+        train.last().unwrap() < &(train[0] * 0.8),
+        "charlm loss falls: {train:?}"
+    );
+    assert!(
+        metrics.iter().any(|m| m["split"] == "val"),
+        "validation on held-out text"
+    );
 }
 
 /// wgpu where an adapter exists. On a machine without one the test says so and skips.
@@ -108,11 +180,21 @@ fn wgpu_device_trains_where_an_adapter_exists() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let o = run(kiln()
-        .args(["train", "examples/mnist-mlp.toml", "--device", "wgpu", "--max-steps", "10", "--out"])
+        .args([
+            "train",
+            "examples/mnist-mlp.toml",
+            "--device",
+            "wgpu",
+            "--max-steps",
+            "10",
+            "--out",
+        ])
         .arg(&out)
         .env("CUBECL_AUTOTUNE_LEVEL", "minimal"));
     if !o.status.success() && stderr(&o).contains("no usable wgpu adapter") {
-        eprintln!("SKIPPED wgpu_device_trains_where_an_adapter_exists: no wgpu adapter on this machine");
+        eprintln!(
+            "SKIPPED wgpu_device_trains_where_an_adapter_exists: no wgpu adapter on this machine"
+        );
         return;
     }
     assert!(o.status.success(), "{}", stderr(&o));

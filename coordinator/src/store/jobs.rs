@@ -114,7 +114,7 @@ impl Store {
     pub async fn insert_job(&self, spec: &JobSpec, group: Option<&str>) -> StoreResult<JobInfo> {
         let spec_json = serde_json::to_string(spec)
             .map_err(|e| StoreError::Corrupt(format!("cannot serialize the spec: {e}")))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (name, spec_json, state, priority, device, \"group\", created_ms, \
              max_attempts) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id",
@@ -245,7 +245,7 @@ impl Store {
     /// Start the next attempt of a queued job on `worker_id`. `None` if the job is no longer
     /// queued (cancelled in between).
     pub async fn assign(&self, job_id: JobId, worker_id: &str) -> StoreResult<Option<Assignment>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let job = load_job(&mut tx, job_id).await?;
         if job.state != JobState::Queued {
             return Ok(None);
@@ -309,7 +309,7 @@ impl Store {
         total_steps: u64,
         start_step: u64,
     ) -> StoreResult<Option<JobInfo>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query(
             "UPDATE jobs SET total_steps = ?, step = ? \
              WHERE id = ? AND state = 'running' AND attempts = ?",
@@ -337,7 +337,7 @@ impl Store {
         error: Option<&str>,
         steps: Option<u64>,
     ) -> StoreResult<Option<JobInfo>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (job, cancel_requested) = load_job_for_update(&mut tx, attempt.job_id).await?;
         if job.state != JobState::Running || job.attempts != attempt.attempt {
             return Ok(None);
@@ -387,7 +387,7 @@ impl Store {
 
     /// Cancel a queued job at once, or mark a running one for cancellation.
     pub async fn cancel_job(&self, id: JobId) -> StoreResult<CancelOutcome> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let job = load_job(&mut tx, id).await?;
         let outcome = match job.state {
             JobState::Queued => {
@@ -425,7 +425,7 @@ impl Store {
 
     /// Re-queue a failed or cancelled job with `spec.max_attempts` more attempts.
     pub async fn retry_job(&self, id: JobId) -> StoreResult<JobInfo> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let job = load_job(&mut tx, id).await?;
         if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
             return Err(StoreError::Conflict(format!(

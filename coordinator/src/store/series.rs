@@ -41,7 +41,7 @@ impl Store {
         attempt: AttemptRef,
         points: &[Metric],
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if !current_in_tx(&mut tx, attempt).await? {
             return Ok(false);
         }
@@ -119,7 +119,7 @@ impl Store {
     /// Append log lines in one transaction. Returns `false` (and stores nothing) if the
     /// attempt is not current.
     pub async fn insert_logs(&self, attempt: AttemptRef, lines: &[LogLine]) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if !current_in_tx(&mut tx, attempt).await? {
             return Ok(false);
         }

@@ -136,7 +136,7 @@ impl Store {
 
     /// Store a token hash. Replaces every earlier admin token when `kind` is admin.
     pub async fn put_token(&self, hash: &str, kind: TokenKind, name: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if kind == TokenKind::Admin {
             sqlx::query("DELETE FROM tokens WHERE kind = 'admin'")
                 .execute(&mut *tx)

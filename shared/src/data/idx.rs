@@ -83,7 +83,11 @@ pub fn parse_idx(path: &str, bytes: Vec<u8>) -> Result<IdxArray, DataError> {
     if actual != expected {
         return Err(err(format!(
             "dimensions {dims:?} need {expected} data bytes, the file has {actual}{}",
-            if actual < expected { " (truncated)" } else { "" }
+            if actual < expected {
+                " (truncated)"
+            } else {
+                ""
+            }
         )));
     }
     Ok(IdxArray {
@@ -102,11 +106,7 @@ fn read_idx(source: &dyn DataSource, dir: &str, stem: &str) -> Result<Option<Idx
     Ok(None)
 }
 
-fn pair(
-    source: &dyn DataSource,
-    dir: &str,
-    prefix: &str,
-) -> Result<Option<Dataset>, DataError> {
+fn pair(source: &dyn DataSource, dir: &str, prefix: &str) -> Result<Option<Dataset>, DataError> {
     let images_stem = format!("{prefix}-images-idx3-ubyte");
     let labels_stem = format!("{prefix}-labels-idx1-ubyte");
     let images = read_idx(source, dir, &images_stem)?;

@@ -24,7 +24,10 @@ fn tiny_mnist(n: usize) -> MemorySource {
     let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
     MemorySource::default()
         .with("d/train-images-idx3-ubyte", idx_bytes(&[n, 2, 2], &images))
-        .with("d/train-labels-idx1-ubyte.gz", gzip(&idx_bytes(&[n], &labels)))
+        .with(
+            "d/train-labels-idx1-ubyte.gz",
+            gzip(&idx_bytes(&[n], &labels)),
+        )
 }
 
 fn idx_spec(fraction: f64) -> DatasetSpec {
@@ -44,9 +47,13 @@ fn idx_raw_and_gzip_load_the_same() {
     let data = load(&idx_spec(0.0), 1, &tiny_mnist(10)).expect("loads");
     assert_eq!(data.train.len(), 10);
     assert_eq!(data.info.input_shape, vec![1, 2, 2]);
-    let Targets::Class(labels) = &data.train.targets else { panic!("class targets") };
+    let Targets::Class(labels) = &data.train.targets else {
+        panic!("class targets")
+    };
     assert_eq!(labels[..4], [0, 1, 2, 0]);
-    let Inputs::Dense { values, .. } = &data.train.inputs else { panic!("dense") };
+    let Inputs::Dense { values, .. } = &data.train.inputs else {
+        panic!("dense")
+    };
     assert!((values[5] - 5.0 / 255.0).abs() < 1e-7);
 }
 
@@ -55,11 +62,17 @@ fn bad_idx_files_give_clear_errors() {
     let good_labels = idx_bytes(&[4], &[0, 1, 2, 0]);
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (idx_bytes(&[4, 2, 2], &[0; 10]), "truncated"),
-        (vec![0x12, 0x34, 0x08, 0x03, 0, 0, 0, 1], "wrong magic number"),
+        (
+            vec![0x12, 0x34, 0x08, 0x03, 0, 0, 0, 1],
+            "wrong magic number",
+        ),
         (vec![0, 0], "shorter than the 4-byte header"),
         (vec![0, 0, 0x0D, 3], "element type 0x0d"),
         (vec![0, 0, 0x08, 3, 0, 0, 0, 4], "truncated header"),
-        (gzip(&idx_bytes(&[4, 2, 2], &[0; 16]))[..20].to_vec(), "gzip data is corrupt"),
+        (
+            gzip(&idx_bytes(&[4, 2, 2], &[0; 16]))[..20].to_vec(),
+            "gzip data is corrupt",
+        ),
         (idx_bytes(&[4, 4], &[0; 16]), "3 dimensions"),
         (idx_bytes(&[3, 2, 2], &[0; 12]), "3 labels for"),
     ];
@@ -82,8 +95,8 @@ fn bad_idx_files_give_clear_errors() {
 fn missing_idx_files_are_named() {
     let text = err_text(&idx_spec(0.0), &MemorySource::default());
     assert!(text.contains("d/train-images-idx3-ubyte"), "{text}");
-    let only_images = MemorySource::default()
-        .with("d/train-images-idx3-ubyte", idx_bytes(&[1, 2, 2], &[0; 4]));
+    let only_images =
+        MemorySource::default().with("d/train-images-idx3-ubyte", idx_bytes(&[1, 2, 2], &[0; 4]));
     let text = err_text(&idx_spec(0.0), &only_images);
     assert!(text.contains("train-labels-idx1-ubyte"), "{text}");
 }
@@ -100,11 +113,20 @@ fn validation_split_is_deterministic_and_disjoint() {
     // Every image is distinct here (its first pixel is 4 * index mod 256 for n < 64): the
     // splits must not share one.
     let firsts = |d: &Dataset| -> Vec<u32> {
-        let Inputs::Dense { values, .. } = &d.inputs else { panic!() };
-        values.chunks(4).map(|c| (c[0] * 255.0).round() as u32).collect()
+        let Inputs::Dense { values, .. } = &d.inputs else {
+            panic!()
+        };
+        values
+            .chunks(4)
+            .map(|c| (c[0] * 255.0).round() as u32)
+            .collect()
     };
     let train = firsts(&a.train);
-    assert!(firsts(a.valid.as_ref().unwrap()).iter().all(|v| !train.contains(v)));
+    assert!(
+        firsts(a.valid.as_ref().unwrap())
+            .iter()
+            .all(|v| !train.contains(v))
+    );
 }
 
 #[test]
@@ -131,13 +153,21 @@ fn csv_spec(label: &str, task: crate::spec::CsvTask) -> DatasetSpec {
 fn csv_classification_and_regression() {
     let text = "a,b,species\n1,2,cat\n3,4,dog\n5,6,cat\n7,8,emu\n";
     let source = MemorySource::default().with("t.csv", text.as_bytes().to_vec());
-    let d = load(&csv_spec("species", crate::spec::CsvTask::Classification), 1, &source)
-        .expect("loads");
+    let d = load(
+        &csv_spec("species", crate::spec::CsvTask::Classification),
+        1,
+        &source,
+    )
+    .expect("loads");
     assert_eq!(d.info.outputs, 3);
     assert_eq!(d.info.labels, vec!["cat", "dog", "emu"]);
     assert_eq!(d.train.targets, Targets::Class(vec![0, 1, 0, 2]));
-    let d = load(&csv_spec("b", crate::spec::CsvTask::Regression), 1, &MemorySource::default().with("t.csv", b"a,b\n1,2\n3,4.5\n".to_vec()))
-        .expect("loads");
+    let d = load(
+        &csv_spec("b", crate::spec::CsvTask::Regression),
+        1,
+        &MemorySource::default().with("t.csv", b"a,b\n1,2\n3,4.5\n".to_vec()),
+    )
+    .expect("loads");
     assert_eq!(d.train.targets, Targets::Value(vec![2.0, 4.5]));
 }
 
@@ -145,12 +175,32 @@ fn csv_classification_and_regression() {
 fn bad_csv_gives_clear_errors() {
     use crate::spec::CsvTask::*;
     let cases: &[(&str, &str, crate::spec::CsvTask, &str)] = &[
-        ("a,b\n1,x\n2,y\n", "label", Classification, "\"label\" is not a column; the columns are: a, b"),
-        ("a,b\n1,x\nq,y\n", "b", Classification, "line 3, column \"a\": \"q\" is not a number"),
+        (
+            "a,b\n1,x\n2,y\n",
+            "label",
+            Classification,
+            "\"label\" is not a column; the columns are: a, b",
+        ),
+        (
+            "a,b\n1,x\nq,y\n",
+            "b",
+            Classification,
+            "line 3, column \"a\": \"q\" is not a number",
+        ),
         ("a,b\n1,x\n2,x\n", "b", Classification, "1 distinct value"),
         ("a,b\n1,x\n", "b", Classification, "1 data rows"),
-        ("b\nx\ny\n", "b", Classification, "at least one feature column"),
-        ("a,b\n1,2\n2,z\n", "b", Regression, "\"z\" is not a number (task = regression)"),
+        (
+            "b\nx\ny\n",
+            "b",
+            Classification,
+            "at least one feature column",
+        ),
+        (
+            "a,b\n1,2\n2,z\n",
+            "b",
+            Regression,
+            "\"z\" is not a number (task = regression)",
+        ),
         ("a,b\n1,2\n2\n", "b", Regression, "line 3"),
         ("a,b\n1,2\ninf,3\n", "b", Regression, "not a finite number"),
     ];
@@ -164,7 +214,10 @@ fn bad_csv_gives_clear_errors() {
 
 #[test]
 fn text_loads_and_windows() {
-    let spec = DatasetSpec::Text { path: "t.txt".into(), validation_fraction: 0.25 };
+    let spec = DatasetSpec::Text {
+        path: "t.txt".into(),
+        validation_fraction: 0.25,
+    };
     let source = MemorySource::default().with("t.txt", b"abcabcabcabcabcab".to_vec());
     let splits = load(&spec, 1, &source).expect("loads");
     assert_eq!(splits.info.outputs, 3);
@@ -172,14 +225,24 @@ fn text_loads_and_windows() {
     // 17 chars: 13 train tokens -> 3 windows of 4 (+1 target), 4 valid tokens -> none of 5.
     assert_eq!(splits.train.len(), 3);
     assert!(splits.valid.is_none());
-    let Inputs::Tokens { values, len } = &splits.train.inputs else { panic!() };
-    let Targets::Tokens { values: t, .. } = &splits.train.targets else { panic!() };
-    assert_eq!((*len, &values[..4], &t[..4]), (4, &[0, 1, 2, 0][..], &[1, 2, 0, 1][..]));
+    let Inputs::Tokens { values, len } = &splits.train.inputs else {
+        panic!()
+    };
+    let Targets::Tokens { values: t, .. } = &splits.train.targets else {
+        panic!()
+    };
+    assert_eq!(
+        (*len, &values[..4], &t[..4]),
+        (4, &[0, 1, 2, 0][..], &[1, 2, 0, 1][..])
+    );
 }
 
 #[test]
 fn bad_text_gives_clear_errors() {
-    let spec = DatasetSpec::Text { path: "t.txt".into(), validation_fraction: 0.1 };
+    let spec = DatasetSpec::Text {
+        path: "t.txt".into(),
+        validation_fraction: 0.1,
+    };
     for (bytes, needle) in [
         (b"".to_vec(), "empty"),
         (b"  \n\n ".to_vec(), "empty"),
@@ -190,14 +253,26 @@ fn bad_text_gives_clear_errors() {
     }
     let err = err_text(&spec, &MemorySource::default());
     assert!(err.contains("not found"), "{err}");
-    let splits = load(&spec, 1, &MemorySource::default().with("t.txt", b"short".to_vec())).unwrap();
-    let err = text_windows(splits, 64, 0.1).expect_err("too short").to_string();
+    let splits = load(
+        &spec,
+        1,
+        &MemorySource::default().with("t.txt", b"short".to_vec()),
+    )
+    .unwrap();
+    let err = text_windows(splits, 64, 0.1)
+        .expect_err("too short")
+        .to_string();
     assert!(err.contains("model.context = 64"), "{err}");
 }
 
 #[test]
 fn synthetic_is_seeded() {
-    let spec = DatasetSpec::Synthetic { examples: 40, features: 3, classes: 4, validation_fraction: 0.0 };
+    let spec = DatasetSpec::Synthetic {
+        examples: 40,
+        features: 3,
+        classes: 4,
+        validation_fraction: 0.0,
+    };
     let a = load(&spec, 1, &MemorySource::default()).unwrap();
     let b = load(&spec, 1, &MemorySource::default()).unwrap();
     let c = load(&spec, 2, &MemorySource::default()).unwrap();
@@ -210,9 +285,16 @@ fn synthetic_is_seeded() {
 #[test]
 fn committed_mnist_subset_loads() {
     let dir = format!("{}/../data/mnist", env!("CARGO_MANIFEST_DIR"));
-    let spec = DatasetSpec::Idx { path: dir, validation_fraction: 0.1, limit: None };
+    let spec = DatasetSpec::Idx {
+        path: dir,
+        validation_fraction: 0.1,
+        limit: None,
+    };
     let d = load(&spec, 42, &FsSource).expect("the committed subset loads");
-    assert_eq!(d.train.len() + d.valid.as_ref().map_or(0, Dataset::len), 2000);
+    assert_eq!(
+        d.train.len() + d.valid.as_ref().map_or(0, Dataset::len),
+        2000
+    );
     assert_eq!(d.test.as_ref().map(Dataset::len), Some(500));
     assert_eq!(d.info.outputs, 10);
 }

@@ -83,9 +83,8 @@ pub(super) fn windows(
             },
         })
     };
-    let train = cut(&tokens[..n_train_tokens]).ok_or_else(|| {
-        DataError::Invalid("not enough text for one training window".to_string())
-    })?;
+    let train = cut(&tokens[..n_train_tokens])
+        .ok_or_else(|| DataError::Invalid("not enough text for one training window".to_string()))?;
     let valid = cut(&tokens[n_train_tokens..]);
     Ok((train, valid))
 }

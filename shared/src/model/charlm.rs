@@ -3,7 +3,9 @@
 use burn::module::Module;
 use burn::nn::attention::generate_autoregressive_mask;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput};
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -86,7 +88,12 @@ impl TrainModel for CharLm {
         let loss = CrossEntropyLossConfig::new()
             .init(device)
             .forward(logits.clone(), targets.clone());
-        let correct = logits.argmax(1).reshape([n * len]).equal(targets).int().sum();
+        let correct = logits
+            .argmax(1)
+            .reshape([n * len])
+            .equal(targets)
+            .int()
+            .sum();
         StepOutput {
             loss,
             correct: Some(correct),

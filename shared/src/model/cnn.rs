@@ -51,7 +51,10 @@ impl CnnConfig {
             if h / c.pool == 0 || w / c.pool == 0 {
                 return Err(ModelError::Shape {
                     field: format!("model.conv[{i}].pool"),
-                    message: format!("pooling {p}×{p} empties the {h}×{w} feature map", p = c.pool),
+                    message: format!(
+                        "pooling {p}×{p} empties the {h}×{w} feature map",
+                        p = c.pool
+                    ),
                 });
             }
             h /= c.pool;
@@ -100,7 +103,9 @@ impl Cnn {
         }
         let mut x: Tensor<2> = x.flatten(1, 3); // [batch, flat]
         for layer in &self.dense {
-            x = self.dropout.forward(activate(self.activation, layer.forward(x)));
+            x = self
+                .dropout
+                .forward(activate(self.activation, layer.forward(x)));
         }
         self.output.forward(x)
     }
@@ -151,6 +156,10 @@ impl TrainModel for Cnn {
         let (x, _) = dense_inputs(batch, device);
         let [n, _] = x.dims();
         let [c, h, w] = self.input;
-        supervised_output(self.forward(x.reshape([n, c, h, w])), &batch.targets, device)
+        supervised_output(
+            self.forward(x.reshape([n, c, h, w])),
+            &batch.targets,
+            device,
+        )
     }
 }

@@ -37,7 +37,9 @@ impl Mlp {
     /// - output: `[batch, outputs]`
     pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
         for layer in &self.hidden {
-            x = self.dropout.forward(activate(self.activation, layer.forward(x)));
+            x = self
+                .dropout
+                .forward(activate(self.activation, layer.forward(x)));
         }
         self.output.forward(x)
     }

@@ -4,7 +4,12 @@ use super::*;
 use crate::spec::ConvSpec;
 
 fn conv(channels: usize, kernel: usize, pool: usize) -> ConvSpec {
-    ConvSpec { channels, kernel, padding: 0, pool }
+    ConvSpec {
+        channels,
+        kernel,
+        padding: 0,
+        pool,
+    }
 }
 
 #[test]
@@ -19,7 +24,10 @@ fn mlp_shapes() {
         regression: false,
     };
     let model = Mlp::init(&cfg, &device);
-    assert_eq!(model.forward(Tensor::zeros([5, 12], &device)).dims(), [5, 3]);
+    assert_eq!(
+        model.forward(Tensor::zeros([5, 12], &device)).dims(),
+        [5, 3]
+    );
     assert_eq!(model.num_params(), 12 * 8 + 8 + 8 * 4 + 4 + 4 * 3 + 3);
 }
 
@@ -38,13 +46,23 @@ fn cnn_w2_shape_is_expressible() {
     assert_eq!(cfg.flat, 64 * 12 * 12);
     let device = Device::flex();
     let model = Cnn::init(&cfg, &device);
-    assert_eq!(model.forward(Tensor::zeros([2, 1, 28, 28], &device)).dims(), [2, 10]);
+    assert_eq!(
+        model.forward(Tensor::zeros([2, 1, 28, 28], &device)).dims(),
+        [2, 10]
+    );
 }
 
 #[test]
 fn cnn_that_shrinks_to_nothing_is_an_error_naming_the_layer() {
-    let err = CnnConfig::new([1, 8, 8], &[conv(4, 3, 2), conv(4, 3, 2)], &[], 10, Activation::Relu, 0.0)
-        .expect_err("8 → 6 → 3 → 1 → 0");
+    let err = CnnConfig::new(
+        [1, 8, 8],
+        &[conv(4, 3, 2), conv(4, 3, 2)],
+        &[],
+        10,
+        Activation::Relu,
+        0.0,
+    )
+    .expect_err("8 → 6 → 3 → 1 → 0");
     assert!(err.to_string().starts_with("model.conv[1].pool"), "{err}");
     let err = CnnConfig::new([1, 4, 4], &[conv(4, 7, 1)], &[], 10, Activation::Relu, 0.0)
         .expect_err("kernel larger than the image");
@@ -54,7 +72,15 @@ fn cnn_that_shrinks_to_nothing_is_an_error_naming_the_layer() {
 #[test]
 fn charlm_shapes() {
     let device = Device::flex();
-    let cfg = CharLmConfig { vocab: 11, context: 8, d_model: 16, heads: 2, layers: 1, d_ff: 32, dropout: 0.0 };
+    let cfg = CharLmConfig {
+        vocab: 11,
+        context: 8,
+        d_model: 16,
+        heads: 2,
+        layers: 1,
+        d_ff: 32,
+        dropout: 0.0,
+    };
     let model = CharLm::init(&cfg, &device);
     let tokens = Tensor::<2, Int>::zeros([3, 8], &device);
     assert_eq!(model.forward(tokens).dims(), [3, 8, 11]);

@@ -46,25 +46,57 @@ fn each_bad_value_is_reported_at_its_field() {
         ("training", "epochs = 0", "training.epochs"),
         ("training", "max_steps = 0", "training.max_steps"),
         ("training", "eval_every = 0", "training.eval_every"),
-        ("training", "checkpoint_every = 0", "training.checkpoint_every"),
+        (
+            "training",
+            "checkpoint_every = 0",
+            "training.checkpoint_every",
+        ),
         ("training", "log_every = 0", "training.log_every"),
-        ("training", "grad_clip = { norm = -1.0 }", "training.grad_clip.norm"),
-        ("training", "grad_clip = { value = 0.0 }", "training.grad_clip.value"),
+        (
+            "training",
+            "grad_clip = { norm = -1.0 }",
+            "training.grad_clip.norm",
+        ),
+        (
+            "training",
+            "grad_clip = { value = 0.0 }",
+            "training.grad_clip.value",
+        ),
         ("optimizer", "lr = 0.0", "optimizer.lr"),
         ("optimizer", "lr = -1e-3", "optimizer.lr"),
         ("optimizer", "lr = 1e9", "optimizer.lr"),
         ("optimizer", "weight_decay = 2.0", "optimizer.weight_decay"),
         ("optimizer", "momentum = 0.9", "optimizer.momentum"),
-        ("optimizer", "kind = \"sgd\"\nmomentum = 1.5", "optimizer.momentum"),
+        (
+            "optimizer",
+            "kind = \"sgd\"\nmomentum = 1.5",
+            "optimizer.momentum",
+        ),
         ("optimizer", "beta1 = 1.0", "optimizer.beta1"),
         ("optimizer", "beta2 = -0.1", "optimizer.beta2"),
         ("optimizer", "epsilon = 0.0", "optimizer.epsilon"),
-        ("schedule", "kind = \"step\"\nstep_size = 0\ngamma = 0.5", "schedule.step_size"),
-        ("schedule", "kind = \"step\"\nstep_size = 10\ngamma = 2.0", "schedule.gamma"),
-        ("schedule", "kind = \"cosine\"\nmin_lr = 1.0", "schedule.min_lr"),
+        (
+            "schedule",
+            "kind = \"step\"\nstep_size = 0\ngamma = 0.5",
+            "schedule.step_size",
+        ),
+        (
+            "schedule",
+            "kind = \"step\"\nstep_size = 10\ngamma = 2.0",
+            "schedule.gamma",
+        ),
+        (
+            "schedule",
+            "kind = \"cosine\"\nmin_lr = 1.0",
+            "schedule.min_lr",
+        ),
         ("model", "dropout = 1.0", "model.dropout"),
         ("model", "hidden = [0]", "model.hidden"),
-        ("dataset", "validation_fraction = 0.9", "dataset.validation_fraction"),
+        (
+            "dataset",
+            "validation_fraction = 0.9",
+            "dataset.validation_fraction",
+        ),
         ("dataset", "classes = 1", "dataset.classes"),
         ("dataset", "examples = 1", "dataset.examples"),
         ("dataset", "features = 0", "dataset.features"),
@@ -105,7 +137,10 @@ batch_size = 0
         "optimizer.lr",
         "training.batch_size",
     ] {
-        assert!(fields.iter().any(|f| f == expected), "{expected} missing from {fields:?}");
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} missing from {fields:?}"
+        );
     }
 }
 
@@ -141,7 +176,10 @@ fn unknown_fields_and_kinds_are_parse_errors_naming_them() {
 
 #[test]
 fn model_and_dataset_must_fit_together() {
-    let text = BASE.replace("kind = \"mlp\"", "kind = \"cnn\"\nconv = [{ channels = 8 }]");
+    let text = BASE.replace(
+        "kind = \"mlp\"",
+        "kind = \"cnn\"\nconv = [{ channels = 8 }]",
+    );
     assert_eq!(fields_of(&text), vec!["dataset.kind"]);
     let text = BASE.replace("kind = \"mlp\"", "kind = \"charlm\"");
     assert_eq!(fields_of(&text), vec!["dataset.kind"]);
@@ -154,8 +192,14 @@ fn cnn_layer_errors_carry_their_index() {
             "kind = \"mlp\"",
             "kind = \"cnn\"\nconv = [{ channels = 8 }, { channels = 0, kernel = 3, pool = 9 }]",
         )
-        .replace("kind = \"synthetic\"", "kind = \"idx\"\npath = \"data/mnist\"");
-    assert_eq!(fields_of(&text), vec!["model.conv[1].channels", "model.conv[1].pool"]);
+        .replace(
+            "kind = \"synthetic\"",
+            "kind = \"idx\"\npath = \"data/mnist\"",
+        );
+    assert_eq!(
+        fields_of(&text),
+        vec!["model.conv[1].channels", "model.conv[1].pool"]
+    );
 }
 
 #[test]
@@ -166,7 +210,10 @@ fn toml_and_json_round_trip() {
         let spec = JobSpec::from_toml_str(&text).expect("example is valid");
         let json = serde_json::to_string(&spec).expect("json");
         assert_eq!(JobSpec::from_json_str(&json).expect("json parses"), spec);
-        assert_eq!(JobSpec::from_toml_str(&spec.to_toml_string()).expect("toml"), spec);
+        assert_eq!(
+            JobSpec::from_toml_str(&spec.to_toml_string()).expect("toml"),
+            spec
+        );
     }
 }
 
@@ -174,5 +221,8 @@ fn toml_and_json_round_trip() {
 fn json_errors_are_reported_too() {
     let err = JobSpec::from_json_str(r#"{"name":"x","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"},"training":{"batch_size":-1}}"#)
         .unwrap_err();
-    assert!(matches!(err, SpecError::Parse { format: "JSON", .. }), "{err}");
+    assert!(
+        matches!(err, SpecError::Parse { format: "JSON", .. }),
+        "{err}"
+    );
 }

@@ -40,7 +40,9 @@ pub struct Checkpoint {
 pub enum CheckpointError {
     #[error("not a Kiln checkpoint (the file does not start with KILNCKPT)")]
     Magic,
-    #[error("checkpoint format {found} is not supported (this Kiln reads format {CHECKPOINT_FORMAT})")]
+    #[error(
+        "checkpoint format {found} is not supported (this Kiln reads format {CHECKPOINT_FORMAT})"
+    )]
     Version { found: u32 },
     #[error("checkpoint is truncated: the {section} section needs {need} bytes, {have} are left")]
     Truncated {

@@ -31,11 +31,17 @@ mod tests {
     fn schedules() {
         let c = ScheduleSpec::Constant;
         assert_eq!(learning_rate(&c, 0.1, 500, 1000), 0.1);
-        let s = ScheduleSpec::Step { step_size: 10, gamma: 0.5 };
+        let s = ScheduleSpec::Step {
+            step_size: 10,
+            gamma: 0.5,
+        };
         assert_eq!(learning_rate(&s, 1.0, 9, 100), 1.0);
         assert_eq!(learning_rate(&s, 1.0, 10, 100), 0.5);
         assert_eq!(learning_rate(&s, 1.0, 25, 100), 0.25);
-        let cos = ScheduleSpec::Cosine { warmup_steps: 10, min_lr: 0.0 };
+        let cos = ScheduleSpec::Cosine {
+            warmup_steps: 10,
+            min_lr: 0.0,
+        };
         assert!((learning_rate(&cos, 1.0, 0, 110) - 0.1).abs() < 1e-12);
         assert!((learning_rate(&cos, 1.0, 9, 110) - 1.0).abs() < 1e-12);
         assert!((learning_rate(&cos, 1.0, 10, 110) - 1.0).abs() < 1e-12);

@@ -35,7 +35,9 @@ log_every = 1
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 const MLP: &str = "kind = \"mlp\"\nhidden = [16]";
@@ -87,10 +89,18 @@ fn param_values(summary: &TrainSummary) -> Vec<f32> {
     struct Values(Vec<f32>);
     impl ModuleVisitor for Values {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.extend(param.val().into_data().to_vec::<f32>().expect("f32 weights"));
+            self.0.extend(
+                param
+                    .val()
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .expect("f32 weights"),
+            );
         }
     }
-    let ModelConfig::Mlp(config) = &summary.model else { panic!("mlp expected") };
+    let ModelConfig::Mlp(config) = &summary.model else {
+        panic!("mlp expected")
+    };
     let weights = summary.weights.as_ref().expect("final weights");
     let model = load_weights(Mlp::init(config, &Device::flex()), weights).expect("weights load");
     let mut values = Values(Vec::new());
@@ -112,7 +122,11 @@ fn mlp_learns_blobs() {
     let r = run_with(&spec("epochs = 3", MLP), None, None, None);
     let losses = train_losses(&r.metrics);
     assert_eq!(r.summary.outcome, Outcome::Completed);
-    assert_eq!(r.summary.steps, 3 * 12, "192 training examples / 16 = 12 steps per epoch");
+    assert_eq!(
+        r.summary.steps,
+        3 * 12,
+        "192 training examples / 16 = 12 steps per epoch"
+    );
     let first = losses[0].1;
     let last = losses.last().expect("losses").1;
     assert!(last < first * 0.5, "loss fell from {first} to {last}");
@@ -142,7 +156,11 @@ fn resume_is_bit_exact() {
         assert_eq!(resumed_losses.first().map(|l| l.0), Some(8));
         assert_eq!(&full_losses[7..], &resumed_losses[..], "model: {model}");
         // Parameter ids are random per process, so compare the values, not the bytes.
-        assert_eq!(param_values(&full.summary), param_values(&resumed.summary), "final weights, model: {model}");
+        assert_eq!(
+            param_values(&full.summary),
+            param_values(&resumed.summary),
+            "final weights, model: {model}"
+        );
     }
 }
 
@@ -160,15 +178,33 @@ fn cancel_stops_between_steps_and_leaves_a_checkpoint() {
 fn checkpoint_decode_rejects_garbage() {
     let r = run_with(&spec("checkpoint_every = 5", MLP), None, Some(5), None);
     let bytes = r.checkpoints[0].encode();
-    assert!(matches!(Checkpoint::decode(b"nope"), Err(CheckpointError::Magic)));
+    assert!(matches!(
+        Checkpoint::decode(b"nope"),
+        Err(CheckpointError::Magic)
+    ));
     let mut wrong_version = bytes.clone();
     wrong_version[8] = 9;
-    assert!(matches!(Checkpoint::decode(&wrong_version), Err(CheckpointError::Version { found: 9 })));
+    assert!(matches!(
+        Checkpoint::decode(&wrong_version),
+        Err(CheckpointError::Version { found: 9 })
+    ));
     let err = Checkpoint::decode(&bytes[..bytes.len() - 3]).unwrap_err();
-    assert!(matches!(err, CheckpointError::Truncated { section: "optimizer", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CheckpointError::Truncated {
+                section: "optimizer",
+                ..
+            }
+        ),
+        "{err}"
+    );
     let mut trailing = bytes.clone();
     trailing.push(0);
-    assert!(matches!(Checkpoint::decode(&trailing), Err(CheckpointError::Trailing(1))));
+    assert!(matches!(
+        Checkpoint::decode(&trailing),
+        Err(CheckpointError::Trailing(1))
+    ));
 }
 
 #[test]
@@ -180,7 +216,10 @@ fn resume_with_another_model_is_refused() {
     let mut run = TrainRun::new(other, data, Device::flex(), &mut sink);
     run.resume = Some(r.checkpoints[0].clone());
     let err = pollster::block_on(train(run)).unwrap_err();
-    assert!(err.to_string().contains("model configuration differs"), "{err}");
+    assert!(
+        err.to_string().contains("model configuration differs"),
+        "{err}"
+    );
 }
 
 /// In-process all-reduce over threads: every replica contributes its gradient, all get the mean.
@@ -199,7 +238,12 @@ impl GradientHook for ThreadAllReduce {
             *self.weights.lock().expect("lock") = Some(weights);
         }
         self.barrier.wait();
-        let w = self.weights.lock().expect("lock").clone().expect("rank 0 wrote");
+        let w = self
+            .weights
+            .lock()
+            .expect("lock")
+            .clone()
+            .expect("rank 0 wrote");
         Ok(w)
     }
 
@@ -266,14 +310,20 @@ fn gradient_hook_keeps_two_replicas_identical() {
             })
         })
         .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().expect("replica thread")).collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().expect("replica thread"))
+        .collect();
     let (a, calls_a, losses_a) = &results[0];
     let (b, calls_b, losses_b) = &results[1];
     // 192 examples / (16 × 2) = 6 steps per epoch.
     assert_eq!((a.steps, b.steps), (12, 12));
     assert_eq!((*calls_a, *calls_b), (12, 12), "the hook ran on every step");
     assert!(a.weights.is_some());
-    assert_eq!(a.weights, b.weights, "replicas must end with identical weights");
+    assert_eq!(
+        a.weights, b.weights,
+        "replicas must end with identical weights"
+    );
     // They saw different shards, so their local losses differ: the hook did the syncing.
     assert_ne!(train_losses(losses_a), train_losses(losses_b));
 }

@@ -1,0 +1,430 @@
+//! Commands against a running coordinator: submit, jobs, job, logs, cancel, workers, sweep.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_coordinator::client::{Client, JobFilter, MetricQuery};
+use kiln_shared::metric::Split;
+use kiln_shared::protocol::{JobId, JobInfo, JobState, SubmitJob};
+use kiln_shared::spec::JobSpec;
+
+use crate::train_cmd::read_spec;
+
+#[derive(Args, Debug)]
+pub struct Remote {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        env = "KILN_SERVER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub server: String,
+    /// API token.
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RemoteCommand {
+    /// Submit a job spec; --follow shows live progress (Ctrl-C detaches, the job keeps running).
+    Submit {
+        spec: PathBuf,
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs.
+    Jobs {
+        #[arg(long)]
+        state: Option<JobState>,
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: state, progress, attempts, latest metrics, artifacts.
+    Job {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a job's logs; -f keeps following.
+    Logs {
+        id: JobId,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a queued or running job.
+    Cancel { id: JobId },
+    /// List workers.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One job per combination of the grid, grouped: `--grid optimizer.lr=1e-3,3e-3`.
+    Sweep {
+        spec: PathBuf,
+        #[arg(long = "grid", required = true)]
+        grid: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn client(remote: &Remote) -> anyhow::Result<Client> {
+    let token = remote
+        .token
+        .clone()
+        .context("no API token: pass --token or set KILN_TOKEN (kiln up prints the admin token)")?;
+    Client::new(&remote.server, Some(token)).context("bad --server URL")
+}
+
+pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let client = client(&remote)?;
+        match command {
+            RemoteCommand::Submit { spec, follow, json } => {
+                let spec = read_spec(&spec)?;
+                let job = client
+                    .submit(&SubmitJob { spec, group: None })
+                    .await
+                    .context("submitting")?;
+                if json {
+                    println!("{}", serde_json::to_string(&job)?);
+                } else {
+                    println!("submitted job {} ({})", job.id, job.name);
+                }
+                if follow {
+                    return follow_job(&client, job.id).await;
+                }
+            }
+            RemoteCommand::Jobs {
+                state,
+                group,
+                limit,
+                json,
+            } => {
+                let page = client
+                    .jobs(&JobFilter {
+                        state,
+                        group,
+                        limit: Some(limit),
+                        ..JobFilter::default()
+                    })
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&page)?);
+                } else {
+                    println!(
+                        "{:>5}  {:<24} {:<10} {:>13}  {:<20} {}",
+                        "ID", "NAME", "STATE", "PROGRESS", "WORKER", "AGE"
+                    );
+                    for j in &page.jobs {
+                        println!(
+                            "{:>5}  {:<24} {:<10} {:>13}  {:<20} {}",
+                            j.id,
+                            truncate(&j.name, 24),
+                            j.state.as_str(),
+                            format!("{}/{}", j.step, j.total_steps),
+                            truncate(j.worker_id.as_deref().unwrap_or("-"), 20),
+                            age(j.created_ms)
+                        );
+                    }
+                    println!("{} of {} jobs", page.jobs.len(), page.total);
+                }
+            }
+            RemoteCommand::Job { id, json } => {
+                let job = client.job(id).await?;
+                let attempts = client.attempts(id).await?;
+                let artifacts = client.artifacts(id).await?;
+                let metrics = client
+                    .metrics(id, &MetricQuery { max_points: Some(200), ..MetricQuery::default() })
+                    .await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "job": job, "attempts": attempts, "artifacts": artifacts, "metrics": metrics,
+                        }))?
+                    );
+                } else {
+                    println!("job {}: {} [{}]", job.id, job.name, job.state.as_str());
+                    println!("  progress  {}/{} steps", job.step, job.total_steps);
+                    if let Some(w) = &job.worker_id {
+                        println!("  worker    {w}");
+                    }
+                    if let Some(e) = &job.error {
+                        println!("  error     {e}");
+                    }
+                    for split in [Split::Train, Split::Val, Split::Test] {
+                        if let Some(m) = metrics.iter().rev().find(|p| p.metric.split == split) {
+                            println!(
+                                "  {:<9} step {} loss {:.4}{}",
+                                format!("{split:?}").to_lowercase(),
+                                m.metric.step,
+                                m.metric.loss,
+                                m.metric.accuracy.map(|a| format!(" accuracy {a:.4}")).unwrap_or_default()
+                            );
+                        }
+                    }
+                    for a in &attempts {
+                        println!(
+                            "  attempt {} on {}: {}{}",
+                            a.attempt,
+                            a.worker_id,
+                            a.state.as_str(),
+                            a.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+                        );
+                    }
+                    for a in &artifacts {
+                        println!("  artifact  {} ({} bytes)", a.name, a.size);
+                    }
+                }
+            }
+            RemoteCommand::Logs { id, follow } => {
+                let mut after = 0;
+                loop {
+                    for entry in client.logs(id, after, Some(1000)).await? {
+                        println!("{}", entry.line.text);
+                        after = after.max(entry.seq);
+                    }
+                    if !follow || client.job(id).await?.state.is_terminal() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            RemoteCommand::Cancel { id } => {
+                let job = client.cancel(id).await?;
+                println!("job {}: {}", job.id, job.state.as_str());
+            }
+            RemoteCommand::Workers { json } => {
+                let workers = client.workers().await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&workers)?);
+                } else {
+                    println!("{:<28} {:<10} {:<16} {}", "ID", "STATUS", "DEVICES", "RUNNING");
+                    for w in &workers {
+                        let status = match (w.connected, w.draining) {
+                            (false, _) => "offline",
+                            (true, true) => "draining",
+                            (true, false) => "online",
+                        };
+                        let devices: Vec<_> = w.capabilities.devices.iter().map(|d| d.as_str()).collect();
+                        println!(
+                            "{:<28} {:<10} {:<16} {}",
+                            truncate(&w.id, 28),
+                            status,
+                            devices.join(","),
+                            w.running.map(|r| format!("job {}", r.job_id)).unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+            }
+            RemoteCommand::Sweep { spec, grid, json } => {
+                let base = read_spec(&spec)?;
+                let specs = expand_grid(&base, &grid)?;
+                let group = format!("{}-sweep-{}", base.name, chrono_stamp());
+                let mut jobs = Vec::new();
+                for spec in specs {
+                    jobs.push(client.submit(&SubmitJob { spec, group: Some(group.clone()) }).await?);
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&jobs)?);
+                } else {
+                    println!("sweep group {group}: {} jobs", jobs.len());
+                    for j in &jobs {
+                        println!("  job {:>5}  {}", j.id, j.name);
+                    }
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `--grid a.b=1,2 --grid c=x,y` → one spec per combination, each validated.
+pub fn expand_grid(base: &JobSpec, grid: &[String]) -> anyhow::Result<Vec<JobSpec>> {
+    let mut axes: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for g in grid {
+        let (key, values) = g.split_once('=').with_context(|| {
+            format!("--grid {g:?}: expected key=v1,v2 (e.g. optimizer.lr=1e-3,3e-3)")
+        })?;
+        let values: Vec<serde_json::Value> = values
+            .split(',')
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()))
+            })
+            .collect();
+        if values.is_empty() {
+            bail!("--grid {g:?}: no values after '='");
+        }
+        axes.insert(key.to_string(), values);
+    }
+    let mut combos: Vec<Vec<(String, serde_json::Value)>> = vec![vec![]];
+    for (key, values) in &axes {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                values.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push((key.clone(), v.clone()));
+                    c
+                })
+            })
+            .collect();
+    }
+    let base_json = serde_json::to_value(base)?;
+    combos
+        .into_iter()
+        .map(|combo| {
+            let mut value = base_json.clone();
+            let mut suffix = Vec::new();
+            for (key, v) in &combo {
+                let pointer = format!("/{}", key.replace('.', "/"));
+                let slot = value.pointer_mut(&pointer).with_context(|| {
+                    format!("--grid {key}: the spec has no field {key} (fields are dotted paths like optimizer.lr, training.batch_size)")
+                })?;
+                *slot = v.clone();
+                let short = key.rsplit('.').next().unwrap_or(key);
+                let shown = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                suffix.push(format!("{short}{shown}"));
+            }
+            let name = format!("{}-{}", base.name, suffix.join("-"));
+            let name: String = name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+                .take(64)
+                .collect();
+            value["name"] = serde_json::Value::String(name);
+            let spec = JobSpec::from_json_str(&value.to_string())
+                .with_context(|| format!("grid point {combo:?} gives an invalid spec"))?;
+            Ok(spec)
+        })
+        .collect()
+}
+
+fn chrono_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{secs:x}")
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn age(created_ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(created_ms);
+    let secs = ((now - created_ms) / 1000).max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Live progress until the job ends; Ctrl-C detaches (the job keeps running).
+async fn follow_job(client: &Client, id: JobId) -> anyhow::Result<ExitCode> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} job {prefix} [{elapsed_precise}] {bar:30} {pos}/{len}  {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_prefix(id.to_string());
+    let mut last_step = 0;
+    let detach = tokio::signal::ctrl_c();
+    tokio::pin!(detach);
+    let job: JobInfo = loop {
+        let job = client.job(id).await?;
+        bar.set_length(job.total_steps);
+        bar.set_position(job.step);
+        let points = client
+            .metrics(
+                id,
+                &MetricQuery {
+                    from_step: Some(last_step + 1),
+                    max_points: Some(1000),
+                    ..MetricQuery::default()
+                },
+            )
+            .await?;
+        for p in points {
+            last_step = last_step.max(p.metric.step);
+            match p.metric.split {
+                Split::Train => bar.set_message(format!(
+                    "loss {:.4}{}",
+                    p.metric.loss,
+                    p.metric
+                        .accuracy
+                        .map(|a| format!("  acc {a:.3}"))
+                        .unwrap_or_default()
+                )),
+                split => bar.println(format!(
+                    "step {:>6} {:<5} loss {:.4}{}",
+                    p.metric.step,
+                    format!("{split:?}").to_lowercase(),
+                    p.metric.loss,
+                    p.metric
+                        .accuracy
+                        .map(|a| format!("  accuracy {a:.4}"))
+                        .unwrap_or_default()
+                )),
+            }
+        }
+        if job.state.is_terminal() {
+            break job;
+        }
+        tokio::select! {
+            _ = &mut detach => {
+                bar.abandon();
+                println!("detached; job {id} keeps running (kiln job {id})");
+                return Ok(ExitCode::SUCCESS);
+            }
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    };
+    bar.finish_and_clear();
+    println!(
+        "job {} {}{}",
+        job.id,
+        job.state.as_str(),
+        job.error.map(|e| format!(": {e}")).unwrap_or_default()
+    );
+    Ok(if job.state == JobState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,220 @@
+//! `kiln serve`, `kiln worker` and `kiln up` (both in one process).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use kiln_coordinator::client::Client;
+use kiln_coordinator::{Coordinator, CoordinatorConfig};
+use kiln_shared::protocol::SubmitJob;
+use kiln_shared::spec::{DeviceRequest, JobSpec};
+use kiln_worker::WorkerConfig;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub addr: SocketAddr,
+    /// Where the SQLite database and artifacts live (default: the user's data directory).
+    #[arg(long, env = "KILN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Set the admin token instead of generating one at first start.
+    #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Heartbeat interval told to workers, in milliseconds (a worker is lost after 3 missed).
+    #[arg(long, default_value_t = 2000)]
+    pub heartbeat_ms: u64,
+    /// Folder with the built dashboard (default: web/dist beside the binary's repo, if built).
+    #[arg(long)]
+    pub static_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// Device to train on: auto, cpu, wgpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
+    /// Name shown in the dashboard (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stable worker id (default: host name + random suffix).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Base directory for relative dataset paths in job specs.
+    #[arg(long, default_value = ".")]
+    pub data_root: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Device for the local worker.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceRequest,
+    /// Submit the demo job (examples/mnist-mlp.toml) at start.
+    #[arg(long)]
+    pub demo: bool,
+    /// Run only the coordinator (same as `kiln serve`).
+    #[arg(long)]
+    pub no_worker: bool,
+}
+
+fn config(args: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
+    let mut config = CoordinatorConfig {
+        addr: args.addr,
+        admin_token: args.admin_token.clone(),
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
+        ..CoordinatorConfig::default()
+    };
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    config.static_dir = args.static_dir.clone().or_else(default_static_dir);
+    Ok(config)
+}
+
+/// The dashboard built by `scripts/build-web`, if there is one.
+fn default_static_dir() -> Option<PathBuf> {
+    let candidates = [
+        PathBuf::from("web/dist"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web/dist"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.join("index.html").is_file())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                () = ctrl_c() => {},
+                _ = term.recv() => {},
+            },
+            Err(_) => ctrl_c().await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c().await;
+}
+
+fn print_banner(coordinator: &Coordinator) {
+    println!("Kiln is up: {}", coordinator.url());
+    match coordinator.new_admin_token() {
+        Some(token) => {
+            println!("admin token: {token}");
+            println!(
+                "  (shown once; it is stored hashed. Use it as KILN_TOKEN or in the dashboard.)"
+            );
+        }
+        None => println!(
+            "admin token: set earlier (pass --admin-token or KILN_ADMIN_TOKEN to replace it)"
+        ),
+    }
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let coordinator = Coordinator::start(config(&args)?).await?;
+        print_banner(&coordinator);
+        shutdown_signal().await;
+        coordinator.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `kiln worker`; the coordinator URL and token are the global `--server` / `--token`.
+pub fn worker(args: WorkerArgs, remote: crate::client_cmd::Remote) -> anyhow::Result<ExitCode> {
+    let token = remote
+        .token
+        .context("kiln worker needs --token (or KILN_TOKEN): a worker or admin token")?;
+    let mut config = WorkerConfig::new(remote.server, token);
+    config.device = args.device;
+    config.data_root = args.data_root;
+    if let Some(name) = args.name {
+        config.name = name;
+    }
+    if let Some(id) = args.id {
+        config.worker_id = id;
+    }
+    runtime()?.block_on(async {
+        kiln_worker::run(config, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let coordinator = Coordinator::start(config(&args.serve)?).await?;
+        print_banner(&coordinator);
+        let worker = if args.no_worker {
+            None
+        } else {
+            let token = coordinator
+                .create_worker_token("local worker (kiln up)")
+                .await?;
+            let mut config = WorkerConfig::new(coordinator.url(), token.clone());
+            config.device = args.device;
+            config.name = format!("{} (local)", config.name);
+            config.max_backoff = Duration::from_secs(1);
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let handle = tokio::spawn(kiln_worker::run(config, async move {
+                let _ = stop_rx.await;
+            }));
+            if args.demo {
+                let admin = coordinator
+                    .new_admin_token()
+                    .map(str::to_string)
+                    .or_else(|| args.serve.admin_token.clone());
+                submit_demo(&coordinator, admin.as_deref()).await?;
+            }
+            Some((stop_tx, handle))
+        };
+        println!("dashboard: {}/   (Ctrl-C stops Kiln)", coordinator.url());
+        shutdown_signal().await;
+        if let Some((stop, handle)) = worker {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+        }
+        coordinator.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn submit_demo(coordinator: &Coordinator, admin: Option<&str>) -> anyhow::Result<()> {
+    let spec = JobSpec::from_toml_str(include_str!("../examples/mnist-mlp.toml"))
+        .context("the demo spec is valid")?;
+    let Some(admin) = admin else {
+        println!(
+            "demo: not submitted (no admin token in hand; submit with `kiln submit examples/mnist-mlp.toml`)"
+        );
+        return Ok(());
+    };
+    let client = Client::new(&coordinator.url(), Some(admin.to_string()))?;
+    let job = client
+        .submit(&SubmitJob { spec, group: None })
+        .await
+        .context("submitting the demo job")?;
+    println!(
+        "demo: submitted job {} ({}) — watch it in the dashboard or with `kiln job {}`",
+        job.id, job.name, job.id
+    );
+    Ok(())
+}

@@ -1,0 +1,500 @@
+//! Coordinator + workers as real processes on OS-chosen ports.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kiln_coordinator::client::{Client, JobFilter, MetricQuery};
+use kiln_shared::protocol::{JobId, JobInfo, JobState, SubmitJob};
+use kiln_shared::spec::JobSpec;
+
+use crate::support::{kiln, run, stderr};
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A child process that is killed on drop and whose output is kept for failure reports.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub output: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn kiln");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    output.lock().expect("lock").push(line);
+                }
+            });
+        }
+        Proc {
+            name: name.to_string(),
+            child,
+            output,
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.output.lock().expect("lock").clone()
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- output of {} ---", self.name);
+            for line in self.lines() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct Cluster {
+    pub url: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub coordinator: Proc,
+    pub workers: Vec<Proc>,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    pub fn start(data_dir: &Path) -> Cluster {
+        let port = free_port();
+        let coordinator = start_coordinator(data_dir, port);
+        Cluster {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir: data_dir.to_path_buf(),
+            coordinator,
+            workers: Vec::new(),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        }
+    }
+
+    pub fn restart_coordinator(&mut self) {
+        self.coordinator.kill();
+        self.coordinator = start_coordinator(&self.data_dir, self.port);
+    }
+
+    pub fn add_worker(&mut self, id: &str) {
+        let w = Proc::spawn(
+            id,
+            kiln().args([
+                "worker", "--server", &self.url, "--token", TOKEN, "--device", "cpu", "--id", id,
+            ]),
+        );
+        self.workers.push(w);
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, Some(TOKEN.to_string())).expect("client")
+    }
+
+    pub fn submit(&self, spec: &str) -> JobInfo {
+        let spec = JobSpec::from_toml_str(spec).expect("test spec is valid");
+        self.rt
+            .block_on(self.client().submit(&SubmitJob { spec, group: None }))
+            .expect("submit")
+    }
+
+    pub fn job(&self, id: JobId) -> JobInfo {
+        self.rt.block_on(self.client().job(id)).expect("get job")
+    }
+
+    /// Poll until `pred` holds for the job (or panic after `secs`).
+    pub fn wait_job(
+        &self,
+        id: JobId,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&JobInfo) -> bool,
+    ) -> JobInfo {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let job = self.job(id);
+            if pred(&job) {
+                return job;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id}: timed out waiting for {what}; last: {job:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn metrics(&self, id: JobId) -> Vec<kiln_shared::protocol::MetricPoint> {
+        self.rt
+            .block_on(self.client().metrics(
+                id,
+                &MetricQuery {
+                    max_points: Some(100_000),
+                    ..MetricQuery::default()
+                },
+            ))
+            .expect("metrics")
+    }
+
+    pub fn artifacts(&self, id: JobId) -> Vec<String> {
+        self.rt
+            .block_on(self.client().artifacts(id))
+            .expect("artifacts")
+            .into_iter()
+            .map(|a| a.name)
+            .collect()
+    }
+}
+
+fn start_coordinator(data_dir: &Path, port: u16) -> Proc {
+    let p = Proc::spawn(
+        "coordinator",
+        kiln()
+            .args([
+                "serve",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--admin-token",
+                TOKEN,
+                "--heartbeat-ms",
+                "200",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir),
+    );
+    // Poll health instead of sleeping.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = format!("http://127.0.0.1:{port}/api/health");
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = write!(s, "GET /api/health HTTP/1.0\r\nHost: x\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200") {
+                return p;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "coordinator did not answer {url}: {:?}",
+            p.lines()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A job of `steps` steps on synthetic data, heavy enough to take a few ms a step.
+fn spec(name: &str, steps: u64, checkpoint_every: u64) -> String {
+    format!(
+        r#"
+name = "{name}"
+device = "cpu"
+[model]
+kind = "mlp"
+hidden = [256, 256]
+[dataset]
+kind = "synthetic"
+examples = 4096
+features = 128
+classes = 8
+[training]
+batch_size = 64
+epochs = 1000
+max_steps = {steps}
+log_every = 5
+checkpoint_every = {checkpoint_every}
+"#
+    )
+}
+
+#[test]
+fn two_workers_run_four_jobs_and_results_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("w1");
+    c.add_worker("w2");
+    let jobs: Vec<_> = (0..4)
+        .map(|i| c.submit(&spec(&format!("job{i}"), 40, 20)))
+        .collect();
+    let mut workers_used = std::collections::BTreeSet::new();
+    for j in &jobs {
+        let done = c.wait_job(j.id, 120, "success", |j| j.state.is_terminal());
+        assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+        assert_eq!(done.step, 40);
+        workers_used.insert(done.worker_id.clone().unwrap_or_default());
+        let metrics = c.metrics(j.id);
+        assert!(
+            metrics.iter().any(|p| p.metric.step == 40),
+            "final metric stored"
+        );
+        let artifacts = c.artifacts(j.id);
+        for name in ["model.bpk", "model.safetensors", "summary.json"] {
+            assert!(
+                artifacts.iter().any(|a| a == name),
+                "{name} in {artifacts:?}"
+            );
+        }
+    }
+    assert_eq!(
+        workers_used.len(),
+        2,
+        "both workers took jobs: {workers_used:?}"
+    );
+    // The same through the CLI.
+    let o = run(kiln().args(["jobs", "--json", "--server", &c.url, "--token", TOKEN]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(page["total"], 4);
+    let o = run(kiln().args([
+        "job",
+        &jobs[0].id.to_string(),
+        "--json",
+        "--server",
+        &c.url,
+        "--token",
+        TOKEN,
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let job: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(job["job"]["state"], "succeeded");
+    assert!(job["metrics"].as_array().is_some_and(|m| !m.is_empty()));
+    let bytes =
+        c.rt.block_on(c.client().download_artifact(jobs[0].id, "model.bpk"))
+            .expect("download the final model");
+    assert!(bytes.len() > 1000);
+}
+
+#[test]
+fn cancel_stops_the_worker_within_two_seconds_and_it_takes_the_next_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("w1");
+    let long = c.submit(&spec("long", 1_000_000, 1_000_000));
+    c.wait_job(long.id, 60, "running with progress", |j| {
+        j.state == JobState::Running && j.step > 0
+    });
+    let o = run(kiln().args([
+        "cancel",
+        &long.id.to_string(),
+        "--server",
+        &c.url,
+        "--token",
+        TOKEN,
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let asked = Instant::now();
+    c.wait_job(long.id, 10, "cancelled", |j| j.state == JobState::Cancelled);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "cancelled after {:?}",
+        asked.elapsed()
+    );
+    let next = c.submit(&spec("next", 20, 10));
+    let next = c.wait_job(next.id, 60, "success", |j| j.state.is_terminal());
+    assert_eq!(next.state, JobState::Succeeded);
+    assert_eq!(next.worker_id.as_deref(), Some("w1"));
+}
+
+#[test]
+fn a_killed_workers_job_resumes_from_its_checkpoint_on_another_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("first");
+    let job = c.submit(&spec("survivor", 3000, 25));
+    // Wait for a checkpoint to be stored, then kill the worker that runs the job.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c
+        .artifacts(job.id)
+        .iter()
+        .any(|a| a.starts_with("checkpoint-"))
+    {
+        assert!(Instant::now() < deadline, "no checkpoint stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.workers[0].kill();
+    let checkpoints: Vec<u64> = c
+        .artifacts(job.id)
+        .iter()
+        .filter_map(|a| {
+            a.strip_prefix("checkpoint-")?
+                .strip_suffix(".ckpt")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let newest = *checkpoints.iter().max().unwrap();
+    let before_kill: Vec<u64> = c
+        .metrics(job.id)
+        .iter()
+        .filter(|p| p.attempt == 1 && p.metric.step <= newest)
+        .map(|p| p.metric.step)
+        .collect();
+    c.add_worker("second");
+    let done = c.wait_job(job.id, 180, "success after the kill", |j| {
+        j.state.is_terminal()
+    });
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.worker_id.as_deref(), Some("second"));
+    assert_eq!(done.step, 3000);
+    let attempts = c.rt.block_on(c.client().attempts(job.id)).unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].state, JobState::Failed);
+    let resumed_from = attempts[1]
+        .resumed_from_step
+        .expect("attempt 2 resumed from a checkpoint");
+    assert!(
+        resumed_from >= newest,
+        "resumed from {resumed_from}, newest checkpoint seen {newest}"
+    );
+    let metrics = c.metrics(job.id);
+    // The step count continues: attempt 2 starts after its checkpoint.
+    let second: Vec<u64> = metrics
+        .iter()
+        .filter(|p| p.attempt == 2)
+        .map(|p| p.metric.step)
+        .collect();
+    assert!(
+        second.iter().all(|&s| s > resumed_from),
+        "attempt 2 steps {second:?}"
+    );
+    // No metric point up to the checkpoint was lost.
+    let kept: Vec<u64> = metrics
+        .iter()
+        .filter(|p| p.attempt == 1)
+        .map(|p| p.metric.step)
+        .collect();
+    for step in before_kill {
+        assert!(kept.contains(&step), "metric at step {step} lost");
+    }
+    for step in (5..=resumed_from).step_by(5) {
+        assert!(
+            kept.contains(&step),
+            "train metric at step {step} (before the checkpoint) missing"
+        );
+    }
+}
+
+#[test]
+fn restarting_the_coordinator_mid_job_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("steady");
+    let done_first = c.submit(&spec("earlier", 20, 10));
+    c.wait_job(done_first.id, 60, "success", |j| {
+        j.state == JobState::Succeeded
+    });
+    let job = c.submit(&spec("through-restart", 1500, 100));
+    c.wait_job(job.id, 60, "running", |j| {
+        j.state == JobState::Running && j.step >= 100
+    });
+    let metrics_before = c.metrics(job.id).len();
+    c.restart_coordinator();
+    let done = c.wait_job(job.id, 180, "success after the restart", |j| {
+        j.state.is_terminal()
+    });
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(
+        done.worker_id.as_deref(),
+        Some("steady"),
+        "the same worker re-attached"
+    );
+    assert!(c.metrics(job.id).len() >= metrics_before);
+    let attempts = c.rt.block_on(c.client().attempts(job.id)).unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "no new attempt: the running one re-attached: {attempts:?}"
+    );
+    // The earlier job, its metrics and artifacts are intact.
+    assert_eq!(c.job(done_first.id).state, JobState::Succeeded);
+    assert!(c.artifacts(done_first.id).iter().any(|a| a == "model.bpk"));
+    let page =
+        c.rt.block_on(c.client().jobs(&JobFilter::default()))
+            .unwrap();
+    assert_eq!(page.total, 2);
+}
+
+#[test]
+fn bad_input_over_the_api_is_rejected_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path());
+    // Invalid spec through the CLI: 400 naming the fields, nothing stored.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        spec("bad", 10, 5).replace("batch_size = 64", "batch_size = 0"),
+    )
+    .unwrap();
+    let o = run(kiln()
+        .arg("submit")
+        .arg(&bad)
+        .args(["--server", &c.url, "--token", TOKEN]));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("training.batch_size"), "{}", stderr(&o));
+    let page =
+        c.rt.block_on(c.client().jobs(&JobFilter::default()))
+            .unwrap();
+    assert_eq!(page.total, 0, "nothing stored");
+    // Missing and wrong tokens.
+    let o = run(kiln().args(["jobs", "--server", &c.url, "--token", "wrong"]));
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("401"), "{}", stderr(&o));
+    let o = run(kiln()
+        .args(["jobs", "--server", &c.url])
+        .env_remove("KILN_TOKEN"));
+    assert!(stderr(&o).contains("no API token"), "{}", stderr(&o));
+    // Artifact path traversal.
+    let job = c.submit(&spec("x", 10, 5));
+    for name in ["../escape", "..%2Fescape", "%2e%2e%2fescape", ".hidden"] {
+        let err =
+            c.rt.block_on(c.client().upload_artifact(job.id, name, b"x".to_vec()))
+                .expect_err("traversal rejected");
+        let status = err.status().map(|s| s.as_u16());
+        assert!(
+            status.is_some_and(|s| (400..500).contains(&s)),
+            "{name}: {err}"
+        );
+    }
+    assert!(c.artifacts(job.id).is_empty(), "nothing stored");
+    assert!(!dir.path().join("escape").exists());
+}

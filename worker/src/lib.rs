@@ -1,0 +1,65 @@
+//! kiln-worker: a machine that trains.
+//!
+//! A worker dials out to a coordinator over WebSocket (so it works behind NAT), says what it
+//! can run, and runs the jobs it is assigned, one at a time, each on its own OS thread with the
+//! training core from kiln-shared. Metrics are batched and flushed at least every 100 ms;
+//! checkpoints and the final model are uploaded as artifacts over HTTP. When the connection
+//! drops the job keeps training; the worker reconnects with backoff, re-announces the running
+//! attempt and sends what it buffered.
+//!
+//! - `connection`: the socket loop, reconnects, heartbeats.
+//! - `executor`: one job on one thread: data, resume, training, uploads.
+
+mod connection;
+mod executor;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln_shared::spec::DeviceRequest;
+
+pub use connection::run;
+
+/// How a worker is set up (`kiln worker` flags, or `kiln up`).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Coordinator base URL, `http(s)://host:port`.
+    pub server: String,
+    pub token: String,
+    /// Which device to train on (`auto` picks the best one).
+    pub device: DeviceRequest,
+    /// Stable id; reconnects with the same id re-attach the running job.
+    pub worker_id: String,
+    /// Shown in the dashboard.
+    pub name: String,
+    /// Base directory for relative dataset paths in job specs.
+    pub data_root: PathBuf,
+    /// Longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(server: impl Into<String>, token: impl Into<String>) -> Self {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".to_string());
+        // Unique enough between restarts on one host: the clock and the process id.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let suffix = nanos ^ std::process::id().rotate_left(16);
+        WorkerConfig {
+            server: server.into(),
+            token: token.into(),
+            device: DeviceRequest::Auto,
+            worker_id: format!("{host}-{suffix:08x}"),
+            name: host,
+            data_root: PathBuf::from("."),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
