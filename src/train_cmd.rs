@@ -245,17 +245,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         let st = train::export_safetensors(&summary.model, weights)?;
         fs::write(out.join("model.safetensors"), st).context("writing model.safetensors")?;
     }
-    let report = serde_json::json!({
-        "name": spec.name,
-        "outcome": if summary.outcome == Outcome::Completed { "completed" } else { "cancelled" },
-        "device": resolved.kind.as_str(),
-        "steps": summary.steps,
-        "samples": summary.samples,
-        "train_samples_per_sec": summary.train_samples_per_sec,
-        "train": summary.last_train,
-        "val": summary.last_val,
-        "test": summary.test,
-    });
+    let report = summary.report(&spec.name, resolved.kind.as_str());
     fs::write(
         out.join("summary.json"),
         serde_json::to_string_pretty(&report)?,

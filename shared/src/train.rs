@@ -70,6 +70,26 @@ pub struct TrainSummary {
     pub train_samples_per_sec: f64,
 }
 
+impl TrainSummary {
+    /// The run's summary as written to `summary.json` (by `kiln train` and by workers).
+    pub fn report(&self, name: &str, device: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "outcome": match self.outcome {
+                Outcome::Completed => "completed",
+                Outcome::Cancelled => "cancelled",
+            },
+            "device": device,
+            "steps": self.steps,
+            "samples": self.samples,
+            "train_samples_per_sec": self.train_samples_per_sec,
+            "train": self.last_train,
+            "val": self.last_val,
+            "test": self.test,
+        })
+    }
+}
+
 /// Why training stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -519,33 +539,15 @@ impl<M: TrainModel> Loop<M> {
 
         let mut test = None;
         if outcome == Outcome::Completed {
-            if let Some(valid) = &data.valid {
-                let metric = eval_metric(
-                    &model,
-                    valid,
-                    batch,
-                    &device,
-                    step,
-                    epoch_at(step),
-                    Split::Val,
-                )
-                .await?;
-                last_val = Some(metric.clone());
-                on_event(TrainEvent::Metric(metric));
-            }
-            if let Some(test_data) = &data.test {
-                let metric = eval_metric(
-                    &model,
-                    test_data,
-                    batch,
-                    &device,
-                    step,
-                    epoch_at(step),
-                    Split::Test,
-                )
-                .await?;
-                test = Some(metric.clone());
-                on_event(TrainEvent::Metric(metric));
+            for (split, set) in [(Split::Val, &data.valid), (Split::Test, &data.test)] {
+                let Some(set) = set else { continue };
+                let metric =
+                    eval_metric(&model, set, batch, &device, step, epoch_at(step), split).await?;
+                on_event(TrainEvent::Metric(metric.clone()));
+                match split {
+                    Split::Test => test = Some(metric),
+                    _ => last_val = Some(metric),
+                }
             }
         }
         // A final checkpoint (also on cancel, so a cancelled run can be resumed) where the

@@ -159,11 +159,7 @@ fn charlm_example_trains() {
         .arg(&out));
     assert!(o.status.success(), "{}", stderr(&o));
     let metrics = read_jsonl(&out.join("metrics.jsonl"));
-    let train: Vec<f64> = metrics
-        .iter()
-        .filter(|m| m["split"] == "train")
-        .map(|m| m["loss"].as_f64().unwrap())
-        .collect();
+    let train = train_losses(&metrics);
     assert!(
         train.last().unwrap() < &(train[0] * 0.8),
         "charlm loss falls: {train:?}"
@@ -202,10 +198,15 @@ fn wgpu_device_trains_where_an_adapter_exists() {
         serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["device"], "wgpu");
     let metrics = read_jsonl(&out.join("metrics.jsonl"));
-    let train: Vec<f64> = metrics
+    let train = train_losses(&metrics);
+    assert!(train.iter().all(|l| l.is_finite()), "{train:?}");
+}
+
+/// The `loss` of every training metric, in order.
+fn train_losses(metrics: &[serde_json::Value]) -> Vec<f64> {
+    metrics
         .iter()
         .filter(|m| m["split"] == "train")
-        .map(|m| m["loss"].as_f64().unwrap())
-        .collect();
-    assert!(train.iter().all(|l| l.is_finite()), "{train:?}");
+        .map(|m| m["loss"].as_f64().expect("loss is a number"))
+        .collect()
 }

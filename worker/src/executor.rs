@@ -175,16 +175,7 @@ fn run_job(
         Outcome::Completed => AttemptOutcome::Succeeded,
         Outcome::Cancelled => AttemptOutcome::Cancelled,
     };
-    let report = serde_json::json!({
-        "name": spec.name,
-        "device": resolved.kind.as_str(),
-        "steps": summary.steps,
-        "samples": summary.samples,
-        "train_samples_per_sec": summary.train_samples_per_sec,
-        "train": summary.last_train,
-        "val": summary.last_val,
-        "test": summary.test,
-    });
+    let report = summary.report(&spec.name, resolved.kind.as_str());
     Ok(ExecEvent::Finished {
         outcome,
         error: None,
