@@ -187,7 +187,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
             Some((stop_tx, handle))
         };
-        println!("dashboard: {}/   (Ctrl-C stops Kiln)", coordinator.url());
+        match default_static_dir().or_else(|| args.serve.static_dir.clone()) {
+            Some(_) => println!("dashboard: {}/   (Ctrl-C stops Kiln)", coordinator.url()),
+            None => println!(
+                "API: {}/api (OpenAPI at /api/openapi.json; the web dashboard is not built yet). Ctrl-C stops Kiln.",
+                coordinator.url()
+            ),
+        }
         shutdown_signal().await;
         if let Some((stop, handle)) = worker {
             let _ = stop.send(());
