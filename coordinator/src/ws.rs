@@ -21,6 +21,18 @@ const MAX_CLOSE_REASON: usize = 123;
 
 /// The close frame for `reason`: its code, and its JSON as text (shortened to fit a control
 /// frame; the Goodbye message before it carries the full text).
+/// Send one message as a JSON text frame; `false` when the socket is gone.
+pub async fn send_json<S, T>(sink: &mut S, msg: &T) -> bool
+where
+    S: Sink<Message> + Unpin,
+    T: serde::Serialize,
+{
+    match serde_json::to_string(msg) {
+        Ok(text) => sink.send(Message::Text(text.into())).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 pub fn close_frame(reason: &CloseReason) -> Message {
     let mut text = serde_json::to_string(reason).unwrap_or_default();
     if text.len() > MAX_CLOSE_REASON

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use kiln_shared::protocol::{ClientMessage, CloseReason, JobId, PROTOCOL_VERSION, ServerEvent};
 
-use super::{ReadEnd, end_reason, goodbye, next_text, read_hello};
+use super::{ReadEnd, end_reason, goodbye, next_text, read_hello, send_json};
 use crate::state::AppState;
 
 #[utoipa::path(
@@ -41,16 +41,6 @@ fn goodbye_json(reason: &CloseReason) -> String {
         reason: reason.clone(),
     })
     .unwrap_or_default()
-}
-
-async fn send<S>(sink: &mut S, event: &ServerEvent) -> bool
-where
-    S: Sink<Message> + Unpin,
-{
-    match serde_json::to_string(event) {
-        Ok(text) => sink.send(Message::Text(text.into())).await.is_ok(),
-        Err(_) => false,
-    }
 }
 
 /// Serve one events client until it ends.
@@ -82,7 +72,7 @@ where
     }
     // Subscribe before Welcome, so nothing after the welcome is missed.
     let mut events = state.events.subscribe();
-    if !send(
+    if !send_json(
         &mut sink,
         &ServerEvent::Welcome {
             protocol_version: PROTOCOL_VERSION,
@@ -104,7 +94,7 @@ where
                         }
                         _ => true,
                     };
-                    if wanted && !send(&mut sink, &event).await {
+                    if wanted && !send_json(&mut sink, &event).await {
                         return;
                     }
                 }

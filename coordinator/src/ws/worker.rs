@@ -19,7 +19,7 @@ use kiln_shared::protocol::{
     PROTOCOL_VERSION, ServerEvent, WorkerMessage,
 };
 
-use super::{ReadEnd, end_reason, goodbye, next_text, read_hello};
+use super::{ReadEnd, end_reason, goodbye, next_text, read_hello, send_json};
 use crate::registry::Outbound;
 use crate::state::AppState;
 
@@ -49,16 +49,6 @@ fn goodbye_json(reason: &CloseReason) -> String {
         reason: reason.clone(),
     })
     .unwrap_or_default()
-}
-
-async fn send<S>(sink: &mut S, msg: &CoordinatorMessage) -> bool
-where
-    S: Sink<Message> + Unpin,
-{
-    match serde_json::to_string(msg) {
-        Ok(text) => sink.send(Message::Text(text.into())).await.is_ok(),
-        Err(_) => false,
-    }
 }
 
 struct Hello {
@@ -157,7 +147,7 @@ where
         heartbeat_interval_ms: u64::try_from(state.config.heartbeat_interval.as_millis())
             .unwrap_or(u64::MAX),
     };
-    if send(&mut sink, &welcome).await {
+    if send_json(&mut sink, &welcome).await {
         state.publish_worker(&id).await;
         let mut conn = Conn {
             state: &state,
@@ -265,7 +255,7 @@ impl Conn<'_> {
                 },
                 out = rx.recv() => match out {
                     Some(Outbound::Message(msg)) => {
-                        if !send(sink, &msg).await {
+                        if !send_json(sink, &msg).await {
                             return;
                         }
                     }
