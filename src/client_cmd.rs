@@ -65,6 +65,8 @@ pub enum RemoteCommand {
     },
     /// Cancel a queued or running job.
     Cancel { id: JobId },
+    /// Re-queue a failed or cancelled job; it resumes from its last checkpoint.
+    Retry { id: JobId },
     /// List workers.
     Workers {
         #[arg(long)]
@@ -210,6 +212,10 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
             RemoteCommand::Cancel { id } => {
                 let job = client.cancel(id).await?;
                 println!("job {}: {}", job.id, job.state.as_str());
+            }
+            RemoteCommand::Retry { id } => {
+                let job = client.retry(id).await?;
+                println!("job {}: {} (attempt {} next)", job.id, job.state.as_str(), job.attempts + 1);
             }
             RemoteCommand::Workers { json } => {
                 let workers = client.workers().await?;

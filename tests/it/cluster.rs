@@ -329,6 +329,24 @@ fn cancel_stops_the_worker_within_two_seconds_and_it_takes_the_next_job() {
         "cancelled after {:?}",
         asked.elapsed()
     );
+    // Retry re-queues the cancelled job; cancel it again so the worker is free.
+    let o = run(kiln().args([
+        "retry",
+        &long.id.to_string(),
+        "--server",
+        &c.url,
+        "--token",
+        TOKEN,
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    c.wait_job(long.id, 60, "running again", |j| {
+        j.state == JobState::Running
+    });
+    c.rt.block_on(c.client().cancel(long.id))
+        .expect("cancel again");
+    c.wait_job(long.id, 10, "cancelled again", |j| {
+        j.state == JobState::Cancelled
+    });
     let next = c.submit(&spec("next", 20, 10));
     let next = c.wait_job(next.id, 60, "success", |j| j.state.is_terminal());
     assert_eq!(next.state, JobState::Succeeded);
