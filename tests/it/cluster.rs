@@ -126,6 +126,13 @@ impl Cluster {
         self.workers.push(w);
     }
 
+    /// Run `kiln ARGS --server <this cluster> --token <admin>`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        run(kiln()
+            .args(args)
+            .args(["--server", &self.url, "--token", TOKEN]))
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.url, Some(TOKEN.to_string())).expect("client")
     }
@@ -281,19 +288,11 @@ fn two_workers_run_four_jobs_and_results_come_back() {
         "both workers took jobs: {workers_used:?}"
     );
     // The same through the CLI.
-    let o = run(kiln().args(["jobs", "--json", "--server", &c.url, "--token", TOKEN]));
+    let o = c.cli(&["jobs", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let page: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(page["total"], 4);
-    let o = run(kiln().args([
-        "job",
-        &jobs[0].id.to_string(),
-        "--json",
-        "--server",
-        &c.url,
-        "--token",
-        TOKEN,
-    ]));
+    let o = c.cli(&["job", &jobs[0].id.to_string(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let job: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(job["job"]["state"], "succeeded");
@@ -313,14 +312,7 @@ fn cancel_stops_the_worker_within_two_seconds_and_it_takes_the_next_job() {
     c.wait_job(long.id, 60, "running with progress", |j| {
         j.state == JobState::Running && j.step > 0
     });
-    let o = run(kiln().args([
-        "cancel",
-        &long.id.to_string(),
-        "--server",
-        &c.url,
-        "--token",
-        TOKEN,
-    ]));
+    let o = c.cli(&["cancel", &long.id.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let asked = Instant::now();
     c.wait_job(long.id, 10, "cancelled", |j| j.state == JobState::Cancelled);
@@ -330,14 +322,7 @@ fn cancel_stops_the_worker_within_two_seconds_and_it_takes_the_next_job() {
         asked.elapsed()
     );
     // Retry re-queues the cancelled job; cancel it again so the worker is free.
-    let o = run(kiln().args([
-        "retry",
-        &long.id.to_string(),
-        "--server",
-        &c.url,
-        "--token",
-        TOKEN,
-    ]));
+    let o = c.cli(&["retry", &long.id.to_string()]);
     assert!(o.status.success(), "{}", stderr(&o));
     c.wait_job(long.id, 60, "running again", |j| {
         j.state == JobState::Running
@@ -483,10 +468,7 @@ fn bad_input_over_the_api_is_rejected_clearly() {
         spec("bad", 10, 5).replace("batch_size = 64", "batch_size = 0"),
     )
     .unwrap();
-    let o = run(kiln()
-        .arg("submit")
-        .arg(&bad)
-        .args(["--server", &c.url, "--token", TOKEN]));
+    let o = c.cli(&["submit", bad.to_str().expect("utf-8 temp path")]);
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("training.batch_size"), "{}", stderr(&o));
     let page =

@@ -36,6 +36,15 @@ pub async fn list(
     Ok(Json(state.store.artifacts(job_id(&id)?).await?))
 }
 
+/// The job id of `/api/jobs/{id}/artifacts/{name}`, once the id parses, the name is allowed
+/// and the job exists.
+async fn existing_job(state: &AppState, id: &str, name: &str) -> Result<i64, ApiError> {
+    let id = job_id(id)?;
+    check_name(name).map_err(ApiError::BadRequest)?;
+    state.store.job(id).await?;
+    Ok(id)
+}
+
 #[utoipa::path(get, path = "/api/jobs/{id}/artifacts/{name}", tag = "artifacts",
     params(("id" = i64, Path, description = "Job id"),
         ("name" = String, Path, description = "Artifact name")),
@@ -47,9 +56,7 @@ pub async fn download(
     Path((id, name)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&id)?;
-    check_name(&name).map_err(ApiError::BadRequest)?;
-    state.store.job(id).await?;
+    let id = existing_job(&state, &id, &name).await?;
     if state.store.artifact(id, &name).await?.is_none() {
         return Err(ApiError::NotFound(format!(
             "job {id} has no artifact `{name}`"
@@ -85,9 +92,7 @@ pub async fn upload(
     Path((id, name)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = job_id(&id)?;
-    check_name(&name).map_err(ApiError::BadRequest)?;
-    state.store.job(id).await?;
+    let id = existing_job(&state, &id, &name).await?;
     let limit = state.config.artifact_max_bytes;
     let too_large = || {
         ApiError::PayloadTooLarge(format!(
