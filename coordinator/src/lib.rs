@@ -28,7 +28,6 @@ use kiln_shared::protocol::{CloseReason, ServerEvent};
 pub mod artifact;
 pub mod auth;
 pub mod client;
-pub mod downsample;
 pub mod error;
 pub mod openapi;
 pub mod registry;

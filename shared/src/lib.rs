@@ -4,6 +4,7 @@
 //! - [`data`]: datasets (IDX, CSV, text, synthetic), splits and data order.
 //! - [`model`]: the model zoo (`mlp`, `cnn`, `charlm`).
 //! - [`train`]: the training loop, checkpoints and the gradient hook.
+//! - [`downsample`]: LTTB for metric charts (the coordinator's range queries, the dashboard).
 //! - [`device`]: turning a [`spec::DeviceRequest`] into a Burn device.
 //!
 //! This crate compiles for native targets and for `wasm32-unknown-unknown`; it knows nothing
@@ -13,6 +14,7 @@
 pub mod data;
 #[cfg(feature = "train")]
 pub mod device;
+pub mod downsample;
 pub mod metric;
 #[cfg(feature = "train")]
 pub mod model;

@@ -14,7 +14,7 @@ use kiln_shared::protocol::{
     SubmitJob,
 };
 
-use crate::downsample::downsample;
+use kiln_shared::downsample::downsample;
 use crate::error::{ApiError, ApiJson, parse_param};
 use crate::openapi::{
     ApiErrorDoc, AttemptInfoDoc, JobInfoDoc, JobPageDoc, LogEntryDoc, MetricPointDoc, SubmitJobDoc,

@@ -4,8 +4,8 @@
 //! Written here rather than taken from a crate: the crates on offer work on their own point
 //! type, and LTTB is a short, well-known algorithm (Steinarsson 2013).
 
-use kiln_shared::metric::Split;
-use kiln_shared::protocol::MetricPoint;
+use crate::metric::Split;
+use crate::protocol::MetricPoint;
 
 /// Keep at most about `max_points` points (each split gets a share proportional to its size,
 /// at least 2), ordered by step as the input was. `points` must be ordered by step.
@@ -106,7 +106,7 @@ fn lttb(series: Vec<MetricPoint>, threshold: usize) -> Vec<MetricPoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_shared::metric::Metric;
+    use crate::metric::Metric;
 
     fn point(step: u64, split: Split, loss: f64) -> MetricPoint {
         MetricPoint {
