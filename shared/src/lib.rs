@@ -1,6 +1,7 @@
 //! kiln-shared: what every part of Kiln agrees on.
 //!
 //! - [`spec`]: the job spec (TOML/JSON) and its validation.
+//! - [`sweep`]: grid sweeps over spec fields.
 //! - [`data`]: datasets (IDX, CSV, text, synthetic), splits and data order.
 //! - [`model`]: the model zoo (`mlp`, `cnn`, `charlm`).
 //! - [`train`]: the training loop, checkpoints and the gradient hook.
@@ -20,6 +21,7 @@ pub mod metric;
 pub mod model;
 pub mod protocol;
 pub mod spec;
+pub mod sweep;
 #[cfg(feature = "train")]
 pub mod train;
 

@@ -1,1 +1,12 @@
-//! kiln-web
+//! kiln-web: Kiln's dashboard, a Leptos app rendered in the browser.
+//!
+//! The pure parts — the new-job form ([`form`]) and what pages compute from runs ([`runs`]) —
+//! compile everywhere and are tested natively. The app itself (`app`, pages, charts, the API
+//! and `/ws/events` clients) exists only on `wasm32`; `scripts/build-web` builds it with
+//! `wasm-bindgen --target web` into `web/dist`, which the coordinator serves at `/`.
+
+pub mod form;
+pub mod runs;
+
+#[cfg(target_arch = "wasm32")]
+mod app;

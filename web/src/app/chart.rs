@@ -1,0 +1,227 @@
+//! A line chart on a `<canvas>`, drawn by plotters. The series arrive already downsampled
+//! (LTTB on the coordinator, and again in the page once live points pile up), so a run of
+//! 10⁵ points draws a few thousand segments. Drag across the plot to zoom on steps,
+//! double-click to reset; hovering shows the values at the nearest step.
+
+use leptos::ev::MouseEvent;
+use leptos::html::Canvas;
+use leptos::prelude::*;
+use plotters::prelude::*;
+use plotters_canvas::CanvasBackend;
+
+use crate::runs::{Series, fmt_value, nearest};
+
+const HEIGHT: u32 = 220;
+
+/// Line colours (Tableau 10): distinct for up to ten runs or splits.
+const COLORS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// Where the plot area landed, for turning mouse positions into steps.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    px: (i32, i32),
+    x: (f64, f64),
+}
+
+impl Geometry {
+    fn step_at(&self, px: i32) -> f64 {
+        let t = (px - self.px.0) as f64 / (self.px.1 - self.px.0).max(1) as f64;
+        self.x.0 + t.clamp(0.0, 1.0) * (self.x.1 - self.x.0)
+    }
+}
+
+#[component]
+pub fn Chart(
+    /// Shown above the plot and read by screen readers.
+    #[prop(into)]
+    title: String,
+    #[prop(into)] series: Signal<Vec<Series>>,
+    /// The step range shown; `None` fits all points. Shared by the charts of one page.
+    zoom: RwSignal<Option<(f64, f64)>>,
+) -> impl IntoView {
+    let canvas = NodeRef::<Canvas>::new();
+    let geometry = StoredValue::new(None::<Geometry>);
+    let hover = RwSignal::new(None::<(i32, String)>);
+    let drag_from = StoredValue::new(None::<i32>);
+    let drawn_points = RwSignal::new(0usize);
+    let last_step = RwSignal::new(0u64);
+
+    Effect::new(move |_| {
+        let s = series.get();
+        let z = zoom.get();
+        if let Some(c) = canvas.get() {
+            geometry.set_value(draw(&c, &s, z));
+            drawn_points.set(s.iter().map(|s| s.points.len()).sum());
+            last_step.set(
+                s.iter()
+                    .filter_map(|s| s.points.last().map(|p| p.0 as u64))
+                    .max()
+                    .unwrap_or(0),
+            );
+        }
+    });
+
+    let on_move = move |ev: MouseEvent| {
+        let Some(g) = geometry.get_value() else {
+            return;
+        };
+        let px = ev.offset_x();
+        let step = g.step_at(px);
+        let parts: Vec<String> = series.with_untracked(|all| {
+            all.iter()
+                .filter_map(|s| {
+                    nearest(&s.points, step).map(|i| {
+                        let (x, y) = s.points[i];
+                        format!("{} {} @ {}", s.label, fmt_value(y), x as u64)
+                    })
+                })
+                .collect()
+        });
+        hover.set((!parts.is_empty()).then(|| (px, parts.join(" · "))));
+    };
+    let on_up = move |ev: MouseEvent| {
+        let (Some(from), Some(g)) = (drag_from.get_value(), geometry.get_value()) else {
+            return;
+        };
+        drag_from.set_value(None);
+        let to = ev.offset_x();
+        if (to - from).abs() > 6 {
+            let (a, b) = (g.step_at(from.min(to)), g.step_at(from.max(to)));
+            zoom.set(Some((a.floor(), b.ceil())));
+        }
+    };
+    let label = title.clone();
+    view! {
+        <figure class="chart">
+            <figcaption>{title}</figcaption>
+            <div class="plot">
+                <canvas
+                    node_ref=canvas
+                    height=HEIGHT
+                    role="img"
+                    aria-label=format!("{label} over training steps; drag to zoom, double-click to reset")
+                    data-points=move || drawn_points.get()
+                    data-last-step=move || last_step.get()
+                    on:mousemove=on_move
+                    on:mouseleave=move |_| {
+                        hover.set(None);
+                        drag_from.set_value(None);
+                    }
+                    on:mousedown=move |ev: MouseEvent| drag_from.set_value(Some(ev.offset_x()))
+                    on:mouseup=on_up
+                    on:dblclick=move |_| zoom.set(None)
+                ></canvas>
+                {move || hover.get().map(|(px, text)| view! {
+                    <div class="tooltip" style=format!("left: {}px", px + 12)>{text}</div>
+                })}
+            </div>
+        </figure>
+    }
+}
+
+/// Draw the series; returns the plot geometry (None if the canvas could not be used).
+fn draw(
+    canvas: &web_sys::HtmlCanvasElement,
+    series: &[Series],
+    zoom: Option<(f64, f64)>,
+) -> Option<Geometry> {
+    let width = match canvas.client_width() {
+        w if w > 0 => w as u32,
+        _ => 600,
+    };
+    if canvas.width() != width {
+        canvas.set_width(width);
+    }
+    canvas.set_height(HEIGHT);
+    let backend = CanvasBackend::with_canvas_object(canvas.clone())?;
+    let root = backend.into_drawing_area();
+    root.fill(&WHITE).ok()?;
+
+    let in_range = |x: f64| zoom.is_none_or(|(a, b)| x >= a && x <= b);
+    let visible = || {
+        series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|(x, _)| in_range(*x))
+    };
+    let (mut x0, mut x1) = match zoom {
+        Some(range) => range,
+        None => visible().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| {
+            (a.min(*x), b.max(*x))
+        }),
+    };
+    let (mut y0, mut y1) = visible().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, y)| {
+        (a.min(*y), b.max(*y))
+    });
+    if !x0.is_finite() || !y0.is_finite() {
+        let style = ("sans-serif", 14).into_font().color(&RGBColor(120, 120, 120));
+        root.draw_text("no points yet", &style, (12, 20)).ok()?;
+        root.present().ok()?;
+        return None;
+    }
+    if x1 - x0 < 1.0 {
+        x0 -= 1.0;
+        x1 += 1.0;
+    }
+    let pad = ((y1 - y0) * 0.05).max(y1.abs() * 1e-3).max(1e-9);
+    y0 -= pad;
+    y1 += pad;
+
+    let mut chart = ChartBuilder::on(&root)
+        .margin(8)
+        .x_label_area_size(26)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .ok()?;
+    chart
+        .configure_mesh()
+        .x_labels(6)
+        .y_labels(5)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| fmt_value(*y))
+        .light_line_style(RGBColor(238, 238, 238))
+        .bold_line_style(RGBColor(220, 220, 220))
+        .label_style(("sans-serif", 12))
+        .draw()
+        .ok()?;
+    for (i, s) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, _)| in_range(*x)).collect();
+        let few = pts.len() < 40;
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .ok()?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        if few {
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .ok()?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font(("sans-serif", 12))
+        .draw()
+        .ok()?;
+    let (px, _) = chart.plotting_area().get_pixel_range();
+    root.present().ok()?;
+    Some(Geometry {
+        px: (px.start, px.end),
+        x: (x0, x1),
+    })
+}

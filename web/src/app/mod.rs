@@ -1,0 +1,71 @@
+//! The Leptos app: routes, layout, and the pieces every page uses.
+
+use leptos::prelude::*;
+use leptos_router::components::{A, Route, Router, Routes};
+use leptos_router::hooks::use_location;
+use leptos_router::path;
+use wasm_bindgen::prelude::wasm_bindgen;
+
+mod api;
+mod chart;
+mod events;
+mod pages;
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}
+
+#[component]
+fn App() -> impl IntoView {
+    view! {
+        <Router>
+            <Routes fallback=|| view! { <Layout><pages::NotFound/></Layout> }>
+                <Route path=path!("/") view=|| view! { <Layout><pages::jobs::JobsPage/></Layout> }/>
+                <Route path=path!("/jobs/:id") view=|| view! { <Layout><pages::job::JobPage/></Layout> }/>
+                <Route path=path!("/new") view=|| view! { <Layout><pages::new_job::NewJobPage/></Layout> }/>
+                <Route path=path!("/sweep") view=|| view! { <Layout><pages::sweep::SweepPage/></Layout> }/>
+                <Route path=path!("/workers") view=|| view! { <Layout><pages::workers::WorkersPage/></Layout> }/>
+                <Route path=path!("/compare") view=|| view! { <Layout><pages::compare::ComparePage/></Layout> }/>
+                <Route path=path!("/login") view=|| view! { <Layout><pages::login::LoginPage/></Layout> }/>
+                <Route path=path!("/s/:token") view=pages::share::SharedRunPage/>
+            </Routes>
+        </Router>
+    }
+}
+
+/// Header with navigation; pages that need a token show the login prompt without one.
+#[component]
+fn Layout(children: Children) -> impl IntoView {
+    let location = use_location();
+    let logged_in = api::token().is_some();
+    let path = move || location.pathname.get();
+    let needs_login = move || !logged_in && path() != "/login";
+    let body = children();
+    view! {
+        <header class="top">
+            <A href="/" attr:class="brand">"Kiln"</A>
+            <nav aria-label="Main">
+                <A href="/">"Jobs"</A>
+                <A href="/new">"New job"</A>
+                <A href="/sweep">"Sweep"</A>
+                <A href="/compare">"Compare"</A>
+                <A href="/workers">"Workers"</A>
+            </nav>
+            <span class="spacer"></span>
+            {logged_in.then(|| view! {
+                <button class="link" on:click=move |_| {
+                    api::set_token(None);
+                    api::go("/login");
+                }>"Log out"</button>
+            })}
+        </header>
+        <main>
+            <Show when=needs_login fallback=|| ()>
+                <pages::login::LoginPrompt/>
+            </Show>
+            <div class:hidden=needs_login>{body}</div>
+        </main>
+    }
+}

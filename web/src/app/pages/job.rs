@@ -1,0 +1,423 @@
+//! One run: live charts, final metrics, log tail, spec, artifacts, attempts, share links;
+//! cancel and retry. `?from=&to=` in the URL is the zoomed step range.
+
+use kiln_shared::protocol::{
+    ArtifactInfo, AttemptInfo, JobId, JobInfo, LogEntry, MetricPoint, NewShare, ServerEvent,
+    ShareInfo,
+};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::NavigateOptions;
+use leptos_router::components::A;
+use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
+
+use super::{ErrorLine, Progress, StateBadge};
+use crate::app::chart::Chart;
+use crate::app::{api, events};
+use crate::runs::{Quantity, age, final_values, fmt_value, keep_drawable, merge_live, series};
+
+/// Points asked of the coordinator per view (it downsamples with LTTB).
+pub const FETCH_POINTS: usize = 2000;
+/// Points a live chart keeps before downsampling again.
+const LIVE_BUDGET: usize = 4000;
+const LOG_TAIL: usize = 300;
+
+#[component]
+pub fn JobPage() -> impl IntoView {
+    let params = use_params_map();
+    let id = move || params.with(|p| p.get("id").and_then(|s| s.parse::<JobId>().ok()));
+    move || match id() {
+        Some(id) => view! { <JobView id/> }.into_any(),
+        None => view! { <super::NotFound/> }.into_any(),
+    }
+}
+
+fn metrics_url(base: &str, range: Option<(f64, f64)>) -> String {
+    let mut url = format!("{base}?max_points={FETCH_POINTS}");
+    if let Some((a, b)) = range {
+        url.push_str(&format!("&from_step={}&to_step={}", a.max(0.0) as u64, b.max(0.0) as u64));
+    }
+    url
+}
+
+/// The zoom range from `?from=&to=`.
+pub fn zoom_from_query(q: &leptos_router::params::ParamsMap) -> Option<(f64, f64)> {
+    let from = q.get("from")?.parse::<f64>().ok()?;
+    let to = q.get("to")?.parse::<f64>().ok()?;
+    (from < to).then_some((from, to))
+}
+
+/// Charts of one run; `detail` holds a re-fetch of the zoomed range at full resolution.
+#[component]
+pub fn RunCharts(
+    points: RwSignal<Vec<MetricPoint>>,
+    detail: RwSignal<Option<Vec<MetricPoint>>>,
+    zoom: RwSignal<Option<(f64, f64)>>,
+) -> impl IntoView {
+    let charts = Quantity::ALL.map(|q| {
+        let s = Signal::derive(move || {
+            let range = zoom.get();
+            match (range, detail.get()) {
+                (Some(r), Some(d)) => series(&d, q, Some(r)),
+                _ => points.with(|p| series(p, q, range)),
+            }
+        });
+        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom/></div> }
+    });
+    let from = RwSignal::new(String::new());
+    let to = RwSignal::new(String::new());
+    Effect::new(move |_| {
+        let z = zoom.get();
+        from.set(z.map(|z| format!("{}", z.0)).unwrap_or_default());
+        to.set(z.map(|z| format!("{}", z.1)).unwrap_or_default());
+    });
+    let apply = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let (a, b) = (from.get_untracked().parse::<f64>(), to.get_untracked().parse::<f64>());
+        if let (Ok(a), Ok(b)) = (a, b)
+            && a < b
+        {
+            zoom.set(Some((a, b)));
+        }
+    };
+    view! {
+        <form class="zoom" on:submit=apply aria-label="Step range">
+            <label for="zoom-from">"Steps from"</label>
+            <input id="zoom-from" type="number" min="0" prop:value=move || from.get()
+                on:input=move |ev| from.set(event_target_value(&ev))/>
+            <label for="zoom-to">"to"</label>
+            <input id="zoom-to" type="number" min="0" prop:value=move || to.get()
+                on:input=move |ev| to.set(event_target_value(&ev))/>
+            <button type="submit">"Zoom"</button>
+            <button type="button" on:click=move |_| zoom.set(None) disabled=move || zoom.get().is_none()>
+                "Reset zoom"
+            </button>
+            <span class="muted small">"or drag across a chart; double-click resets"</span>
+        </form>
+        <div class="charts">{charts.into_iter().collect_view()}</div>
+    }
+}
+
+/// "Final accuracy: test 0.95 · val 0.94" and the same for loss.
+#[component]
+pub fn FinalMetrics(points: RwSignal<Vec<MetricPoint>>) -> impl IntoView {
+    let line = move |q: Quantity| {
+        points.with(|p| {
+            final_values(p, q)
+                .into_iter()
+                .map(|(split, v)| format!("{split} {}", fmt_value(v)))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        })
+    };
+    let accuracy = move || {
+        points.with(|p| final_values(p, Quantity::Accuracy).first().map(|(_, v)| *v))
+    };
+    view! {
+        <dl class="finals" data-final-accuracy=move || accuracy().map(fmt_value).unwrap_or_default()>
+            <div><dt>"Final accuracy"</dt><dd class="final-accuracy">{move || {
+                let l = line(Quantity::Accuracy);
+                if l.is_empty() { "—".to_string() } else { l }
+            }}</dd></div>
+            <div><dt>"Final loss"</dt><dd>{move || {
+                let l = line(Quantity::Loss);
+                if l.is_empty() { "—".to_string() } else { l }
+            }}</dd></div>
+        </dl>
+    }
+}
+
+#[component]
+fn JobView(id: JobId) -> impl IntoView {
+    let query = use_query_map();
+    let navigate = use_navigate();
+    let job = RwSignal::new(None::<JobInfo>);
+    let error = RwSignal::new(None::<String>);
+    let action_error = RwSignal::new(None::<String>);
+    let points = RwSignal::new(Vec::<MetricPoint>::new());
+    let detail = RwSignal::new(None::<Vec<MetricPoint>>);
+    let logs = RwSignal::new(Vec::<LogEntry>::new());
+    let attempts = RwSignal::new(Vec::<AttemptInfo>::new());
+    let artifacts = RwSignal::new(Vec::<ArtifactInfo>::new());
+    let shares = RwSignal::new(Vec::<ShareInfo>::new());
+    let new_link = RwSignal::new(None::<String>);
+    let zoom = RwSignal::new(query.with_untracked(zoom_from_query));
+    let now = RwSignal::new(api::now_ms());
+
+    let load_side = move || {
+        spawn_local(async move {
+            if let Ok(a) = api::get::<Vec<AttemptInfo>>(&format!("/api/jobs/{id}/attempts")).await {
+                let _ = attempts.try_set(a);
+            }
+            if let Ok(a) = api::get::<Vec<ArtifactInfo>>(&format!("/api/jobs/{id}/artifacts")).await {
+                let _ = artifacts.try_set(a);
+            }
+            if let Ok(s) = api::get::<Vec<ShareInfo>>(&format!("/api/jobs/{id}/shares")).await {
+                let _ = shares.try_set(s);
+            }
+        });
+    };
+    let load = move || {
+        spawn_local(async move {
+            match api::get::<JobInfo>(&format!("/api/jobs/{id}")).await {
+                Ok(j) => {
+                    let _ = job.try_set(Some(j));
+                }
+                Err(e) => {
+                    let _ = error.try_set(Some(e.to_string()));
+                    return;
+                }
+            }
+            let url = metrics_url(&format!("/api/jobs/{id}/metrics"), None);
+            if let Ok(p) = api::get::<Vec<MetricPoint>>(&url).await {
+                let _ = points.try_set(p);
+            }
+            if let Ok(mut l) =
+                api::get::<Vec<LogEntry>>(&format!("/api/jobs/{id}/logs?limit=10000")).await
+            {
+                let cut = l.len().saturating_sub(LOG_TAIL);
+                l.drain(..cut);
+                let _ = logs.try_set(l);
+            }
+        });
+        load_side();
+    };
+    load();
+
+    // Zoomed: fetch the range at full resolution, and keep it in the URL.
+    Effect::new(move |_| {
+        let range = zoom.get();
+        detail.set(None);
+        let mut q = Vec::new();
+        if let Some((a, b)) = range {
+            q.push(format!("from={a}&to={b}"));
+            spawn_local(async move {
+                let url = metrics_url(&format!("/api/jobs/{id}/metrics"), Some((a, b)));
+                if let Ok(p) = api::get::<Vec<MetricPoint>>(&url).await
+                    && zoom.try_get_untracked().flatten() == Some((a, b))
+                {
+                    let _ = detail.try_set(Some(p));
+                }
+            });
+        }
+        let url = if q.is_empty() { format!("/jobs/{id}") } else { format!("/jobs/{id}?{}", q.join("&")) };
+        let here = web_sys::window()
+            .and_then(|w| Some(format!("{}{}", w.location().pathname().ok()?, w.location().search().ok()?)));
+        if here.as_deref() != Some(url.as_str()) {
+            navigate(&url, NavigateOptions { replace: true, scroll: false, ..Default::default() });
+        }
+    });
+
+    events::subscribe(id);
+    let listener = events::listen(move |event| match event {
+        ServerEvent::Job { job: j } if j.id == id => {
+            let ended = j.state.is_terminal();
+            let _ = job.try_set(Some(j.clone()));
+            let _ = now.try_set(api::now_ms());
+            if ended {
+                load_side();
+            }
+        }
+        ServerEvent::Metrics { job_id, points: new } if *job_id == id => {
+            let _ = points.try_update(|p| {
+                merge_live(p, new);
+                if p.len() > LIVE_BUDGET {
+                    *p = keep_drawable(std::mem::take(p), FETCH_POINTS);
+                }
+            });
+        }
+        ServerEvent::Logs { job_id, lines } if *job_id == id => {
+            let _ = logs.try_update(|l| {
+                let mut seq = l.last().map(|e| e.seq).unwrap_or(0);
+                l.extend(lines.iter().map(|line| {
+                    seq += 1;
+                    LogEntry { seq, line: line.clone() }
+                }));
+                let cut = l.len().saturating_sub(LOG_TAIL);
+                l.drain(..cut);
+            });
+        }
+        ServerEvent::Welcome { .. } => load(),
+        _ => {}
+    });
+    on_cleanup(move || {
+        events::unlisten(listener);
+        events::unsubscribe(id);
+    });
+
+    let act = move |what: &'static str| {
+        action_error.set(None);
+        spawn_local(async move {
+            match api::post_empty::<JobInfo>(&format!("/api/jobs/{id}/{what}")).await {
+                Ok(j) => {
+                    let _ = job.try_set(Some(j));
+                }
+                Err(e) => {
+                    let _ = action_error.try_set(Some(format!("{what} failed: {e}")));
+                }
+            }
+        });
+    };
+    let share = move |_| {
+        action_error.set(None);
+        spawn_local(async move {
+            match api::post_empty::<NewShare>(&format!("/api/jobs/{id}/shares")).await {
+                Ok(s) => {
+                    let origin = web_sys::window()
+                        .and_then(|w| w.location().origin().ok())
+                        .unwrap_or_default();
+                    let _ = new_link.try_set(Some(format!("{origin}{}", s.path)));
+                    let _ = shares.try_update(|l| l.insert(0, s.share));
+                }
+                Err(e) => {
+                    let _ = action_error.try_set(Some(format!("share failed: {e}")));
+                }
+            }
+        });
+    };
+    let revoke = move |share_id: i64| {
+        spawn_local(async move {
+            match api::delete::<ShareInfo>(&format!("/api/shares/{share_id}")).await {
+                Ok(s) => {
+                    let _ = shares.try_update(|l| {
+                        if let Some(x) = l.iter_mut().find(|x| x.id == s.id) {
+                            *x = s;
+                        }
+                    });
+                }
+                Err(e) => {
+                    let _ = action_error.try_set(Some(format!("revoke failed: {e}")));
+                }
+            }
+        });
+    };
+
+    let header = move || {
+        job.get().map(|j| {
+            let running = !j.state.is_terminal();
+            let retryable = matches!(j.state, kiln_shared::protocol::JobState::Failed | kiln_shared::protocol::JobState::Cancelled);
+            view! {
+                <div class="title-row">
+                    <h1><span class="muted">{format!("#{} ", j.id)}</span>{j.name.clone()}</h1>
+                    <StateBadge state=j.state/>
+                    <span class="spacer"></span>
+                    {running.then(|| view! { <button class="danger" on:click=move |_| act("cancel")>"Cancel"</button> })}
+                    {retryable.then(|| view! { <button on:click=move |_| act("retry")>"Retry"</button> })}
+                    <button on:click=share>"Share"</button>
+                    <A href=format!("/new?from={id}") attr:class="button">"New job like this"</A>
+                    <A href=format!("/compare?ids={id}") attr:class="button">"Compare…"</A>
+                </div>
+                <dl class="facts">
+                    <div><dt>"Progress"</dt><dd><Progress step=j.step total=j.total_steps/>
+                        <span class="small muted">{format!(" step {} / {}", j.step, j.total_steps)}</span></dd></div>
+                    <div><dt>"Worker"</dt><dd>{j.worker_id.clone().unwrap_or_else(|| "—".into())}</dd></div>
+                    <div><dt>"Device"</dt><dd>{j.spec.device.as_str()}</dd></div>
+                    <div><dt>"Submitted"</dt><dd>{move || format!("{} ago", age(j.created_ms, now.get()))}</dd></div>
+                    <div><dt>"Attempts"</dt><dd>{format!("{} of {}", j.attempts, j.max_attempts)}</dd></div>
+                    {j.group.clone().map(|g| view! {
+                        <div><dt>"Group"</dt><dd><A href=format!("/?group={}", api::enc(&g))>{g.clone()}</A></dd></div>
+                    })}
+                </dl>
+                {j.error.clone().map(|e| view! { <p class="error" role="alert">{e}</p> })}
+            }
+        })
+    };
+
+    view! {
+        <section class="job">
+            <ErrorLine error/>
+            {header}
+            <ErrorLine error=action_error/>
+            {move || new_link.get().map(|link| view! {
+                <div class="share-new" role="status">
+                    <label for="share-link">"Read-only link (anyone with it can see this run):"</label>
+                    <input id="share-link" readonly prop:value=link.clone()/>
+                    <button on:click=move |_| {
+                        if let Some(w) = web_sys::window() {
+                            let _ = w.navigator().clipboard().write_text(&link);
+                        }
+                    }>"Copy"</button>
+                </div>
+            })}
+            <FinalMetrics points/>
+            <RunCharts points detail zoom/>
+            <div class="columns">
+                <section>
+                    <h2>"Log"</h2>
+                    <pre class="log" aria-label="Log tail" tabindex="0">{move || logs.with(|l| {
+                        l.iter().map(|e| e.line.text.as_str()).collect::<Vec<_>>().join("\n")
+                    })}</pre>
+                </section>
+                <section>
+                    <h2>"Spec"</h2>
+                    <pre class="spec" tabindex="0">{move || job.with(|j| j.as_ref().map(|j| j.spec.to_toml_string()).unwrap_or_default())}</pre>
+                </section>
+            </div>
+            <div class="columns">
+                <section>
+                    <h2>"Artifacts"</h2>
+                    <ul class="artifacts">
+                        <For each=move || artifacts.get() key=|a| a.name.clone() let:a>
+                            {
+                                let name = a.name.clone();
+                                view! { <li>
+                                    <button class="link" on:click=move |_| {
+                                        let name = name.clone();
+                                        spawn_local(async move {
+                                            let file = name.rsplit('/').next().unwrap_or(&name).to_string();
+                                            if let Err(e) = api::download(&format!("/api/jobs/{id}/artifacts/{name}"), &file).await {
+                                                let _ = action_error.try_set(Some(e.to_string()));
+                                            }
+                                        });
+                                    }>{a.name.clone()}</button>
+                                    <span class="muted small">{format!(" {:.1} KB", a.size as f64 / 1024.0)}</span>
+                                </li> }
+                            }
+                        </For>
+                    </ul>
+                    {move || artifacts.with(Vec::is_empty).then(|| view! { <p class="muted">"None yet."</p> })}
+                </section>
+                <section>
+                    <h2>"Attempts"</h2>
+                    <table class="attempts">
+                        <thead><tr><th>"#"</th><th>"Worker"</th><th>"State"</th><th>"Resumed at"</th><th>"Error"</th></tr></thead>
+                        <tbody>
+                            <For each=move || attempts.get() key=|a| (a.attempt, a.state) let:a>
+                                <tr>
+                                    <td>{a.attempt}</td>
+                                    <td>{a.worker_id.clone()}</td>
+                                    <td><StateBadge state=a.state/></td>
+                                    <td>{a.resumed_from_step.map(|s| format!("step {s}")).unwrap_or_else(|| "—".into())}</td>
+                                    <td>{a.error.clone().unwrap_or_default()}</td>
+                                </tr>
+                            </For>
+                        </tbody>
+                    </table>
+                </section>
+            </div>
+            <section>
+                <h2>"Share links"</h2>
+                <table class="shares">
+                    <thead><tr><th>"Link"</th><th>"Created"</th><th>"Status"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
+                    <tbody>
+                        <For each=move || shares.get() key=|s| (s.id, s.revoked_ms) let:s>
+                            {
+                                let sid = s.id;
+                                view! { <tr data-share-id=sid>
+                                    <td><code>{format!("/s/…{}", s.hint)}</code></td>
+                                    <td>{move || format!("{} ago", age(s.created_ms, now.get()))}</td>
+                                    <td>{if s.revoked_ms.is_some() { "revoked" } else { "active" }}</td>
+                                    <td>{s.revoked_ms.is_none().then(|| view! {
+                                        <button class="danger" aria-label=format!("revoke link ending {}", s.hint)
+                                            on:click=move |_| revoke(sid)>"Revoke"</button>
+                                    })}</td>
+                                </tr> }
+                            }
+                        </For>
+                    </tbody>
+                </table>
+                {move || shares.with(Vec::is_empty).then(|| view! { <p class="muted">"No links yet: “Share” makes one."</p> })}
+            </section>
+        </section>
+    }
+}

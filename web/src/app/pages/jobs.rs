@@ -1,0 +1,211 @@
+//! The jobs list: state, progress, worker, age; filters in the URL; live over `/ws/events`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use kiln_shared::protocol::{JobInfo, JobPage, JobState, ServerEvent, WorkerInfo};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::components::A;
+use leptos_router::hooks::{use_navigate, use_query_map};
+use leptos_router::NavigateOptions;
+
+use super::{ErrorLine, Progress, StateBadge};
+use crate::app::{api, events};
+use crate::runs::age;
+
+const PAGE: usize = 50;
+
+#[component]
+pub fn JobsPage() -> impl IntoView {
+    let query = use_query_map();
+    let navigate = use_navigate();
+    let filter = move || {
+        query.with(|q| {
+            (
+                q.get("state").unwrap_or_default(),
+                q.get("name").unwrap_or_default(),
+                q.get("group").unwrap_or_default(),
+            )
+        })
+    };
+    let jobs = RwSignal::new(Vec::<JobInfo>::new());
+    let total = RwSignal::new(0u64);
+    let workers = RwSignal::new(HashMap::<String, String>::new());
+    let error = RwSignal::new(None::<String>);
+    let selected = RwSignal::new(BTreeSet::<i64>::new());
+    let now = RwSignal::new(api::now_ms());
+    let limit = RwSignal::new(PAGE);
+
+    let load = move || {
+        let (state, name, group) = filter();
+        let limit = limit.get_untracked();
+        spawn_local(async move {
+            let mut url = format!("/api/jobs?limit={limit}");
+            for (k, v) in [("state", &state), ("name", &name), ("group", &group)] {
+                if !v.is_empty() {
+                    url.push_str(&format!("&{k}={}", api::enc(v)));
+                }
+            }
+            match api::get::<JobPage>(&url).await {
+                Ok(page) => {
+                    let _ = jobs.try_set(page.jobs);
+                    let _ = total.try_set(page.total);
+                    let _ = error.try_set(None);
+                }
+                Err(e) => {
+                    let _ = error.try_set(Some(e.to_string()));
+                }
+            }
+            if let Ok(list) = api::get::<Vec<WorkerInfo>>("/api/workers").await {
+                let _ = workers.try_set(list.into_iter().map(|w| (w.id, w.name)).collect());
+            }
+        });
+    };
+    Effect::new(move |_| {
+        filter();
+        limit.get();
+        load();
+    });
+
+    let listener = events::listen(move |event| match event {
+        ServerEvent::Job { job } => {
+            let (state, name, group) = filter_untracked(query);
+            let matches = (state.is_empty() || job.state.as_str() == state)
+                && (name.is_empty() || job.name.contains(&name))
+                && (group.is_empty() || job.group.as_deref() == Some(group.as_str()));
+            let _ = jobs.try_update(|list| match list.iter().position(|j| j.id == job.id) {
+                Some(i) if matches => list[i] = job.clone(),
+                Some(i) => {
+                    list.remove(i);
+                }
+                None if matches => {
+                    let at = list.partition_point(|j| j.id > job.id);
+                    list.insert(at, job.clone());
+                }
+                None => {}
+            });
+            let _ = now.try_set(api::now_ms());
+        }
+        ServerEvent::Welcome { .. } => load(),
+        _ => {}
+    });
+    let ticker = set_interval_with_handle(move || now.set(api::now_ms()), std::time::Duration::from_secs(5));
+    on_cleanup(move || {
+        events::unlisten(listener);
+        if let Ok(t) = ticker {
+            t.clear();
+        }
+    });
+
+    let set_query = {
+        let navigate = navigate.clone();
+        move |key: &'static str, value: String| {
+            let mut pairs: Vec<(String, String)> = query.with_untracked(|q| {
+                ["state", "name", "group"]
+                    .iter()
+                    .filter(|k| **k != key)
+                    .filter_map(|k| q.get(k).filter(|v| !v.is_empty()).map(|v| (k.to_string(), v)))
+                    .collect()
+            });
+            if !value.is_empty() {
+                pairs.push((key.to_string(), value));
+            }
+            let qs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", api::enc(v))).collect();
+            let url = if qs.is_empty() { "/".to_string() } else { format!("/?{}", qs.join("&")) };
+            navigate(&url, NavigateOptions { replace: true, scroll: false, ..Default::default() });
+        }
+    };
+    let set_state = set_query.clone();
+    let set_name = set_query.clone();
+    let compare = {
+        let navigate = navigate.clone();
+        move |_| {
+            let ids: Vec<String> = selected.get_untracked().iter().map(i64::to_string).collect();
+            navigate(&format!("/compare?ids={}", ids.join(",")), Default::default());
+        }
+    };
+
+    view! {
+        <section>
+            <div class="title-row">
+                <h1>"Jobs"</h1>
+                <A href="/new" attr:class="button">"New job"</A>
+            </div>
+            <div class="filters" role="search">
+                <label for="filter-state">"State"</label>
+                <select id="filter-state"
+                    prop:value=move || filter().0
+                    on:change=move |ev| set_state("state", event_target_value(&ev))>
+                    <option value="">"all"</option>
+                    {JobState::ALL.iter().map(|s| view! { <option value=s.as_str()>{s.as_str()}</option> }).collect_view()}
+                </select>
+                <label for="filter-name">"Name"</label>
+                <input id="filter-name" type="search" placeholder="part of the name"
+                    prop:value=move || filter().1
+                    on:change=move |ev| set_name("name", event_target_value(&ev))/>
+                {move || {
+                    let group = filter().2;
+                    (!group.is_empty()).then(|| view! { <span class="chip">"group " {group}</span> })
+                }}
+                <button on:click=compare disabled=move || selected.with(|s| s.len() < 2)
+                    title="Tick two or more runs">
+                    {move || format!("Compare selected ({})", selected.with(BTreeSet::len))}
+                </button>
+            </div>
+            <ErrorLine error/>
+            <table class="jobs">
+                <thead><tr>
+                    <th><span class="sr-only">"Select"</span></th>
+                    <th>"ID"</th><th>"Name"</th><th>"State"</th><th>"Progress"</th>
+                    <th class="wide">"Worker"</th><th>"Age"</th>
+                </tr></thead>
+                <tbody>
+                    <For each=move || jobs.get() key=|j| (j.id, j.state, j.step) let:job>
+                        {
+                            let id = job.id;
+                            let worker = job.worker_id.clone().map(|w| {
+                                workers.with_untracked(|m| m.get(&w).cloned()).unwrap_or(w)
+                            });
+                            view! {
+                                <tr data-job-id=id data-state=job.state.as_str()>
+                                    <td><input type="checkbox" aria-label=format!("select job {id}")
+                                        prop:checked=move || selected.with(|s| s.contains(&id))
+                                        on:change=move |ev| {
+                                            let on = event_target_checked(&ev);
+                                            selected.update(|s| { if on { s.insert(id); } else { s.remove(&id); } });
+                                        }/></td>
+                                    <td><A href=format!("/jobs/{id}")>{format!("#{id}")}</A></td>
+                                    <td><A href=format!("/jobs/{id}")>{job.name.clone()}</A>
+                                        {job.group.clone().map(|g| view! { <span class="muted small">" · " {g}</span> })}</td>
+                                    <td><StateBadge state=job.state/></td>
+                                    <td><Progress step=job.step total=job.total_steps/></td>
+                                    <td class="wide">{worker.unwrap_or_else(|| "—".into())}</td>
+                                    <td>{move || age(job.created_ms, now.get())}</td>
+                                </tr>
+                            }
+                        }
+                    </For>
+                </tbody>
+            </table>
+            {move || (jobs.with(Vec::is_empty) && error.with(Option::is_none)).then(|| view! {
+                <p class="empty">"No jobs yet. " <A href="/new">"Submit one"</A> " or run "
+                    <code>"kiln submit examples/mnist-mlp.toml"</code>"."</p>
+            })}
+            {move || (total.get() as usize > jobs.with(Vec::len)).then(|| view! {
+                <button class="more" on:click=move |_| limit.update(|l| *l += PAGE)>
+                    {format!("Show more ({} of {})", jobs.with(Vec::len), total.get())}
+                </button>
+            })}
+        </section>
+    }
+}
+
+fn filter_untracked(query: Memo<leptos_router::params::ParamsMap>) -> (String, String, String) {
+    query.with_untracked(|q| {
+        (
+            q.get("state").unwrap_or_default(),
+            q.get("name").unwrap_or_default(),
+            q.get("group").unwrap_or_default(),
+        )
+    })
+}

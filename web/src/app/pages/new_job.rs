@@ -1,0 +1,149 @@
+//! The new-job form: presets, the inputs of `crate::form`, errors at their fields (the same
+//! `JobSpec::validate` the coordinator runs, before anything is sent).
+
+use kiln_shared::JobSpec;
+use kiln_shared::protocol::{JobInfo, SubmitJob};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::hooks::{use_navigate, use_query_map};
+
+use super::ErrorLine;
+use crate::app::api;
+use crate::form::{FormValues, Input, PRESETS, SECTIONS, errors_by_field, spec_from_values, values_from_spec};
+
+fn preset_values(id: &str) -> Option<FormValues> {
+    let (_, _, toml) = PRESETS.iter().find(|(p, _, _)| *p == id)?;
+    JobSpec::from_toml_str(toml).ok().map(|s| values_from_spec(&s))
+}
+
+#[component]
+pub fn NewJobPage() -> impl IntoView {
+    let query = use_query_map();
+    let navigate = use_navigate();
+    let start = query.with_untracked(|q| q.get("preset")).unwrap_or_else(|| "synthetic".into());
+    let values = RwSignal::new(preset_values(&start).unwrap_or_default());
+    let preset = RwSignal::new(start);
+    let errors = RwSignal::new(std::collections::BTreeMap::<String, Vec<String>>::new());
+    let error = RwSignal::new(None::<String>);
+    let busy = RwSignal::new(false);
+
+    // "New job like this": start from an existing run's spec.
+    if let Some(from) = query.with_untracked(|q| q.get("from")) {
+        spawn_local(async move {
+            match api::get::<JobInfo>(&format!("/api/jobs/{}", api::enc(&from))).await {
+                Ok(j) => {
+                    let _ = values.try_set(values_from_spec(&j.spec));
+                    let _ = preset.try_set(String::new());
+                }
+                Err(e) => {
+                    let _ = error.try_set(Some(format!("cannot load job {from}: {e}")));
+                }
+            }
+        });
+    }
+
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        error.set(None);
+        let spec = match values.with_untracked(spec_from_values) {
+            Ok(spec) => spec,
+            Err(list) => {
+                errors.set(errors_by_field(&list));
+                error.set(Some(format!("The spec has {} problem(s); see the marked fields.", list.len())));
+                return;
+            }
+        };
+        errors.set(Default::default());
+        busy.set(true);
+        let navigate = navigate.clone();
+        spawn_local(async move {
+            match api::post::<_, JobInfo>("/api/jobs", &SubmitJob { spec, group: None }).await {
+                Ok(job) => navigate(&format!("/jobs/{}", job.id), Default::default()),
+                Err(e) => {
+                    let _ = errors.try_set(errors_by_field(&e.fields));
+                    let _ = error.try_set(Some(e.to_string()));
+                    let _ = busy.try_set(false);
+                }
+            }
+        });
+    };
+
+    let sections = SECTIONS.iter().map(|(title, fields)| {
+        let inputs = fields.iter().map(|f| {
+            let path = f.path;
+            let id = f.id();
+            let err_id = format!("{id}-error");
+            let value = move || values.with(|v| v.get(path).cloned().unwrap_or_default());
+            let set = move |ev: leptos::ev::Event| {
+                let v = event_target_value(&ev);
+                values.update(|m| {
+                    m.insert(path.to_string(), v);
+                });
+                errors.update(|e| {
+                    e.remove(path);
+                });
+            };
+            let field_errors = move || errors.with(|e| e.get(path).cloned().unwrap_or_default());
+            let invalid = move || !field_errors().is_empty();
+            let control = match f.input {
+                Input::Select(options) => view! {
+                    <select id=id.clone() name=path prop:value=value on:change=set
+                        aria-invalid=move || invalid().to_string() aria-describedby=err_id.clone()>
+                        {options.iter().map(|o| view! { <option value=*o>{*o}</option> }).collect_view()}
+                    </select>
+                }
+                .into_any(),
+                Input::Number | Input::Text => view! {
+                    <input id=id.clone() name=path type="text"
+                        inputmode=if f.input == Input::Number { "decimal" } else { "text" }
+                        prop:value=value on:input=set
+                        aria-invalid=move || invalid().to_string() aria-describedby=err_id.clone()/>
+                }
+                .into_any(),
+            };
+            let field = *f;
+            view! {
+                <div class="field" class:invalid=invalid data-field=path
+                    class:hidden=move || !values.with(|v| field.visible(v))>
+                    <label for=id>{f.label}</label>
+                    {control}
+                    {(!f.help.is_empty()).then(|| view! { <small class="help">{f.help}</small> })}
+                    <div id=format!("{}-error", f.id()) class="field-error" role="alert">
+                        {move || field_errors().join("; ")}
+                    </div>
+                </div>
+            }
+        }).collect_view();
+        view! { <fieldset><legend>{*title}</legend>{inputs}</fieldset> }
+    }).collect_view();
+    let general = move || errors.with(|e| e.get("").cloned().unwrap_or_default());
+
+    view! {
+        <section class="new-job">
+            <h1>"New job"</h1>
+            <div class="presets">
+                <label for="preset">"Start from"</label>
+                <select id="preset" prop:value=move || preset.get() on:change=move |ev| {
+                    let p = event_target_value(&ev);
+                    if let Some(v) = preset_values(&p) {
+                        values.set(v);
+                        errors.set(Default::default());
+                    }
+                    preset.set(p);
+                }>
+                    <option value="">"(current values)"</option>
+                    {PRESETS.iter().map(|(id, label, _)| view! { <option value=*id>{*label}</option> }).collect_view()}
+                </select>
+            </div>
+            <form on:submit=submit novalidate>
+                {sections}
+                <ErrorLine error/>
+                {move || {
+                    let g = general();
+                    (!g.is_empty()).then(|| view! { <ul class="error">{g.into_iter().map(|e| view! { <li>{e}</li> }).collect_view()}</ul> })
+                }}
+                <button type="submit" class="primary" disabled=move || busy.get()>"Submit job"</button>
+            </form>
+        </section>
+    }
+}

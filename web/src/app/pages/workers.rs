@@ -1,0 +1,102 @@
+//! Workers: who is connected, with which devices, running what; drain one.
+
+use kiln_shared::protocol::{ServerEvent, WorkerInfo};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::components::A;
+
+use super::ErrorLine;
+use crate::app::{api, events};
+use crate::runs::age;
+
+#[component]
+pub fn WorkersPage() -> impl IntoView {
+    let workers = RwSignal::new(Vec::<WorkerInfo>::new());
+    let error = RwSignal::new(None::<String>);
+    let now = RwSignal::new(api::now_ms());
+    let load = move || {
+        spawn_local(async move {
+            match api::get::<Vec<WorkerInfo>>("/api/workers").await {
+                Ok(w) => {
+                    let _ = workers.try_set(w);
+                    let _ = now.try_set(api::now_ms());
+                }
+                Err(e) => {
+                    let _ = error.try_set(Some(e.to_string()));
+                }
+            }
+        });
+    };
+    load();
+    let listener = events::listen(move |event| match event {
+        ServerEvent::Worker { worker } => {
+            let _ = workers.try_update(|list| match list.iter_mut().find(|w| w.id == worker.id) {
+                Some(w) => *w = worker.clone(),
+                None => list.push(worker.clone()),
+            });
+            let _ = now.try_set(api::now_ms());
+        }
+        ServerEvent::Welcome { .. } => load(),
+        _ => {}
+    });
+    on_cleanup(move || events::unlisten(listener));
+    let drain = move |id: String| {
+        spawn_local(async move {
+            match api::post_empty::<WorkerInfo>(&format!("/api/workers/{}/drain", api::enc(&id))).await {
+                Ok(w) => {
+                    let _ = workers.try_update(|l| {
+                        if let Some(x) = l.iter_mut().find(|x| x.id == w.id) {
+                            *x = w;
+                        }
+                    });
+                }
+                Err(e) => {
+                    let _ = error.try_set(Some(e.to_string()));
+                }
+            }
+        });
+    };
+    view! {
+        <section>
+            <h1>"Workers"</h1>
+            <ErrorLine error/>
+            <table class="workers">
+                <thead><tr><th>"Name"</th><th>"Status"</th><th>"Devices"</th><th class="wide">"Cores / memory"</th>
+                    <th>"Running"</th><th class="wide">"Last seen"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
+                <tbody>
+                    <For each=move || workers.get() key=|w| (w.id.clone(), w.connected, w.draining, w.running, w.last_seen_ms) let:w>
+                        {
+                            let status = match (w.connected, w.draining) {
+                                (false, _) => "offline",
+                                (true, true) => "draining",
+                                (true, false) => "online",
+                            };
+                            let devices = if w.capabilities.device_names.is_empty() {
+                                w.capabilities.devices.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+                            } else {
+                                w.capabilities.device_names.join(", ")
+                            };
+                            let id = w.id.clone();
+                            view! {
+                                <tr>
+                                    <td title=w.id.clone()>{w.name.clone()}</td>
+                                    <td><span class=format!("badge {status}")>{status}</span></td>
+                                    <td>{devices}</td>
+                                    <td class="wide">{format!("{} cores, {:.1} GiB", w.capabilities.cores, w.capabilities.memory_mb as f64 / 1024.0)}</td>
+                                    <td>{w.running.map(|r| view! { <A href=format!("/jobs/{}", r.job_id)>{format!("job #{}", r.job_id)}</A> })}</td>
+                                    <td class="wide">{move || format!("{} ago", age(w.last_seen_ms, now.get()))}</td>
+                                    <td>{(w.connected && !w.draining).then(|| view! {
+                                        <button aria-label=format!("drain {}", w.name) on:click=move |_| drain(id.clone())>"Drain"</button>
+                                    })}</td>
+                                </tr>
+                            }
+                        }
+                    </For>
+                </tbody>
+            </table>
+            {move || workers.with(Vec::is_empty).then(|| view! {
+                <p class="empty">"No workers yet. Start one with "<code>"kiln worker --server URL --token TOKEN"</code>"."</p>
+            })}
+        </section>
+    }
+}

@@ -1,0 +1,344 @@
+//! What the pages compute from runs, kept free of the DOM so it is tested natively: chart
+//! series, the hover lookup, final metrics, the hyperparameters that differ between runs, and
+//! human-readable times.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kiln_shared::JobSpec;
+use kiln_shared::downsample::downsample;
+use kiln_shared::metric::Split;
+use kiln_shared::protocol::MetricPoint;
+
+/// The quantities a job page charts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantity {
+    Loss,
+    Accuracy,
+    Lr,
+    SamplesPerSec,
+}
+
+impl Quantity {
+    pub const ALL: [Quantity; 4] = [
+        Quantity::Loss,
+        Quantity::Accuracy,
+        Quantity::Lr,
+        Quantity::SamplesPerSec,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Quantity::Loss => "loss",
+            Quantity::Accuracy => "accuracy",
+            Quantity::Lr => "learning rate",
+            Quantity::SamplesPerSec => "samples/s",
+        }
+    }
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Quantity::Loss => "loss",
+            Quantity::Accuracy => "accuracy",
+            Quantity::Lr => "lr",
+            Quantity::SamplesPerSec => "samples",
+        }
+    }
+
+    pub fn of(self, p: &MetricPoint) -> Option<f64> {
+        let m = &p.metric;
+        let v = match self {
+            Quantity::Loss => Some(m.loss),
+            Quantity::Accuracy => m.accuracy,
+            Quantity::Lr => m.lr,
+            Quantity::SamplesPerSec => m.samples_per_sec,
+        };
+        v.filter(|v| v.is_finite())
+    }
+}
+
+pub fn split_name(s: Split) -> &'static str {
+    match s {
+        Split::Train => "train",
+        Split::Val => "val",
+        Split::Test => "test",
+    }
+}
+
+/// One line of a chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub label: String,
+    /// (step, value), ordered by step.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// One series per split that has values of `q`, within `[from, to]` steps when given.
+pub fn series(points: &[MetricPoint], q: Quantity, range: Option<(f64, f64)>) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::new();
+    for split in [Split::Train, Split::Val, Split::Test] {
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| p.metric.split == split)
+            .filter_map(|p| q.of(p).map(|v| (p.metric.step as f64, v)))
+            .filter(|(x, _)| range.is_none_or(|(a, b)| *x >= a && *x <= b))
+            .collect();
+        if !pts.is_empty() {
+            out.push(Series {
+                label: split_name(split).to_string(),
+                points: pts,
+            });
+        }
+    }
+    out
+}
+
+/// The points a chart keeps: everything while small; past `budget`, LTTB per split (the same
+/// code the coordinator uses), so a live run of 10⁵ points stays cheap to draw.
+pub fn keep_drawable(points: Vec<MetricPoint>, budget: usize) -> Vec<MetricPoint> {
+    if points.len() <= budget {
+        points
+    } else {
+        downsample(points, budget)
+    }
+}
+
+/// Append live points, keeping the order by step and dropping points a newer attempt
+/// re-reported (a resumed attempt repeats no steps, but a reconnect may resend).
+pub fn merge_live(points: &mut Vec<MetricPoint>, new: &[MetricPoint]) {
+    for p in new {
+        let dup = points.iter().rev().take(64).any(|q| {
+            q.metric.step == p.metric.step
+                && q.metric.split == p.metric.split
+                && q.attempt == p.attempt
+        });
+        if dup {
+            continue;
+        }
+        let at = points.partition_point(|q| q.metric.step <= p.metric.step);
+        points.insert(at, p.clone());
+    }
+}
+
+/// Index of the point nearest to `x` (by step) in a series ordered by x.
+pub fn nearest(points: &[(f64, f64)], x: f64) -> Option<usize> {
+    if points.is_empty() {
+        return None;
+    }
+    let i = points.partition_point(|(px, _)| *px < x);
+    let candidates = [i.checked_sub(1), (i < points.len()).then_some(i)];
+    candidates
+        .into_iter()
+        .flatten()
+        .min_by(|a, b| {
+            (points[*a].0 - x)
+                .abs()
+                .total_cmp(&(points[*b].0 - x).abs())
+        })
+}
+
+/// The last value of each split for a quantity: what "final accuracy" means on a run page.
+pub fn final_values(points: &[MetricPoint], q: Quantity) -> Vec<(&'static str, f64)> {
+    [Split::Test, Split::Val, Split::Train]
+        .into_iter()
+        .filter_map(|split| {
+            points
+                .iter()
+                .rev()
+                .filter(|p| p.metric.split == split)
+                .find_map(|p| q.of(p))
+                .map(|v| (split_name(split), v))
+        })
+        .collect()
+}
+
+/// A spec as `dotted.path → value`, e.g. `optimizer.lr → 0.001`.
+pub fn flatten_spec(spec: &JobSpec) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            serde_json::Value::String(s) => {
+                out.insert(prefix.to_string(), s.clone());
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(v) = serde_json::to_value(spec) {
+        walk("", &v, &mut out);
+    }
+    out
+}
+
+/// The fields whose values differ between the specs (missing counts as `—`), without `name`.
+pub fn differing_fields(specs: &[&JobSpec]) -> Vec<(String, Vec<String>)> {
+    let flat: Vec<BTreeMap<String, String>> = specs.iter().map(|s| flatten_spec(s)).collect();
+    let keys: BTreeSet<&String> = flat.iter().flat_map(|m| m.keys()).collect();
+    keys.into_iter()
+        .filter(|k| k.as_str() != "name")
+        .filter_map(|k| {
+            let values: Vec<String> = flat
+                .iter()
+                .map(|m| m.get(k).cloned().unwrap_or_else(|| "—".into()))
+                .collect();
+            let first = &values[0];
+            values
+                .iter()
+                .any(|v| v != first)
+                .then(|| (k.clone(), values))
+        })
+        .collect()
+}
+
+/// "12s", "5m", "3h", "2d" since `then_ms`.
+pub fn age(then_ms: i64, now_ms: i64) -> String {
+    let secs = ((now_ms - then_ms) / 1000).max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// A value for a table or tooltip: 4 significant digits, no exponent for everyday sizes.
+pub fn fmt_value(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e6).contains(&a) {
+        format!("{v:.3e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        let digits = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{v:.digits$}")
+    }
+}
+
+/// Progress of a job in percent, if its length is known.
+pub fn progress(step: u64, total: u64) -> Option<f64> {
+    (total > 0).then(|| (step as f64 / total as f64 * 100.0).min(100.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_shared::metric::Metric;
+
+    fn pt(step: u64, split: Split, loss: f64, acc: Option<f64>) -> MetricPoint {
+        MetricPoint {
+            attempt: 1,
+            metric: Metric {
+                step,
+                epoch: 0.0,
+                split,
+                loss,
+                accuracy: acc,
+                lr: Some(1e-3),
+                samples_per_sec: None,
+            },
+        }
+    }
+
+    #[test]
+    fn series_split_by_split_and_skip_missing_values() {
+        let points = vec![
+            pt(1, Split::Train, 2.0, None),
+            pt(2, Split::Train, 1.0, None),
+            pt(2, Split::Val, 1.5, Some(0.5)),
+            pt(3, Split::Train, f64::NAN, None),
+        ];
+        let loss = series(&points, Quantity::Loss, None);
+        assert_eq!(loss.len(), 2);
+        assert_eq!(loss[0].label, "train");
+        assert_eq!(loss[0].points, vec![(1.0, 2.0), (2.0, 1.0)]);
+        let acc = series(&points, Quantity::Accuracy, None);
+        assert_eq!(acc.len(), 1);
+        assert_eq!(acc[0].label, "val");
+        let ranged = series(&points, Quantity::Loss, Some((2.0, 2.0)));
+        assert_eq!(ranged[0].points, vec![(2.0, 1.0)]);
+        assert!(series(&points, Quantity::SamplesPerSec, None).is_empty());
+    }
+
+    #[test]
+    fn live_points_merge_in_step_order_without_duplicates() {
+        let mut points = vec![pt(1, Split::Train, 2.0, None), pt(3, Split::Train, 1.0, None)];
+        merge_live(
+            &mut points,
+            &[pt(2, Split::Train, 1.5, None), pt(3, Split::Train, 1.0, None)],
+        );
+        let steps: Vec<u64> = points.iter().map(|p| p.metric.step).collect();
+        assert_eq!(steps, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_long_run_is_kept_within_budget() {
+        let points: Vec<_> = (0..100_000)
+            .map(|i| pt(i, Split::Train, 1.0 / (1.0 + i as f64), None))
+            .collect();
+        let kept = keep_drawable(points, 2_000);
+        assert!(kept.len() <= 2_000 && kept.len() > 1_000, "{}", kept.len());
+        assert_eq!(kept.first().map(|p| p.metric.step), Some(0));
+        assert_eq!(kept.last().map(|p| p.metric.step), Some(99_999));
+    }
+
+    #[test]
+    fn nearest_finds_the_closest_step() {
+        let s = [(0.0, 1.0), (10.0, 2.0), (20.0, 3.0)];
+        assert_eq!(nearest(&s, -5.0), Some(0));
+        assert_eq!(nearest(&s, 6.0), Some(1));
+        assert_eq!(nearest(&s, 14.0), Some(1));
+        assert_eq!(nearest(&s, 99.0), Some(2));
+        assert_eq!(nearest(&[], 1.0), None);
+    }
+
+    #[test]
+    fn final_values_prefer_test_then_val_then_train() {
+        let points = vec![
+            pt(5, Split::Train, 0.5, Some(0.8)),
+            pt(5, Split::Val, 0.6, Some(0.75)),
+            pt(9, Split::Train, 0.4, Some(0.85)),
+        ];
+        assert_eq!(
+            final_values(&points, Quantity::Accuracy),
+            vec![("val", 0.75), ("train", 0.85)]
+        );
+    }
+
+    #[test]
+    fn differing_fields_lists_only_what_changed() {
+        let a = JobSpec::from_toml_str(include_str!("../../examples/synthetic.toml")).unwrap();
+        let mut b = a.clone();
+        b.name = "other".into();
+        b.optimizer.lr = 0.01;
+        b.training.batch_size = 128;
+        let diff = differing_fields(&[&a, &b]);
+        let keys: Vec<&str> = diff.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["optimizer.lr", "training.batch_size"]);
+        assert_eq!(diff[0].1, ["0.003", "0.01"]);
+        assert!(differing_fields(&[&a, &a.clone()]).is_empty());
+    }
+
+    #[test]
+    fn values_and_ages_read_well() {
+        assert_eq!(fmt_value(0.94671), "0.9467");
+        assert_eq!(fmt_value(12345.6), "12346");
+        assert_eq!(fmt_value(0.0001), "1.000e-4");
+        assert_eq!(fmt_value(2.5), "2.500");
+        assert_eq!(age(0, 59_000), "59s");
+        assert_eq!(age(0, 7_200_000), "2h");
+        assert_eq!(progress(50, 200), Some(25.0));
+        assert_eq!(progress(1, 0), None);
+    }
+}
