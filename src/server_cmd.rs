@@ -187,8 +187,16 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             }
             Some((stop_tx, handle))
         };
-        match default_static_dir().or_else(|| args.serve.static_dir.clone()) {
-            Some(_) => println!("dashboard: {}/   (Ctrl-C stops Kiln)", coordinator.url()),
+        match args.serve.static_dir.clone().or_else(default_static_dir) {
+            // A fresh token goes in the link's fragment, which the browser keeps to itself:
+            // opening it logs the dashboard in.
+            Some(_) => match coordinator.new_admin_token() {
+                Some(token) => println!(
+                    "dashboard: {}/login#token={token}   (Ctrl-C stops Kiln)",
+                    coordinator.url()
+                ),
+                None => println!("dashboard: {}/   (Ctrl-C stops Kiln)", coordinator.url()),
+            },
             None => println!(
                 "API: {}/api (OpenAPI at /api/openapi.json; the web dashboard is not built yet). Ctrl-C stops Kiln.",
                 coordinator.url()

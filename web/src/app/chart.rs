@@ -55,6 +55,7 @@ pub fn Chart(
     let hover = RwSignal::new(None::<(i32, String)>);
     let drag_from = StoredValue::new(None::<i32>);
     let drawn_points = RwSignal::new(0usize);
+    let drawn_series = RwSignal::new(0usize);
     let last_step = RwSignal::new(0u64);
 
     Effect::new(move |_| {
@@ -63,6 +64,7 @@ pub fn Chart(
         if let Some(c) = canvas.get() {
             geometry.set_value(draw(&c, &s, z));
             drawn_points.set(s.iter().map(|s| s.points.len()).sum());
+            drawn_series.set(s.len());
             last_step.set(
                 s.iter()
                     .filter_map(|s| s.points.last().map(|p| p.0 as u64))
@@ -112,6 +114,7 @@ pub fn Chart(
                     role="img"
                     aria-label=format!("{label} over training steps; drag to zoom, double-click to reset")
                     data-points=move || drawn_points.get()
+                    data-series=move || drawn_series.get()
                     data-last-step=move || last_step.get()
                     on:mousemove=on_move
                     on:mouseleave=move |_| {
@@ -174,7 +177,12 @@ fn draw(
         x0 -= 1.0;
         x1 += 1.0;
     }
-    let pad = ((y1 - y0) * 0.05).max(y1.abs() * 1e-3).max(1e-9);
+    // A flat line (a constant learning rate) gets a band around it, not a sliver.
+    let pad = if y1 - y0 > y1.abs().max(y0.abs()) * 1e-3 {
+        (y1 - y0) * 0.05
+    } else {
+        (y1.abs() * 0.1).max(1e-9)
+    };
     y0 -= pad;
     y1 += pad;
 

@@ -2,7 +2,6 @@
 
 use leptos::prelude::*;
 use leptos_router::components::{A, Route, Router, Routes};
-use leptos_router::hooks::use_location;
 use leptos_router::path;
 use wasm_bindgen::prelude::wasm_bindgen;
 
@@ -35,14 +34,16 @@ fn App() -> impl IntoView {
     }
 }
 
-/// Header with navigation; pages that need a token show the login prompt without one.
+/// Header with navigation. Without a token every page but a share link is the login form
+/// (logging in or out reloads the page, so this is decided once).
 #[component]
 fn Layout(children: Children) -> impl IntoView {
-    let location = use_location();
     let logged_in = api::token().is_some();
-    let path = move || location.pathname.get();
-    let needs_login = move || !logged_in && path() != "/login";
-    let body = children();
+    let body = if logged_in {
+        children().into_any()
+    } else {
+        view! { <pages::login::LoginPrompt/> }.into_any()
+    };
     view! {
         <header class="top">
             <A href="/" attr:class="brand">"Kiln"</A>
@@ -61,11 +62,6 @@ fn Layout(children: Children) -> impl IntoView {
                 }>"Log out"</button>
             })}
         </header>
-        <main>
-            <Show when=needs_login fallback=|| ()>
-                <pages::login::LoginPrompt/>
-            </Show>
-            <div class:hidden=needs_login>{body}</div>
-        </main>
+        <main>{body}</main>
     }
 }

@@ -19,24 +19,24 @@ pub fn LoginPrompt() -> impl IntoView {
     let token = RwSignal::new(String::new());
     let error = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
-    let submit = move |ev: leptos::ev::SubmitEvent| {
-        ev.prevent_default();
+    let log_in = move || {
         let t = token.get_untracked().trim().to_string();
         if t.is_empty() {
             error.set(Some("Paste the API token that `kiln up` or `kiln serve` printed.".into()));
             return;
         }
         let next = query.with_untracked(|q| q.get("next")).unwrap_or_else(|| {
-            let path = web_sys::window()
-                .and_then(|w| w.location().pathname().ok())
-                .unwrap_or_else(|| "/".into());
-            if path == "/login" { "/".into() } else { path }
+            let here = web_sys::window().map(|w| w.location());
+            let path = here.as_ref().and_then(|l| l.pathname().ok()).unwrap_or_else(|| "/".into());
+            let search = here.as_ref().and_then(|l| l.search().ok()).unwrap_or_default();
+            if path == "/login" { "/".into() } else { format!("{path}{search}") }
         });
         busy.set(true);
         spawn_local(async move {
             api::set_token(Some(&t));
             match api::get::<JobPage>("/api/jobs?limit=1").await {
-                Ok(_) => api::go(if next.starts_with('/') { &next } else { "/" }),
+                // Only paths of this site: `//host` would leave it.
+                Ok(_) => api::go(if next.starts_with('/') && !next.starts_with("//") { &next } else { "/" }),
                 Err(e) => {
                     api::set_token(None);
                     let _ = error.try_set(Some(if e.status == 401 || e.status == 403 {
@@ -48,6 +48,23 @@ pub fn LoginPrompt() -> impl IntoView {
                 }
             }
         });
+    };
+    // `kiln up` prints a link `/login#token=…`: the fragment never reaches a server.
+    let from_link = web_sys::window()
+        .and_then(|w| w.location().hash().ok())
+        .and_then(|h| h.strip_prefix("#token=").map(str::to_string));
+    if let Some(t) = from_link {
+        if let Some(w) = web_sys::window()
+            && let Ok(history) = w.history()
+        {
+            let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some("/login"));
+        }
+        token.set(t);
+        log_in();
+    }
+    let submit = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        log_in();
     };
     view! {
         <section class="login">

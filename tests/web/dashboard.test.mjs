@@ -1,0 +1,281 @@
+// End-to-end tests of the web dashboard: a real `kiln up` (coordinator + local worker, SQLite in
+// a temp dir, real Burn training) and real headless Chromium from Debian, driven by
+// playwright-core. Run by scripts/test after scripts/build-web; screenshots of every page go to
+// tests/web/screenshots/ (or $KILN_SCREENSHOTS).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { CHROMIUM_ARGS, SHOTS, TOKEN, startKiln } from './support.mjs';
+
+let kiln, base, dataDir, browser, ctx;
+
+async function api(path, init = {}) {
+  const res = await fetch(base + path, {
+    ...init,
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', ...(init.headers ?? {}) },
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+
+async function submit(spec) {
+  const res = await api('/api/jobs', { method: 'POST', body: JSON.stringify({ spec }) });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  return res.body.id;
+}
+
+async function waitForState(id, states, ms = 120_000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const job = (await api(`/api/jobs/${id}`)).body;
+    if (states.includes(job.state)) return job;
+    if (Date.now() > end) throw new Error(`job ${id} is ${job.state}, waited for ${states}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** A blob-classification spec; `hidden`/`epochs` set how long it trains. */
+function blobs(name, { hidden = [32], epochs = 2, lr = 0.003, examples = 2048, features = 16, batch = 32 } = {}) {
+  return {
+    name, device: 'cpu',
+    model: { kind: 'mlp', hidden },
+    dataset: { kind: 'synthetic', examples, features, classes: 4, validation_fraction: 0.1 },
+    optimizer: { kind: 'adam', lr },
+    training: { batch_size: batch, epochs, log_every: 2, eval_every: 20 },
+  };
+}
+
+const shot = (page, name) => page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+const badge = (page) => page.locator('section.job .title-row .badge').first();
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  dataDir = mkdtempSync(join(tmpdir(), 'kiln-web-e2e-'));
+  ({ child: kiln, url: base } = await startKiln(dataDir));
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  await ctx.addInitScript((t) => localStorage.setItem('kiln.token', t), TOKEN);
+  ctx.on('weberror', (e) => console.error('page error:', e.error().message));
+});
+
+after(async () => {
+  await browser?.close();
+  kiln?.kill('SIGTERM');
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+let formJob;
+
+test('a job submitted from the form appears in the list, charts grow while it runs, and it ends with its final accuracy', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/new`);
+  const fill = (path, value) => page.fill(`#f-${path.replaceAll('.', '-')}`, value);
+  await page.selectOption('#preset', 'synthetic');
+  await fill('name', 'e2e-form');
+  await fill('model.hidden', '1024, 1024');
+  await fill('dataset.examples', '20000');
+  await fill('dataset.features', '256');
+  await fill('training.batch_size', '256');
+  await fill('training.epochs', '4');
+  await fill('training.log_every', '2');
+  await fill('training.eval_every', '20');
+  await fill('training.checkpoint_every', '100');
+  await shot(page, 'new-job');
+  await page.click('button[type=submit]');
+  await page.waitForURL(/\/jobs\/\d+$/);
+  formJob = Number(page.url().match(/\/jobs\/(\d+)$/)[1]);
+
+  // The list, in another tab, shows it.
+  const list = await ctx.newPage();
+  await list.goto(`${base}/`);
+  await list.locator(`tr[data-job-id="${formJob}"]`).waitFor();
+  assert.match(await list.locator(`tr[data-job-id="${formJob}"]`).innerText(), /e2e-form/);
+
+  // Points arrive over /ws/events while the job runs.
+  const canvas = page.locator('.chart-loss canvas');
+  const seenWhileRunning = [];
+  const end = Date.now() + 180_000;
+  for (;;) {
+    const state = await badge(page).innerText();
+    const points = Number(await canvas.getAttribute('data-points'));
+    if (state === 'running') seenWhileRunning.push(points);
+    if (state === 'succeeded') break;
+    assert.ok(!['failed', 'cancelled'].includes(state), `job ended ${state}`);
+    assert.ok(Date.now() < end, 'job did not finish in time');
+    await page.waitForTimeout(100);
+  }
+  const distinct = [...new Set(seenWhileRunning.filter((n) => n > 0))];
+  assert.ok(distinct.length >= 2, `chart did not grow while running: ${seenWhileRunning}`);
+  for (let i = 1; i < distinct.length; i++) assert.ok(distinct[i] > distinct[i - 1], `${distinct}`);
+
+  // Final accuracy on the page is the coordinator's last val accuracy.
+  const metrics = (await api(`/api/jobs/${formJob}/metrics?split=val`)).body;
+  const last = metrics.at(-1).accuracy;
+  await page.locator('.finals[data-final-accuracy]:not([data-final-accuracy=""])').waitFor();
+  const shown = await page.locator('.final-accuracy').innerText();
+  const m = shown.match(/val (\d\.\d+)/);
+  assert.ok(m, `final accuracy not shown: ${shown}`);
+  assert.ok(Math.abs(Number(m[1]) - last) < 1e-3, `${shown} vs ${last}`);
+  // The list shows it finished, live.
+  await list.locator(`tr[data-job-id="${formJob}"][data-state="succeeded"]`).waitFor();
+  await shot(page, 'job');
+  await shot(list, 'jobs');
+  await list.close();
+  await page.close();
+});
+
+test('invalid form input shows the error at its field and creates no job', async () => {
+  const before = (await api('/api/jobs')).body.total;
+  const page = await ctx.newPage();
+  await page.goto(`${base}/new`);
+  await page.fill('#f-name', 'bad name!');
+  await page.fill('#f-training-batch_size', '0');
+  await page.fill('#f-optimizer-lr', 'fast');
+  await page.click('button[type=submit]');
+  const errorAt = (path) => page.locator(`[data-field="${path}"] .field-error`);
+  await errorAt('training.batch_size').waitFor();
+  assert.match(await errorAt('training.batch_size').innerText(), /training\.batch_size: got 0, allowed/);
+  assert.match(await errorAt('optimizer.lr').innerText(), /`fast`/);
+  assert.match(await errorAt('name').innerText(), /name: got/);
+  assert.equal(await page.locator('#f-training-batch_size').getAttribute('aria-invalid'), 'true');
+  assert.equal(await errorAt('model.hidden').count(), 1);
+  assert.equal(await errorAt('model.hidden').innerText(), '');
+  assert.match(page.url(), /\/new$/);
+  await page.waitForTimeout(500);
+  assert.equal((await api('/api/jobs')).body.total, before, 'a job was created');
+  await shot(page, 'new-job-errors');
+  await page.close();
+});
+
+test('cancel from the job page stops a running job', async () => {
+  const id = await submit(blobs('e2e-cancel', { hidden: [1024, 1024], features: 256, examples: 20000, batch: 256, epochs: 1000 }));
+  const page = await ctx.newPage();
+  await page.goto(`${base}/jobs/${id}`);
+  try {
+    await page.locator('section.job .title-row .badge.running').waitFor({ timeout: 60_000 });
+    await page.getByRole('button', { name: 'Cancel' }).click();
+    await page.locator('section.job .title-row .badge.cancelled').waitFor({ timeout: 30_000 });
+    assert.equal((await api(`/api/jobs/${id}`)).body.state, 'cancelled');
+    assert.equal(await page.getByRole('button', { name: 'Retry' }).count(), 1);
+  } finally {
+    await api(`/api/jobs/${id}/cancel`, { method: 'POST' }); // never leave it running
+    await page.close();
+  }
+});
+
+test('a share link opens read-only without a token, and shows not-found once revoked', async () => {
+  assert.ok(formJob, 'needs the job of the first test');
+  const owner = await ctx.newPage();
+  await owner.goto(`${base}/jobs/${formJob}`);
+  await owner.getByRole('button', { name: 'Share' }).click();
+  const link = await owner.locator('#share-link').inputValue();
+  assert.match(link, new RegExp(`^${base}/s/[0-9a-f]{64}$`));
+
+  const anon = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const guest = await anon.newPage();
+  await guest.goto(link);
+  await guest.locator('[data-share="run"]').waitFor();
+  await guest.locator('.chart-loss canvas:not([data-points="0"])').waitFor();
+  assert.ok(Number(await guest.locator('.chart-loss canvas').getAttribute('data-points')) > 10);
+  assert.match(await guest.locator('pre.spec').innerText(), /name = "e2e-form"/);
+  assert.match(await guest.locator('.final-accuracy').innerText(), /val \d\.\d+/);
+  // Read-only: no navigation into the coordinator, no actions, no token in this browser.
+  for (const name of ['Cancel', 'Retry', 'Share', 'Revoke']) {
+    assert.equal(await guest.getByRole('button', { name }).count(), 0, name);
+  }
+  assert.equal(await guest.locator('a[href="/workers"]').count(), 0);
+  assert.equal(await guest.evaluate(() => localStorage.getItem('kiln.token')), null);
+  await shot(guest, 'share');
+
+  await owner.locator('table.shares').getByRole('button', { name: /revoke/i }).click();
+  await owner.locator('table.shares td', { hasText: 'revoked' }).waitFor();
+  await guest.reload();
+  await guest.locator('[data-share="gone"]').waitFor();
+  assert.match(await guest.locator('h1').innerText(), /Link not found/);
+  await shot(guest, 'share-revoked');
+  const token = link.split('/s/')[1];
+  assert.equal((await fetch(`${base}/api/share/${token}`)).status, 404);
+  await anon.close();
+  await owner.close();
+});
+
+test('compare draws both runs and lists the hyperparameters that differ', async () => {
+  const other = await submit(blobs('e2e-compare', { lr: 0.01 }));
+  await waitForState(other, ['succeeded']);
+  const page = await ctx.newPage();
+  await page.goto(`${base}/compare?ids=${formJob},${other}`);
+  await page.locator('.chart-loss canvas[data-series="2"]').waitFor();
+  await page.locator('.chart-accuracy canvas[data-series="2"]').waitFor();
+  const diff = await page.locator('table.compare tr.differs').allInnerTexts();
+  assert.ok(diff.some((r) => r.includes('optimizer.lr')), diff.join('\n'));
+  assert.ok(!diff.some((r) => r.startsWith('seed')), 'seed is the same in both');
+  await shot(page, 'compare');
+  await page.close();
+});
+
+test('pages reload to the same view (deep links), workers and sweep render, phones fit', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/jobs/${formJob}?from=20&to=100`);
+  await page.locator('.chart-loss canvas:not([data-points="0"])').waitFor();
+  assert.equal(await page.inputValue('#zoom-from'), '20');
+  assert.equal(await page.inputValue('#zoom-to'), '100');
+  await page.goto(`${base}/?state=cancelled`);
+  await page.locator('tbody tr').first().waitFor();
+  const states = await page.locator('tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.state));
+  assert.deepEqual([...new Set(states)], ['cancelled']);
+  assert.equal(await page.inputValue('#filter-state'), 'cancelled');
+
+  await page.goto(`${base}/workers`);
+  await page.locator('table.workers .badge.online').waitFor();
+  await shot(page, 'workers');
+  await page.goto(`${base}/sweep`);
+  await page.locator('ul.plan li').nth(3).waitFor();
+  assert.match(await page.getByRole('button', { name: /Submit 4 jobs/ }).innerText(), /4/);
+  await shot(page, 'sweep');
+  await page.goto(`${base}/no/such/page`);
+  assert.match(await page.locator('h1').innerText(), /Page not found/);
+
+  // Every control has an accessible name.
+  for (const path of ['/', `/jobs/${formJob}`, '/new', '/sweep', '/compare', '/workers']) {
+    await page.goto(base + path);
+    await page.waitForTimeout(300);
+    const unnamed = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea, button')]
+      .filter((el) => !(el.labels?.length || el.getAttribute('aria-label') || el.textContent.trim()))
+      .map((el) => el.outerHTML.slice(0, 80)));
+    assert.deepEqual(unnamed, [], `${path}: controls without a label`);
+  }
+  await page.close();
+
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true });
+  await phone.addInitScript((t) => localStorage.setItem('kiln.token', t), TOKEN);
+  const p = await phone.newPage();
+  await p.goto(`${base}/jobs/${formJob}`);
+  await p.locator('.chart-loss canvas:not([data-points="0"])').waitFor();
+  const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `page is ${overflow}px wider than a phone`);
+  await shot(p, 'job-phone');
+  await phone.close();
+});
+
+test('without a token only the login form shows; a wrong token is refused, the right one works', async () => {
+  const fresh = await browser.newContext();
+  const page = await fresh.newPage();
+  await page.goto(`${base}/workers`);
+  await page.locator('#token').waitFor();
+  assert.equal(await page.locator('table.workers').count(), 0);
+  await page.fill('#token', 'kiln_wrong');
+  await page.click('button[type=submit]');
+  await page.locator('.login .error').waitFor();
+  await shot(page, 'login');
+  await page.fill('#token', TOKEN);
+  await page.click('button[type=submit]');
+  await page.locator('table.workers').waitFor();
+  assert.match(page.url(), /\/workers$/);
+  await page.getByRole('button', { name: 'Log out' }).click();
+  await page.locator('#token').waitFor();
+  assert.equal(await page.evaluate(() => localStorage.getItem('kiln.token')), null);
+  await fresh.close();
+});

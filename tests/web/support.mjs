@@ -1,0 +1,36 @@
+// Shared by the dashboard tests and benchmarks: start a real `kiln up`, launch Chromium.
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+
+export const ROOT = new URL('../..', import.meta.url).pathname;
+const TARGET = process.env.CARGO_TARGET_DIR ?? '/var/tmp/kiln-target';
+export const BIN = process.env.KILN_BIN ?? join(TARGET, 'release/kiln');
+export const SHOTS = process.env.KILN_SCREENSHOTS ?? join(ROOT, 'tests/web/screenshots');
+export const TOKEN = 'kiln_e2e_dashboard_token';
+export const CHROMIUM_ARGS = [
+  '--no-sandbox', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage',
+];
+
+
+/** Start `kiln up` on a free port; resolve with its URL once it prints it. */
+export function startKiln(dir, extra = []) {
+  const child = spawn(BIN, ['up', '--addr', '127.0.0.1:0', '--data-dir', dir,
+    '--admin-token', TOKEN, '--static-dir', join(ROOT, 'web/dist'), ...extra], {
+    cwd: ROOT, env: { ...process.env, BURN_DEVICE: 'flex', RUST_LOG: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`kiln up printed no URL:\n${out}`)), 60_000);
+    const onData = (d) => {
+      out += d;
+      const m = out.match(/Kiln is up: (http:\/\/[^\s]+)/);
+      if (m) { clearTimeout(timer); resolve({ child, url: m[1] }); }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (d) => { out += d; });
+    child.on('exit', (code) => reject(new Error(`kiln up exited (${code}):\n${out}`)));
+  });
+}
+
