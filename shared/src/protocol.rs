@@ -357,6 +357,47 @@ pub struct JobPage {
     pub total: u64,
 }
 
+/// A read-only share link of one run, as its owner sees it (`GET /api/jobs/{id}/shares`). The
+/// token itself is never shown again after creation; `hint` is its last 6 characters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShareInfo {
+    pub id: i64,
+    pub job_id: JobId,
+    pub hint: String,
+    pub created_ms: i64,
+    /// Set once the link is revoked; a revoked link answers 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<i64>,
+}
+
+/// `POST /api/jobs/{id}/shares` answer: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewShare {
+    pub share: ShareInfo,
+    /// 64 lowercase hex digits (256 random bits).
+    pub token: String,
+    /// `/s/<token>`: the dashboard's page of the shared run, relative to the coordinator URL.
+    pub path: String,
+}
+
+/// `GET /api/share/{token}` answer (no login): the shared job, with `worker_id` removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedRun {
+    pub job: JobInfo,
+}
+
+impl SharedRun {
+    /// What a share link shows of `job`: everything but the worker (host names stay private).
+    pub fn new(job: JobInfo) -> SharedRun {
+        SharedRun {
+            job: JobInfo {
+                worker_id: None,
+                ..job
+            },
+        }
+    }
+}
+
 /// Every 4xx/5xx body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiErrorBody {

@@ -382,6 +382,43 @@ fn rest_types() {
 }
 
 #[test]
+fn share_types() {
+    let share = ShareInfo {
+        id: 3,
+        job_id: 7,
+        hint: "a1b2c3".into(),
+        created_ms: 1000,
+        revoked_ms: None,
+    };
+    check(
+        share.clone(),
+        r#"{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000}"#,
+    );
+    check(
+        ShareInfo {
+            revoked_ms: Some(2000),
+            ..share.clone()
+        },
+        r#"{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000,"revoked_ms":2000}"#,
+    );
+    let token = format!("{}a1b2c3", "0".repeat(58));
+    check(
+        NewShare {
+            share,
+            token: token.clone(),
+            path: format!("/s/{token}"),
+        },
+        &format!(
+            r#"{{"share":{{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000}},"token":"{token}","path":"/s/{token}"}}"#
+        ),
+    );
+    check(
+        SharedRun::new(job()),
+        r#"{"job":{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"step":10,"total_steps":100,"spec":SPEC}}"#,
+    );
+}
+
+#[test]
 fn job_states_parse_and_print() {
     for state in JobState::ALL {
         assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
