@@ -1,4 +1,5 @@
 //! Bearer tokens: generated with the OS RNG, stored as SHA-256 hashes, checked per request.
+//! Share-link tokens (`routes::shares`) come from the same generator and are hashed alike.
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -17,13 +18,34 @@ pub struct Caller {
     pub kind: TokenKind,
 }
 
-/// A fresh random token: `kiln_` and 64 hex digits (256 bits from the OS).
-pub fn generate_token() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 32];
+/// Hex digits in a [`random_hex`] secret.
+pub const SECRET_HEX_LEN: usize = 64;
+
+/// 256 bits from the OS random number generator as 64 lowercase hex digits.
+pub fn random_hex() -> anyhow::Result<String> {
+    let mut bytes = [0u8; SECRET_HEX_LEN / 2];
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
         .map_err(|e| anyhow::anyhow!("the OS random number generator failed: {e}"))?;
-    Ok(format!("kiln_{}", hex::encode(bytes)))
+    Ok(hex::encode(bytes))
+}
+
+/// A fresh random API token: `kiln_` and 64 hex digits (256 bits from the OS).
+pub fn generate_token() -> anyhow::Result<String> {
+    Ok(format!("kiln_{}", random_hex()?))
+}
+
+/// A fresh share-link token: 64 lowercase hex digits, no prefix (see `routes::shares`).
+pub fn generate_share_token() -> anyhow::Result<String> {
+    random_hex()
+}
+
+/// Whether `token` has the shape of a share token; anything else is refused unlooked-up.
+pub fn is_share_token(token: &str) -> bool {
+    token.len() == SECRET_HEX_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Hex SHA-256 of a token: what the store keeps.
@@ -93,5 +115,32 @@ pub async fn require_admin(req: Request, next: Next) -> Result<Response, ApiErro
         None => Err(ApiError::Unauthorized(
             "missing `Authorization: Bearer <token>` header".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_tokens_are_256_bit_lowercase_hex_and_differ() {
+        let a = generate_share_token().expect("OS RNG");
+        let b = generate_share_token().expect("OS RNG");
+        assert_eq!(a.len(), 64);
+        assert!(is_share_token(&a) && is_share_token(&b), "{a} {b}");
+        assert_ne!(a, b);
+        assert_ne!(hash_token(&a), a, "stored as a hash");
+        let api = generate_token().expect("OS RNG");
+        assert!(api.starts_with("kiln_") && !is_share_token(&api));
+        for bad in [
+            "",
+            "../x",
+            "abcdef0123",
+            &a.to_uppercase(),
+            &format!("{a}0"),
+            &a[1..],
+        ] {
+            assert!(!is_share_token(bad), "{bad}");
+        }
     }
 }

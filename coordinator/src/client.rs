@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use kiln_shared::metric::Split;
 use kiln_shared::protocol::{
     ApiErrorBody, ArtifactInfo, AttemptInfo, JobId, JobInfo, JobPage, JobState, LogEntry,
-    MetricPoint, SubmitJob, WorkerInfo,
+    MetricPoint, NewShare, ShareInfo, SharedRun, SubmitJob, WorkerInfo,
 };
 use kiln_shared::spec::FieldError;
 
@@ -75,6 +75,30 @@ pub struct MetricQuery {
     pub max_points: Option<usize>,
 }
 
+impl MetricQuery {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(split) = self.split {
+            let s = match split {
+                Split::Train => "train",
+                Split::Val => "val",
+                Split::Test => "test",
+            };
+            q.push(("split", s.to_string()));
+        }
+        if let Some(f) = self.from_step {
+            q.push(("from_step", f.to_string()));
+        }
+        if let Some(t) = self.to_step {
+            q.push(("to_step", t.to_string()));
+        }
+        if let Some(m) = self.max_points {
+            q.push(("max_points", m.to_string()));
+        }
+        q
+    }
+}
+
 /// The health answer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Health {
@@ -127,6 +151,11 @@ impl Client {
             Some(token) => req.bearer_auth(token),
             None => req,
         }
+    }
+
+    /// A request without the bearer token (public endpoints).
+    fn public_request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
     }
 
     async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response, ClientError> {
@@ -229,27 +258,9 @@ impl Client {
         id: JobId,
         query: &MetricQuery,
     ) -> Result<Vec<MetricPoint>, ClientError> {
-        let mut q: Vec<(&str, String)> = Vec::new();
-        if let Some(split) = query.split {
-            let s = match split {
-                Split::Train => "train",
-                Split::Val => "val",
-                Split::Test => "test",
-            };
-            q.push(("split", s.to_string()));
-        }
-        if let Some(f) = query.from_step {
-            q.push(("from_step", f.to_string()));
-        }
-        if let Some(t) = query.to_step {
-            q.push(("to_step", t.to_string()));
-        }
-        if let Some(m) = query.max_points {
-            q.push(("max_points", m.to_string()));
-        }
         self.json(
             self.request(Method::GET, &format!("/api/jobs/{id}/metrics"))
-                .query(&q),
+                .query(&query.pairs()),
         )
         .await
     }
@@ -303,6 +314,44 @@ impl Client {
         .await
     }
 
+    /// A new read-only link to the job (admin); the token is shown only here.
+    pub async fn create_share(&self, job: JobId) -> Result<NewShare, ClientError> {
+        self.json(self.request(Method::POST, &format!("/api/jobs/{job}/shares")))
+            .await
+    }
+
+    /// The job's share links, newest first, revoked ones included (admin).
+    pub async fn shares(&self, job: JobId) -> Result<Vec<ShareInfo>, ClientError> {
+        self.json(self.request(Method::GET, &format!("/api/jobs/{job}/shares")))
+            .await
+    }
+
+    /// Revoke a share link (admin); revoking twice keeps the first time.
+    pub async fn revoke_share(&self, id: i64) -> Result<ShareInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/shares/{id}")))
+            .await
+    }
+
+    /// The run a share token opens. Needs no API token (none is sent).
+    pub async fn shared_run(&self, token: &str) -> Result<SharedRun, ClientError> {
+        let path = format!("/api/share/{}", path_segment(token));
+        self.json(self.public_request(Method::GET, &path)).await
+    }
+
+    /// The metrics of the run a share token opens. Needs no API token (none is sent).
+    pub async fn shared_metrics(
+        &self,
+        token: &str,
+        query: &MetricQuery,
+    ) -> Result<Vec<MetricPoint>, ClientError> {
+        let path = format!("/api/share/{}/metrics", path_segment(token));
+        self.json(
+            self.public_request(Method::GET, &path)
+                .query(&query.pairs()),
+        )
+        .await
+    }
+
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
         self.json(self.request(Method::GET, "/api/workers")).await
     }
@@ -311,4 +360,18 @@ impl Client {
         self.json(self.request(Method::POST, &format!("/api/workers/{worker_id}/drain")))
             .await
     }
+}
+
+/// `s` percent-encoded as one path segment (a share token is hex, but the caller may pass
+/// anything; it must not turn into another path).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -68,6 +68,21 @@ wire_schema!(
     "A connected or recently seen worker."
 );
 wire_schema!(
+    ShareInfoDoc,
+    "ShareInfo",
+    "A read-only share link of a job: id, token hint, created and revoked times."
+);
+wire_schema!(
+    NewShareDoc,
+    "NewShare",
+    "A new share link: its info, the token (shown only once) and the path `/s/<token>`."
+);
+wire_schema!(
+    SharedRunDoc,
+    "SharedRun",
+    "What a share link shows: the job, without its worker."
+);
+wire_schema!(
     ApiErrorDoc,
     "ApiErrorBody",
     "Every 4xx/5xx body: `error`, and `fields` for an invalid spec."
@@ -96,7 +111,7 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Kiln coordinator", description = "Jobs, workers, metrics and artifacts."),
+    info(title = "Kiln coordinator", description = "Jobs, workers, metrics, artifacts and read-only share links."),
     paths(
         crate::routes::jobs::submit,
         crate::routes::jobs::list,
@@ -106,6 +121,11 @@ impl Modify for BearerAuth {
         crate::routes::jobs::attempts,
         crate::routes::jobs::metrics,
         crate::routes::jobs::logs,
+        crate::routes::shares::create,
+        crate::routes::shares::list,
+        crate::routes::shares::revoke,
+        crate::routes::shares::shared_run,
+        crate::routes::shares::shared_metrics,
         crate::routes::artifacts::list,
         crate::routes::artifacts::download,
         crate::routes::artifacts::upload,
@@ -118,7 +138,8 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         JobInfoDoc, JobPageDoc, SubmitJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
-        ArtifactInfoDoc, WorkerInfoDoc, ApiErrorDoc, Health
+        ArtifactInfoDoc, WorkerInfoDoc, ShareInfoDoc, NewShareDoc, SharedRunDoc, ApiErrorDoc,
+        Health
     )),
     modifiers(&BearerAuth)
 )]

@@ -20,6 +20,7 @@ use crate::state::AppState;
 
 pub mod artifacts;
 pub mod jobs;
+pub mod shares;
 pub mod workers;
 
 /// Shown at `/` when no dashboard build is configured.
@@ -33,6 +34,7 @@ pub fn app(state: AppState) -> Router {
     // Admin only; small JSON bodies.
     let admin = Router::new()
         .merge(jobs::router())
+        .merge(shares::router())
         .merge(workers::router())
         .route("/metrics", get(prometheus))
         .route("/ws/events", get(crate::ws::events::upgrade))
@@ -46,6 +48,9 @@ pub fn app(state: AppState) -> Router {
     let protected = admin
         .merge(any_token)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // No bearer token: a share token in the path opens one job and its metrics, nothing
+    // else. Outside `require_token`; more specific than the `/api/{*rest}` catch-all below.
+    let public = shares::public_router().layer(RequestBodyLimitLayer::new(max_body));
     let dashboard = match &state.config.static_dir {
         Some(dir) => Router::new()
             .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
@@ -53,6 +58,7 @@ pub fn app(state: AppState) -> Router {
     };
     Router::new()
         .route("/api/health", get(health))
+        .merge(public)
         .merge(protected)
         .route("/api/{*rest}", any(api_not_found))
         .merge(dashboard)

@@ -17,6 +17,7 @@ use kiln_shared::protocol::{AttemptInfo, JobState};
 mod artifacts;
 mod jobs;
 mod series;
+mod shares;
 mod workers;
 
 pub use jobs::{Assignment, CancelOutcome, JobFilter, QueuedJob, RunningAttempt};

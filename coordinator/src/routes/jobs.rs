@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -14,7 +15,6 @@ use kiln_shared::protocol::{
     SubmitJob,
 };
 
-use kiln_shared::downsample::downsample;
 use crate::error::{ApiError, ApiJson, parse_param};
 use crate::openapi::{
     ApiErrorDoc, AttemptInfoDoc, JobInfoDoc, JobPageDoc, LogEntryDoc, MetricPointDoc, SubmitJobDoc,
@@ -22,6 +22,7 @@ use crate::openapi::{
 use crate::registry::Outbound;
 use crate::state::AppState;
 use crate::store::{CancelOutcome, JobFilter, MetricRange, parse_split};
+use kiln_shared::downsample::downsample;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
@@ -94,7 +95,7 @@ pub struct ListQuery {
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let job_state =
@@ -224,9 +225,19 @@ pub struct MetricsQuery {
 pub async fn metrics(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<MetricsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<MetricPoint>>, ApiError> {
     let id = job_id(&id)?;
+    Ok(Json(metric_points(&state, id, query).await?))
+}
+
+/// The metrics of `job` for a [`MetricsQuery`]: checked, read and downsampled. Shared by
+/// `GET /api/jobs/{id}/metrics` and the share link's `GET /api/share/{token}/metrics`.
+pub async fn metric_points(
+    state: &AppState,
+    job: JobId,
+    query: Result<Query<MetricsQuery>, QueryRejection>,
+) -> Result<Vec<MetricPoint>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let split =
         match q.split.as_deref() {
@@ -257,8 +268,8 @@ pub async fn metrics(
         from_step,
         to_step,
     };
-    let points = state.store.metrics(id, range).await?;
-    Ok(Json(downsample(points, max_points)))
+    let points = state.store.metrics(job, range).await?;
+    Ok(downsample(points, max_points))
 }
 
 /// `GET /api/jobs/{id}/logs` query.
@@ -279,7 +290,7 @@ pub struct LogsQuery {
 pub async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<LogEntry>>, ApiError> {
     let id = job_id(&id)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;

@@ -87,7 +87,7 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<JobInfo> {
     })
 }
 
-async fn load_job(conn: &mut SqliteConnection, id: JobId) -> StoreResult<JobInfo> {
+pub(super) async fn load_job(conn: &mut SqliteConnection, id: JobId) -> StoreResult<JobInfo> {
     let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
         .bind(id)
         .fetch_optional(&mut *conn)

@@ -231,3 +231,66 @@ async fn tokens_and_workers() {
         Err(StoreError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn share_links_resolve_until_revoked_and_go_with_their_job() {
+    let (_dir, store) = store().await;
+    let job = store.insert_job(&spec(1), None).await.expect("insert");
+    let a = store
+        .create_share(job.id, "hash-a", "aaaaaa")
+        .await
+        .expect("create");
+    let b = store
+        .create_share(job.id, "hash-b", "bbbbbb")
+        .await
+        .expect("create");
+    assert_eq!(
+        (a.job_id, a.hint.as_str(), a.revoked_ms),
+        (job.id, "aaaaaa", None)
+    );
+    assert!(matches!(
+        store.create_share(job.id + 1, "hash-c", "cccccc").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        matches!(
+            store.create_share(job.id, "hash-a", "aaaaaa").await,
+            Err(StoreError::Db(_))
+        ),
+        "token hashes are unique"
+    );
+    assert_eq!(
+        store.shared_job("hash-a").await.expect("query"),
+        Some(job.id)
+    );
+    assert_eq!(store.shared_job("nope").await.expect("query"), None);
+    let listed = store.shares(job.id).await.expect("list");
+    assert_eq!(listed, vec![b.clone(), a.clone()], "newest first");
+
+    let revoked = store.revoke_share(a.id).await.expect("revoke");
+    let at = revoked.revoked_ms.expect("revoked");
+    let again = store.revoke_share(a.id).await.expect("revoke again");
+    assert_eq!(again.revoked_ms, Some(at));
+    assert_eq!(store.shared_job("hash-a").await.expect("query"), None);
+    assert_eq!(
+        store.shared_job("hash-b").await.expect("query"),
+        Some(job.id)
+    );
+    assert!(matches!(
+        store.revoke_share(b.id + 100).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Jobs are never deleted through the API; if one is, its links go with it.
+    sqlx::query("DELETE FROM jobs WHERE id = ?")
+        .bind(job.id)
+        .execute(&store.pool)
+        .await
+        .expect("delete");
+    assert_eq!(store.shared_job("hash-b").await.expect("query"), None);
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM shares")
+        .fetch_one(&store.pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+}

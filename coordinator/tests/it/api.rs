@@ -16,7 +16,7 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
-async fn raw(
+pub async fn raw(
     url: &str,
     method: reqwest::Method,
     token: Option<&str>,
@@ -31,7 +31,7 @@ async fn raw(
     (status, resp.text().await.expect("body"))
 }
 
-fn error_body(text: &str) -> ApiErrorBody {
+pub fn error_body(text: &str) -> ApiErrorBody {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not an ApiErrorBody ({e}): {text}"))
 }
 

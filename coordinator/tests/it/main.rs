@@ -3,5 +3,6 @@
 
 mod api;
 mod restart;
+mod shares;
 mod support;
 mod worker;

@@ -1,0 +1,81 @@
+//! Read-only share links of a job. Only the SHA-256 of a token is stored.
+
+use sqlx::Row;
+
+use kiln_shared::protocol::{JobId, ShareInfo};
+
+use super::{Store, StoreError, StoreResult, now_ms};
+
+const SHARE_COLUMNS: &str = "id, job_id, hint, created_ms, revoked_ms";
+
+fn share_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ShareInfo> {
+    Ok(ShareInfo {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        hint: row.try_get("hint")?,
+        created_ms: row.try_get("created_ms")?,
+        revoked_ms: row.try_get("revoked_ms")?,
+    })
+}
+
+impl Store {
+    /// A new, active link to the job (`NotFound` if the job does not exist).
+    pub async fn create_share(
+        &self,
+        job_id: JobId,
+        token_hash: &str,
+        hint: &str,
+    ) -> StoreResult<ShareInfo> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        super::jobs::load_job(&mut tx, job_id).await?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO shares (job_id, token_hash, hint, created_ms) VALUES (?, ?, ?, ?) \
+             RETURNING {SHARE_COLUMNS}"
+        ))
+        .bind(job_id)
+        .bind(token_hash)
+        .bind(hint)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        let share = share_from_row(&row)?;
+        tx.commit().await?;
+        Ok(share)
+    }
+
+    /// Every link of the job, revoked ones included, newest first.
+    pub async fn shares(&self, job_id: JobId) -> StoreResult<Vec<ShareInfo>> {
+        self.job(job_id).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SHARE_COLUMNS} FROM shares WHERE job_id = ? ORDER BY id DESC"
+        ))
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(share_from_row).collect()
+    }
+
+    /// Revoke a link; revoking again keeps the first `revoked_ms`.
+    pub async fn revoke_share(&self, id: i64) -> StoreResult<ShareInfo> {
+        let row = sqlx::query(&format!(
+            "UPDATE shares SET revoked_ms = COALESCE(revoked_ms, ?) WHERE id = ? \
+             RETURNING {SHARE_COLUMNS}"
+        ))
+        .bind(now_ms())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("share link {id} does not exist")))?;
+        share_from_row(&row)
+    }
+
+    /// The job an active (not revoked) link with this token hash shows, if any.
+    pub async fn shared_job(&self, token_hash: &str) -> StoreResult<Option<JobId>> {
+        Ok(sqlx::query_scalar(
+            "SELECT job_id FROM shares WHERE token_hash = ? AND revoked_ms IS NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
