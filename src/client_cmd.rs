@@ -1,4 +1,5 @@
-//! Commands against a running coordinator: submit, jobs, job, logs, cancel, workers, sweep.
+//! Commands against a running coordinator: submit, jobs, job, logs, cancel, workers, sweep,
+//! share links.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -67,6 +68,20 @@ pub enum RemoteCommand {
     Cancel { id: JobId },
     /// Re-queue a failed or cancelled job; it resumes from its last checkpoint.
     Retry { id: JobId },
+    /// Create a read-only link to a job (no login needed to open it); prints its URL.
+    Share {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a job's share links, revoked ones included.
+    Shares {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a share link (its id from `kiln shares`).
+    Unshare { share_id: i64 },
     /// List workers.
     Workers {
         #[arg(long)]
@@ -216,6 +231,35 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
             RemoteCommand::Retry { id } => {
                 let job = client.retry(id).await?;
                 println!("job {}: {} (attempt {} next)", job.id, job.state.as_str(), job.attempts + 1);
+            }
+            RemoteCommand::Share { id, json } => {
+                let new = client.create_share(id).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&new)?);
+                } else {
+                    println!("{}{}", client.base_url(), new.path);
+                }
+            }
+            RemoteCommand::Shares { id, json } => {
+                let shares = client.shares(id).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&shares)?);
+                } else {
+                    println!("{:>5}  {:<8} {:<10} {}", "ID", "HINT", "CREATED", "REVOKED");
+                    for s in &shares {
+                        println!(
+                            "{:>5}  {:<8} {:<10} {}",
+                            s.id,
+                            format!("…{}", s.hint),
+                            format!("{} ago", age(s.created_ms)),
+                            s.revoked_ms.map(|r| format!("{} ago", age(r))).unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+            }
+            RemoteCommand::Unshare { share_id } => {
+                let share = client.revoke_share(share_id).await?;
+                println!("share link {} of job {} revoked (…{})", share.id, share.job_id, share.hint);
             }
             RemoteCommand::Workers { json } => {
                 let workers = client.workers().await?;

@@ -301,6 +301,29 @@ fn two_workers_run_four_jobs_and_results_come_back() {
         c.rt.block_on(c.client().download_artifact(jobs[0].id, "model.bpk"))
             .expect("download the final model");
     assert!(bytes.len() > 1000);
+    // A read-only share link: the CLI prints its URL; it opens without a token until revoked.
+    let o = c.cli(&["share", &jobs[0].id.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let link = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let token = link
+        .strip_prefix(&format!("{}/s/", c.url))
+        .unwrap_or_else(|| panic!("not a share URL: {link}"));
+    let anonymous = Client::new(&c.url, None).expect("client");
+    let shared =
+        c.rt.block_on(anonymous.shared_run(token))
+            .expect("the link opens without a token");
+    assert_eq!(shared.job.name, "job0");
+    assert_eq!(shared.job.worker_id, None, "the worker is not shown");
+    let o = c.cli(&["shares", &jobs[0].id.to_string(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shares: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let share_id = shares[0]["id"].as_i64().expect("a share id");
+    let o = c.cli(&["unshare", &share_id.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err =
+        c.rt.block_on(anonymous.shared_run(token))
+            .expect_err("a revoked link is gone");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(404), "{err}");
 }
 
 #[test]
