@@ -1,12 +1,11 @@
 //! Commands against a running coordinator: submit, jobs, job, logs, cancel, workers, sweep,
 //! share links.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_coordinator::client::{Client, JobFilter, MetricQuery};
@@ -306,69 +305,17 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `--grid a.b=1,2 --grid c=x,y` → one spec per combination, each validated.
+/// `--grid a.b=1,2 --grid c=x,y` → one spec per combination, each validated
+/// (`kiln_shared::sweep`, which the dashboard's sweep form uses too).
 pub fn expand_grid(base: &JobSpec, grid: &[String]) -> anyhow::Result<Vec<JobSpec>> {
-    let mut axes: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    for g in grid {
-        let (key, values) = g.split_once('=').with_context(|| {
-            format!("--grid {g:?}: expected key=v1,v2 (e.g. optimizer.lr=1e-3,3e-3)")
-        })?;
-        let values: Vec<serde_json::Value> = values
-            .split(',')
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()))
-            })
-            .collect();
-        if values.is_empty() {
-            bail!("--grid {g:?}: no values after '='");
-        }
-        axes.insert(key.to_string(), values);
-    }
-    let mut combos: Vec<Vec<(String, serde_json::Value)>> = vec![vec![]];
-    for (key, values) in &axes {
-        combos = combos
-            .into_iter()
-            .flat_map(|c| {
-                values.iter().map(move |v| {
-                    let mut c = c.clone();
-                    c.push((key.clone(), v.clone()));
-                    c
-                })
-            })
-            .collect();
-    }
-    let base_json = serde_json::to_value(base)?;
-    combos
-        .into_iter()
-        .map(|combo| {
-            let mut value = base_json.clone();
-            let mut suffix = Vec::new();
-            for (key, v) in &combo {
-                let pointer = format!("/{}", key.replace('.', "/"));
-                let slot = value.pointer_mut(&pointer).with_context(|| {
-                    format!("--grid {key}: the spec has no field {key} (fields are dotted paths like optimizer.lr, training.batch_size)")
-                })?;
-                *slot = v.clone();
-                let short = key.rsplit('.').next().unwrap_or(key);
-                let shown = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                suffix.push(format!("{short}{shown}"));
-            }
-            let name = format!("{}-{}", base.name, suffix.join("-"));
-            let name: String = name
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
-                .take(64)
-                .collect();
-            value["name"] = serde_json::Value::String(name);
-            let spec = JobSpec::from_json_str(&value.to_string())
-                .with_context(|| format!("grid point {combo:?} gives an invalid spec"))?;
-            Ok(spec)
+    let axes = grid
+        .iter()
+        .map(|g| {
+            g.parse::<kiln_shared::sweep::Axis>()
+                .map_err(|e| anyhow::anyhow!("--grid {e}"))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    kiln_shared::sweep::expand(base, &axes).map_err(|e| anyhow::anyhow!("--grid: {e}"))
 }
 
 fn chrono_stamp() -> String {

@@ -17,9 +17,9 @@ impl std::str::FromStr for Axis {
 
     /// `optimizer.lr=1e-3,3e-3`; values are JSON where they parse as JSON, else strings.
     fn from_str(text: &str) -> Result<Self, String> {
-        let (key, values) = text.split_once('=').ok_or_else(|| {
-            format!("`{text}`: expected key=v1,v2 (e.g. optimizer.lr=1e-3,3e-3)")
-        })?;
+        let (key, values) = text
+            .split_once('=')
+            .ok_or_else(|| format!("`{text}`: expected key=v1,v2 (e.g. optimizer.lr=1e-3,3e-3)"))?;
         let key = key.trim();
         if key.is_empty() {
             return Err(format!("`{text}`: no field name before '='"));
@@ -160,7 +160,11 @@ mod tests {
         assert!("lr".parse::<Axis>().unwrap_err().contains("key=v1,v2"));
         assert!("lr=".parse::<Axis>().unwrap_err().contains("no values"));
         let axes = vec!["optimizer.nope=1".parse().expect("axis")];
-        assert!(expand(&base(), &axes).unwrap_err().contains("optimizer.nope"));
+        assert!(
+            expand(&base(), &axes)
+                .unwrap_err()
+                .contains("optimizer.nope")
+        );
         let axes = vec!["training.batch_size=0".parse().expect("axis")];
         let err = expand(&base(), &axes).unwrap_err();
         assert!(err.contains("training.batch_size"), "{err}");
@@ -175,6 +179,10 @@ mod tests {
             .iter()
             .map(|a| a.parse().expect("axis"))
             .collect();
-        assert!(expand(&base(), &axes).unwrap_err().contains("289 combinations"));
+        assert!(
+            expand(&base(), &axes)
+                .unwrap_err()
+                .contains("289 combinations")
+        );
     }
 }

@@ -46,7 +46,13 @@ pub const SECTIONS: &[(&str, &[Field])] = &[
                 "auto: the worker's best device",
                 None,
             ),
-            f("priority", "Priority", Input::Number, "higher runs first", None),
+            f(
+                "priority",
+                "Priority",
+                Input::Number,
+                "higher runs first",
+                None,
+            ),
             f("seed", "Seed", Input::Number, "", None),
         ],
     ),
@@ -680,10 +686,7 @@ pub fn spec_from_values(values: &FormValues) -> Result<JobSpec, Vec<FieldError>>
             ],
         )
     };
-    let model_kind = r.choice(
-        "model.kind",
-        &[("mlp", 0u8), ("cnn", 1), ("charlm", 2)],
-    );
+    let model_kind = r.choice("model.kind", &[("mlp", 0u8), ("cnn", 1), ("charlm", 2)]);
     let dropout = r.num::<f64>("model.dropout", num_f);
     let model = match model_kind {
         0 => ModelSpec::Mlp {

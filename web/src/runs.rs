@@ -126,14 +126,11 @@ pub fn nearest(points: &[(f64, f64)], x: f64) -> Option<usize> {
     }
     let i = points.partition_point(|(px, _)| *px < x);
     let candidates = [i.checked_sub(1), (i < points.len()).then_some(i)];
-    candidates
-        .into_iter()
-        .flatten()
-        .min_by(|a, b| {
-            (points[*a].0 - x)
-                .abs()
-                .total_cmp(&(points[*b].0 - x).abs())
-        })
+    candidates.into_iter().flatten().min_by(|a, b| {
+        (points[*a].0 - x)
+            .abs()
+            .total_cmp(&(points[*b].0 - x).abs())
+    })
 }
 
 /// The last value of each split for a quantity: what "final accuracy" means on a run page.
@@ -273,10 +270,16 @@ mod tests {
 
     #[test]
     fn live_points_merge_in_step_order_without_duplicates() {
-        let mut points = vec![pt(1, Split::Train, 2.0, None), pt(3, Split::Train, 1.0, None)];
+        let mut points = vec![
+            pt(1, Split::Train, 2.0, None),
+            pt(3, Split::Train, 1.0, None),
+        ];
         merge_live(
             &mut points,
-            &[pt(2, Split::Train, 1.5, None), pt(3, Split::Train, 1.0, None)],
+            &[
+                pt(2, Split::Train, 1.5, None),
+                pt(3, Split::Train, 1.0, None),
+            ],
         );
         let steps: Vec<u64> = points.iter().map(|p| p.metric.step).collect();
         assert_eq!(steps, [1, 2, 3]);

@@ -93,7 +93,10 @@ async fn check(response: Result<Response, gloo_net::Error>) -> Result<Response, 
         },
         Err(_) => ApiError {
             status,
-            message: format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+            message: format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ),
             fields: Vec::new(),
         },
     })

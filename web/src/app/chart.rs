@@ -168,7 +168,9 @@ fn draw(
         (a.min(*y), b.max(*y))
     });
     if !x0.is_finite() || !y0.is_finite() {
-        let style = ("sans-serif", 14).into_font().color(&RGBColor(120, 120, 120));
+        let style = ("sans-serif", 14)
+            .into_font()
+            .color(&RGBColor(120, 120, 120));
         root.draw_text("no points yet", &style, (12, 20)).ok()?;
         root.present().ok()?;
         return None;
@@ -205,13 +207,20 @@ fn draw(
         .ok()?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, _)| in_range(*x)).collect();
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, _)| in_range(*x))
+            .collect();
         let few = pts.len() < 40;
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .ok()?
             .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
         if few {
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))

@@ -118,7 +118,8 @@ async fn run() {
             let _ = tx.unbounded_send(ClientMessage::Hello {
                 protocol_version: PROTOCOL_VERSION,
             });
-            let subs: Vec<JobId> = HUB.with_borrow(|hub| hub.subscriptions.keys().copied().collect());
+            let subs: Vec<JobId> =
+                HUB.with_borrow(|hub| hub.subscriptions.keys().copied().collect());
             for job_id in subs {
                 let _ = tx.unbounded_send(ClientMessage::Subscribe { job_id });
             }

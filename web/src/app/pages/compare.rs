@@ -10,8 +10,8 @@ use leptos_router::NavigateOptions;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
 
-use super::{ErrorLine, StateBadge};
 use super::job::FETCH_POINTS;
+use super::{ErrorLine, StateBadge};
 use crate::app::api;
 use crate::app::chart::Chart;
 use crate::runs::{Quantity, Series, differing_fields, final_values, fmt_value, series};
@@ -23,7 +23,9 @@ fn run_series(job: &JobInfo, points: &[MetricPoint], q: Quantity) -> Option<Seri
         Quantity::Loss => &["train", "val", "test"],
         _ => &["val", "test", "train"],
     };
-    let pick = order.iter().find_map(|want| all.iter().find(|s| s.label == *want))?;
+    let pick = order
+        .iter()
+        .find_map(|want| all.iter().find(|s| s.label == *want))?;
     Some(Series {
         label: format!("#{} {} ({})", job.id, job.name, pick.label),
         points: pick.points.clone(),
@@ -59,7 +61,10 @@ pub fn ComparePage() -> impl IntoView {
             let mut out = Vec::new();
             for id in ids {
                 let job = api::get::<JobInfo>(&format!("/api/jobs/{id}")).await;
-                let points = api::get::<Vec<MetricPoint>>(&format!("/api/jobs/{id}/metrics?max_points={FETCH_POINTS}")).await;
+                let points = api::get::<Vec<MetricPoint>>(&format!(
+                    "/api/jobs/{id}/metrics?max_points={FETCH_POINTS}"
+                ))
+                .await;
                 match (job, points) {
                     (Ok(j), Ok(p)) => out.push((j, p)),
                     (Err(e), _) | (_, Err(e)) => {
@@ -79,7 +84,14 @@ pub fn ComparePage() -> impl IntoView {
             set.remove(&id);
         }
         let list: Vec<String> = set.iter().map(i64::to_string).collect();
-        navigate(&format!("/compare?ids={}", list.join(",")), NavigateOptions { replace: true, scroll: false, ..Default::default() });
+        navigate(
+            &format!("/compare?ids={}", list.join(",")),
+            NavigateOptions {
+                replace: true,
+                scroll: false,
+                ..Default::default()
+            },
+        );
     };
 
     let charts = [Quantity::Loss, Quantity::Accuracy].map(|q| {
@@ -143,4 +155,3 @@ pub fn ComparePage() -> impl IntoView {
         </section>
     }
 }
-

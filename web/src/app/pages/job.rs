@@ -35,7 +35,11 @@ pub fn JobPage() -> impl IntoView {
 fn metrics_url(base: &str, range: Option<(f64, f64)>) -> String {
     let mut url = format!("{base}?max_points={FETCH_POINTS}");
     if let Some((a, b)) = range {
-        url.push_str(&format!("&from_step={}&to_step={}", a.max(0.0) as u64, b.max(0.0) as u64));
+        url.push_str(&format!(
+            "&from_step={}&to_step={}",
+            a.max(0.0) as u64,
+            b.max(0.0) as u64
+        ));
     }
     url
 }
@@ -73,7 +77,10 @@ pub fn RunCharts(
     });
     let apply = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
-        let (a, b) = (from.get_untracked().parse::<f64>(), to.get_untracked().parse::<f64>());
+        let (a, b) = (
+            from.get_untracked().parse::<f64>(),
+            to.get_untracked().parse::<f64>(),
+        );
         if let (Ok(a), Ok(b)) = (a, b)
             && a < b
         {
@@ -110,9 +117,8 @@ pub fn FinalMetrics(points: RwSignal<Vec<MetricPoint>>) -> impl IntoView {
                 .join(" · ")
         })
     };
-    let accuracy = move || {
-        points.with(|p| final_values(p, Quantity::Accuracy).first().map(|(_, v)| *v))
-    };
+    let accuracy =
+        move || points.with(|p| final_values(p, Quantity::Accuracy).first().map(|(_, v)| *v));
     view! {
         <dl class="finals" data-final-accuracy=move || accuracy().map(fmt_value).unwrap_or_default()>
             <div><dt>"Final accuracy"</dt><dd class="final-accuracy">{move || {
@@ -149,7 +155,8 @@ fn JobView(id: JobId) -> impl IntoView {
             if let Ok(a) = api::get::<Vec<AttemptInfo>>(&format!("/api/jobs/{id}/attempts")).await {
                 let _ = attempts.try_set(a);
             }
-            if let Ok(a) = api::get::<Vec<ArtifactInfo>>(&format!("/api/jobs/{id}/artifacts")).await {
+            if let Ok(a) = api::get::<Vec<ArtifactInfo>>(&format!("/api/jobs/{id}/artifacts")).await
+            {
                 let _ = artifacts.try_set(a);
             }
             if let Ok(s) = api::get::<Vec<ShareInfo>>(&format!("/api/jobs/{id}/shares")).await {
@@ -200,11 +207,27 @@ fn JobView(id: JobId) -> impl IntoView {
                 }
             });
         }
-        let url = if q.is_empty() { format!("/jobs/{id}") } else { format!("/jobs/{id}?{}", q.join("&")) };
-        let here = web_sys::window()
-            .and_then(|w| Some(format!("{}{}", w.location().pathname().ok()?, w.location().search().ok()?)));
+        let url = if q.is_empty() {
+            format!("/jobs/{id}")
+        } else {
+            format!("/jobs/{id}?{}", q.join("&"))
+        };
+        let here = web_sys::window().and_then(|w| {
+            Some(format!(
+                "{}{}",
+                w.location().pathname().ok()?,
+                w.location().search().ok()?
+            ))
+        });
         if here.as_deref() != Some(url.as_str()) {
-            navigate(&url, NavigateOptions { replace: true, scroll: false, ..Default::default() });
+            navigate(
+                &url,
+                NavigateOptions {
+                    replace: true,
+                    scroll: false,
+                    ..Default::default()
+                },
+            );
         }
     });
 
@@ -218,7 +241,10 @@ fn JobView(id: JobId) -> impl IntoView {
                 load_side();
             }
         }
-        ServerEvent::Metrics { job_id, points: new } if *job_id == id => {
+        ServerEvent::Metrics {
+            job_id,
+            points: new,
+        } if *job_id == id => {
             let _ = points.try_update(|p| {
                 merge_live(p, new);
                 if p.len() > LIVE_BUDGET {
@@ -231,7 +257,10 @@ fn JobView(id: JobId) -> impl IntoView {
                 let mut seq = l.last().map(|e| e.seq).unwrap_or(0);
                 l.extend(lines.iter().map(|line| {
                     seq += 1;
-                    LogEntry { seq, line: line.clone() }
+                    LogEntry {
+                        seq,
+                        line: line.clone(),
+                    }
                 }));
                 let cut = l.len().saturating_sub(LOG_TAIL);
                 l.drain(..cut);

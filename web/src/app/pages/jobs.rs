@@ -5,9 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 use kiln_shared::protocol::{JobInfo, JobPage, JobState, ServerEvent, WorkerInfo};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
+use leptos_router::NavigateOptions;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
-use leptos_router::NavigateOptions;
 
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::{api, events};
@@ -89,7 +89,10 @@ pub fn JobsPage() -> impl IntoView {
         ServerEvent::Welcome { .. } => load(),
         _ => {}
     });
-    let ticker = set_interval_with_handle(move || now.set(api::now_ms()), std::time::Duration::from_secs(5));
+    let ticker = set_interval_with_handle(
+        move || now.set(api::now_ms()),
+        std::time::Duration::from_secs(5),
+    );
     on_cleanup(move || {
         events::unlisten(listener);
         if let Ok(t) = ticker {
@@ -104,15 +107,33 @@ pub fn JobsPage() -> impl IntoView {
                 ["state", "name", "group"]
                     .iter()
                     .filter(|k| **k != key)
-                    .filter_map(|k| q.get(k).filter(|v| !v.is_empty()).map(|v| (k.to_string(), v)))
+                    .filter_map(|k| {
+                        q.get(k)
+                            .filter(|v| !v.is_empty())
+                            .map(|v| (k.to_string(), v))
+                    })
                     .collect()
             });
             if !value.is_empty() {
                 pairs.push((key.to_string(), value));
             }
-            let qs: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={}", api::enc(v))).collect();
-            let url = if qs.is_empty() { "/".to_string() } else { format!("/?{}", qs.join("&")) };
-            navigate(&url, NavigateOptions { replace: true, scroll: false, ..Default::default() });
+            let qs: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={}", api::enc(v)))
+                .collect();
+            let url = if qs.is_empty() {
+                "/".to_string()
+            } else {
+                format!("/?{}", qs.join("&"))
+            };
+            navigate(
+                &url,
+                NavigateOptions {
+                    replace: true,
+                    scroll: false,
+                    ..Default::default()
+                },
+            );
         }
     };
     let set_state = set_query.clone();
@@ -120,8 +141,15 @@ pub fn JobsPage() -> impl IntoView {
     let compare = {
         let navigate = navigate.clone();
         move |_| {
-            let ids: Vec<String> = selected.get_untracked().iter().map(i64::to_string).collect();
-            navigate(&format!("/compare?ids={}", ids.join(",")), Default::default());
+            let ids: Vec<String> = selected
+                .get_untracked()
+                .iter()
+                .map(i64::to_string)
+                .collect();
+            navigate(
+                &format!("/compare?ids={}", ids.join(",")),
+                Default::default(),
+            );
         }
     };
 

@@ -22,25 +22,42 @@ pub fn LoginPrompt() -> impl IntoView {
     let log_in = move || {
         let t = token.get_untracked().trim().to_string();
         if t.is_empty() {
-            error.set(Some("Paste the API token that `kiln up` or `kiln serve` printed.".into()));
+            error.set(Some(
+                "Paste the API token that `kiln up` or `kiln serve` printed.".into(),
+            ));
             return;
         }
         let next = query.with_untracked(|q| q.get("next")).unwrap_or_else(|| {
             let here = web_sys::window().map(|w| w.location());
-            let path = here.as_ref().and_then(|l| l.pathname().ok()).unwrap_or_else(|| "/".into());
-            let search = here.as_ref().and_then(|l| l.search().ok()).unwrap_or_default();
-            if path == "/login" { "/".into() } else { format!("{path}{search}") }
+            let path = here
+                .as_ref()
+                .and_then(|l| l.pathname().ok())
+                .unwrap_or_else(|| "/".into());
+            let search = here
+                .as_ref()
+                .and_then(|l| l.search().ok())
+                .unwrap_or_default();
+            if path == "/login" {
+                "/".into()
+            } else {
+                format!("{path}{search}")
+            }
         });
         busy.set(true);
         spawn_local(async move {
             api::set_token(Some(&t));
             match api::get::<JobPage>("/api/jobs?limit=1").await {
                 // Only paths of this site: `//host` would leave it.
-                Ok(_) => api::go(if next.starts_with('/') && !next.starts_with("//") { &next } else { "/" }),
+                Ok(_) => api::go(if next.starts_with('/') && !next.starts_with("//") {
+                    &next
+                } else {
+                    "/"
+                }),
                 Err(e) => {
                     api::set_token(None);
                     let _ = error.try_set(Some(if e.status == 401 || e.status == 403 {
-                        "That token is not valid for this coordinator (it needs an admin token).".into()
+                        "That token is not valid for this coordinator (it needs an admin token)."
+                            .into()
                     } else {
                         e.to_string()
                     }));
@@ -57,7 +74,8 @@ pub fn LoginPrompt() -> impl IntoView {
         if let Some(w) = web_sys::window()
             && let Ok(history) = w.history()
         {
-            let _ = history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some("/login"));
+            let _ =
+                history.replace_state_with_url(&wasm_bindgen::JsValue::NULL, "", Some("/login"));
         }
         token.set(t);
         log_in();

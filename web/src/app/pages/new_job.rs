@@ -9,18 +9,24 @@ use leptos_router::hooks::{use_navigate, use_query_map};
 
 use super::ErrorLine;
 use crate::app::api;
-use crate::form::{FormValues, Input, PRESETS, SECTIONS, errors_by_field, spec_from_values, values_from_spec};
+use crate::form::{
+    FormValues, Input, PRESETS, SECTIONS, errors_by_field, spec_from_values, values_from_spec,
+};
 
 fn preset_values(id: &str) -> Option<FormValues> {
     let (_, _, toml) = PRESETS.iter().find(|(p, _, _)| *p == id)?;
-    JobSpec::from_toml_str(toml).ok().map(|s| values_from_spec(&s))
+    JobSpec::from_toml_str(toml)
+        .ok()
+        .map(|s| values_from_spec(&s))
 }
 
 #[component]
 pub fn NewJobPage() -> impl IntoView {
     let query = use_query_map();
     let navigate = use_navigate();
-    let start = query.with_untracked(|q| q.get("preset")).unwrap_or_else(|| "synthetic".into());
+    let start = query
+        .with_untracked(|q| q.get("preset"))
+        .unwrap_or_else(|| "synthetic".into());
     let values = RwSignal::new(preset_values(&start).unwrap_or_default());
     let preset = RwSignal::new(start);
     let errors = RwSignal::new(std::collections::BTreeMap::<String, Vec<String>>::new());
@@ -49,7 +55,10 @@ pub fn NewJobPage() -> impl IntoView {
             Ok(spec) => spec,
             Err(list) => {
                 errors.set(errors_by_field(&list));
-                error.set(Some(format!("The spec has {} problem(s); see the marked fields.", list.len())));
+                error.set(Some(format!(
+                    "The spec has {} problem(s); see the marked fields.",
+                    list.len()
+                )));
                 return;
             }
         };

@@ -21,7 +21,9 @@ enum Load {
 #[component]
 pub fn SharedRunPage() -> impl IntoView {
     let params = use_params_map();
-    let token = params.with_untracked(|p| p.get("token")).unwrap_or_default();
+    let token = params
+        .with_untracked(|p| p.get("token"))
+        .unwrap_or_default();
     let state = RwSignal::new(Load::Loading);
     let job = RwSignal::new(None::<JobInfo>);
     let points = RwSignal::new(Vec::<MetricPoint>::new());
@@ -37,7 +39,11 @@ pub fn SharedRunPage() -> impl IntoView {
             match api::get_public::<SharedRun>(&base).await {
                 Ok(run) => {
                     let live = !run.job.state.is_terminal();
-                    if let Ok(p) = api::get_public::<Vec<MetricPoint>>(&format!("{base}/metrics?max_points={FETCH_POINTS}")).await {
+                    if let Ok(p) = api::get_public::<Vec<MetricPoint>>(&format!(
+                        "{base}/metrics?max_points={FETCH_POINTS}"
+                    ))
+                    .await
+                    {
                         let _ = points.try_set(p);
                     }
                     let _ = job.try_set(Some(run.job));

@@ -30,7 +30,14 @@ fn plan(base: &str, grid: &str) -> Result<Vec<JobSpec>, String> {
 #[component]
 pub fn SweepPage() -> impl IntoView {
     let navigate = use_navigate();
-    let base = RwSignal::new(PRESETS.iter().find(|p| p.0 == "synthetic").map(|p| p.2).unwrap_or_default().to_string());
+    let base = RwSignal::new(
+        PRESETS
+            .iter()
+            .find(|p| p.0 == "synthetic")
+            .map(|p| p.2)
+            .unwrap_or_default()
+            .to_string(),
+    );
     let grid = RwSignal::new("optimizer.lr=0.001,0.003\ntraining.batch_size=32,64".to_string());
     let error = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
@@ -46,13 +53,26 @@ pub fn SweepPage() -> impl IntoView {
             }
         };
         let stamp = format!("{:x}", api::now_ms() / 1000);
-        let group = format!("{}-sweep-{stamp}", specs[0].name.split('-').next().unwrap_or("sweep"));
+        let group = format!(
+            "{}-sweep-{stamp}",
+            specs[0].name.split('-').next().unwrap_or("sweep")
+        );
         busy.set(true);
         let navigate = navigate.clone();
         spawn_local(async move {
             for spec in specs {
-                if let Err(e) = api::post::<_, JobInfo>("/api/jobs", &SubmitJob { spec, group: Some(group.clone()) }).await {
-                    let _ = error.try_set(Some(format!("submitting failed part-way (group {group}): {e}")));
+                if let Err(e) = api::post::<_, JobInfo>(
+                    "/api/jobs",
+                    &SubmitJob {
+                        spec,
+                        group: Some(group.clone()),
+                    },
+                )
+                .await
+                {
+                    let _ = error.try_set(Some(format!(
+                        "submitting failed part-way (group {group}): {e}"
+                    )));
                     let _ = busy.try_set(false);
                     return;
                 }

@@ -42,7 +42,9 @@ pub fn WorkersPage() -> impl IntoView {
     on_cleanup(move || events::unlisten(listener));
     let drain = move |id: String| {
         spawn_local(async move {
-            match api::post_empty::<WorkerInfo>(&format!("/api/workers/{}/drain", api::enc(&id))).await {
+            match api::post_empty::<WorkerInfo>(&format!("/api/workers/{}/drain", api::enc(&id)))
+                .await
+            {
                 Ok(w) => {
                     let _ = workers.try_update(|l| {
                         if let Some(x) = l.iter_mut().find(|x| x.id == w.id) {
