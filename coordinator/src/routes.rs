@@ -8,6 +8,8 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get};
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
@@ -51,9 +53,13 @@ pub fn app(state: AppState) -> Router {
     // No bearer token: a share token in the path opens one job and its metrics, nothing
     // else. Outside `require_token`; more specific than the `/api/{*rest}` catch-all below.
     let public = shares::public_router().layer(RequestBodyLimitLayer::new(max_body));
+    // `scripts/build-web` writes a `.gz` beside each file; browsers that accept gzip get it.
     let dashboard = match &state.config.static_dir {
-        Some(dir) => Router::new()
-            .fallback_service(ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")))),
+        Some(dir) => Router::new().fallback_service(
+            ServeDir::new(dir)
+                .precompressed_gzip()
+                .fallback(ServeFile::new(dir.join("index.html")).precompressed_gzip()),
+        ),
         None => Router::new().fallback(|| async { Html(NO_DASHBOARD) }),
     };
     Router::new()
@@ -63,6 +69,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/{*rest}", any(api_not_found))
         .merge(dashboard)
         .layer(middleware::from_fn(json_413))
+        // JSON and text (a 2,000-point metrics answer shrinks ≈ 6×); not artifacts, which are
+        // binary and large, and not the already-gzipped dashboard files.
+        .layer(CompressionLayer::new().compress_when(
+            DefaultPredicate::new().and(NotForContentType::const_new("application/octet-stream")),
+        ))
         .layer(DefaultBodyLimit::disable())
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -165,6 +165,9 @@ pub fn flatten_spec(spec: &JobSpec) -> BTreeMap<String, String> {
             serde_json::Value::String(s) => {
                 out.insert(prefix.to_string(), s.clone());
             }
+            serde_json::Value::Null => {
+                out.insert(prefix.to_string(), "—".into());
+            }
             other => {
                 out.insert(prefix.to_string(), other.to_string());
             }
@@ -331,6 +334,10 @@ mod tests {
         assert_eq!(keys, ["optimizer.lr", "training.batch_size"]);
         assert_eq!(diff[0].1, ["0.003", "0.01"]);
         assert!(differing_fields(&[&a, &a.clone()]).is_empty());
+        b.training.eval_every = None;
+        let unset = differing_fields(&[&a, &b]);
+        let eval = unset.iter().find(|(k, _)| k == "training.eval_every");
+        assert_eq!(eval.map(|(_, v)| v[1].as_str()), Some("—"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use kiln_coordinator::Coordinator;
 use kiln_coordinator::client::{Client, JobFilter};
 use kiln_shared::protocol::{ApiErrorBody, JobState, SubmitJob};
 
@@ -380,5 +381,80 @@ async fn artifact_names_cannot_escape() {
         .await
         .expect_err("404");
     assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+    c.shutdown().await;
+}
+
+/// GET with `Accept-Encoding: gzip` (reqwest here does not decompress): status, the
+/// `content-encoding` header and the raw body.
+async fn get_gzip(url: &str, token: Option<&str>) -> (StatusCode, Option<String>, Vec<u8>) {
+    let mut req = reqwest::Client::new()
+        .get(url)
+        .header("accept-encoding", "gzip");
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("request");
+    let encoding = resp
+        .headers()
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    (
+        resp.status(),
+        encoding,
+        resp.bytes().await.expect("body").to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn json_and_dashboard_files_are_gzipped_but_artifacts_are_not() {
+    let dir = tmp();
+    let web = tmp();
+    std::fs::write(web.path().join("index.html"), "<!doctype html>plain").expect("write");
+    // What scripts/build-web writes beside each file.
+    std::fs::write(web.path().join("index.html.gz"), b"\x1f\x8b fake gzip").expect("write");
+    let c = Coordinator::start(kiln_coordinator::CoordinatorConfig {
+        addr: "127.0.0.1:0".parse().expect("literal address"),
+        data_dir: dir.path().to_path_buf(),
+        admin_token: Some(ADMIN.into()),
+        static_dir: Some(web.path().to_path_buf()),
+        ..Default::default()
+    })
+    .await
+    .expect("coordinator starts");
+    let client = support::admin(&c);
+    let job = support::submit(&client, "gz").await;
+    let model = vec![7u8; 4096];
+    client
+        .upload_artifact(job.id, "model.bpk", model.clone())
+        .await
+        .expect("upload");
+
+    let (status, encoding, _) = get_gzip(&format!("{}/api/jobs", c.url()), Some(ADMIN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        encoding.as_deref(),
+        Some("gzip"),
+        "JSON lists are compressed"
+    );
+
+    let url = format!("{}/api/jobs/{}/artifacts/model.bpk", c.url(), job.id);
+    let (status, encoding, body) = get_gzip(&url, Some(ADMIN)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(encoding, None, "artifacts are sent as stored");
+    assert_eq!(body, model);
+
+    // A deep link falls back to index.html; a gzip-accepting browser gets the .gz copy.
+    let (status, encoding, body) = get_gzip(&format!("{}/jobs/{}", c.url(), job.id), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(encoding.as_deref(), Some("gzip"));
+    assert!(body.starts_with(b"\x1f\x8b"), "the pre-compressed file");
+    let (_, plain) = raw(
+        &format!("{}/jobs/1", c.url()),
+        reqwest::Method::GET,
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(plain, "<!doctype html>plain");
     c.shutdown().await;
 }

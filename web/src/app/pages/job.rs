@@ -166,7 +166,13 @@ fn JobView(id: JobId) -> impl IntoView {
     };
     let load = move || {
         spawn_local(async move {
-            match api::get::<JobInfo>(&format!("/api/jobs/{id}")).await {
+            let job_url = format!("/api/jobs/{id}");
+            let url = metrics_url(&format!("/api/jobs/{id}/metrics"), None);
+            let (j, p) = futures::join!(
+                api::get::<JobInfo>(&job_url),
+                api::get::<Vec<MetricPoint>>(&url)
+            );
+            match j {
                 Ok(j) => {
                     let _ = job.try_set(Some(j));
                 }
@@ -175,8 +181,7 @@ fn JobView(id: JobId) -> impl IntoView {
                     return;
                 }
             }
-            let url = metrics_url(&format!("/api/jobs/{id}/metrics"), None);
-            if let Ok(p) = api::get::<Vec<MetricPoint>>(&url).await {
+            if let Ok(p) = p {
                 let _ = points.try_set(p);
             }
             if let Ok(mut l) =
@@ -266,7 +271,13 @@ fn JobView(id: JobId) -> impl IntoView {
                 l.drain(..cut);
             });
         }
-        ServerEvent::Welcome { .. } => load(),
+        // (Re)connected: what a live job did meanwhile was not streamed. An ended job has
+        // nothing to catch up on.
+        ServerEvent::Welcome { .. } => {
+            if job.with_untracked(|j| j.as_ref().is_none_or(|j| !j.state.is_terminal())) {
+                load();
+            }
+        }
         _ => {}
     });
     on_cleanup(move || {
