@@ -73,16 +73,15 @@ test('a job submitted from the form appears in the list, charts grow while it ru
   const page = await ctx.newPage();
   await page.goto(`${base}/new`);
   const fill = (path, value) => page.fill(`#f-${path.replaceAll('.', '-')}`, value);
-  await page.selectOption('#preset', 'synthetic');
+  // W1's shape, wider, on the committed MNIST subset: long enough (≈ 10 s) to watch live.
+  await page.selectOption('#preset', 'mnist-mlp');
   await fill('name', 'e2e-form');
   await fill('model.hidden', '1024, 1024');
-  await fill('dataset.examples', '20000');
-  await fill('dataset.features', '256');
-  await fill('training.batch_size', '256');
-  await fill('training.epochs', '4');
+  await fill('dataset.validation_fraction', '0.1');
+  await fill('training.epochs', '20');
   await fill('training.log_every', '2');
-  await fill('training.eval_every', '20');
-  await fill('training.checkpoint_every', '100');
+  await fill('training.eval_every', '25');
+  await fill('training.checkpoint_every', '200');
   await shot(page, 'new-job');
   await page.click('button[type=submit]');
   await page.waitForURL(/\/jobs\/\d+$/);
