@@ -10,7 +10,7 @@ import { gzipSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, ROOT, TOKEN, startKiln } from './support.mjs';
+import { CHROMIUM_ARGS, signIn, ROOT, TOKEN, startKiln } from './support.mjs';
 
 const REPS = Number(process.env.REPS ?? 7);
 const LATENCY_POINTS = Number(process.env.LATENCY_POINTS ?? 500);
@@ -65,7 +65,7 @@ const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? 
   const repeat = [];
   for (let i = 0; i < REPS; i++) {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-    await ctx.addInitScript((t) => localStorage.setItem('kiln.token', t), TOKEN);
+    await ctx.addInitScript(signIn, TOKEN);
     const page = await ctx.newPage();
     first.push(await measure(page));
     repeat.push(await measure(page));
@@ -83,7 +83,7 @@ const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? 
   const spec = { name: 'bench-latency', device: 'cpu', model: { kind: 'mlp' }, dataset: { kind: 'synthetic' } };
   const job = await api(url, '/api/jobs', { method: 'POST', body: JSON.stringify({ spec }) });
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  await ctx.addInitScript((t) => localStorage.setItem('kiln.token', t), TOKEN);
+  await ctx.addInitScript(signIn, TOKEN);
   const worker = await ctx.newPage();
   await worker.goto(`${url}/login`);
   // The load generator: Hello → Assign → Started, then one metric every 20 ms.

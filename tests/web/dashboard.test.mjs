@@ -8,9 +8,10 @@ import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, SHOTS, TOKEN, startKiln } from './support.mjs';
+import { CHROMIUM_ARGS, signIn, SHOTS, TOKEN, startKiln } from './support.mjs';
 
 let kiln, base, dataDir, browser, ctx;
+const pageErrors = [];
 
 async function api(path, init = {}) {
   const res = await fetch(base + path, {
@@ -57,8 +58,8 @@ before(async () => {
   ({ child: kiln, url: base } = await startKiln(dataDir));
   browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
   ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  await ctx.addInitScript((t) => localStorage.setItem('kiln.token', t), TOKEN);
-  ctx.on('weberror', (e) => console.error('page error:', e.error().message));
+  await ctx.addInitScript(signIn, TOKEN);
+  ctx.on('weberror', (e) => pageErrors.push(e.error().message));
 });
 
 after(async () => {
@@ -249,7 +250,7 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   await page.close();
 
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true });
-  await phone.addInitScript((t) => localStorage.setItem('kiln.token', t), TOKEN);
+  await phone.addInitScript(signIn, TOKEN);
   const p = await phone.newPage();
   await p.goto(`${base}/jobs/${formJob}`);
   await p.locator('.chart-loss canvas:not([data-points="0"])').waitFor();
@@ -277,4 +278,8 @@ test('without a token only the login form shows; a wrong token is refused, the r
   await page.locator('#token').waitFor();
   assert.equal(await page.evaluate(() => localStorage.getItem('kiln.token')), null);
   await fresh.close();
+});
+
+test('no page threw an error (a panic in the app shows up here)', () => {
+  assert.deepEqual(pageErrors, []);
 });

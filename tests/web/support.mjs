@@ -13,6 +13,11 @@ export const CHROMIUM_ARGS = [
 ];
 
 
+/** Init script: put the API token where the app keeps it (about:blank has no storage). */
+export function signIn(token) {
+  try { localStorage.setItem('kiln.token', token); } catch { /* about:blank */ }
+}
+
 /** Start `kiln up` on a free port; resolve with its URL once it prints it. */
 export function startKiln(dir, extra = []) {
   const child = spawn(BIN, ['up', '--addr', '127.0.0.1:0', '--data-dir', dir,
