@@ -336,18 +336,12 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-fn age(created_ms: i64) -> String {
+fn age(then_ms: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or(created_ms);
-    let secs = ((now - created_ms) / 1000).max(0);
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
+        .unwrap_or(then_ms);
+    kiln_shared::fmt::age(then_ms, now)
 }
 
 /// Live progress until the job ends; Ctrl-C detaches (the job keeps running).

@@ -5,6 +5,7 @@
 //! - [`data`]: datasets (IDX, CSV, text, synthetic), splits and data order.
 //! - [`model`]: the model zoo (`mlp`, `cnn`, `charlm`).
 //! - [`train`]: the training loop, checkpoints and the gradient hook.
+//! - [`fmt`]: human-readable values (ages) for the CLI and the dashboard.
 //! - [`downsample`]: LTTB for metric charts (the coordinator's range queries, the dashboard).
 //! - [`device`]: turning a [`spec::DeviceRequest`] into a Burn device.
 //!
@@ -16,6 +17,7 @@ pub mod data;
 #[cfg(feature = "train")]
 pub mod device;
 pub mod downsample;
+pub mod fmt;
 pub mod metric;
 #[cfg(feature = "train")]
 pub mod model;

@@ -200,16 +200,7 @@ pub fn differing_fields(specs: &[&JobSpec]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-/// "12s", "5m", "3h", "2d" since `then_ms`.
-pub fn age(then_ms: i64, now_ms: i64) -> String {
-    let secs = ((now_ms - then_ms) / 1000).max(0);
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
-}
+pub use kiln_shared::fmt::age;
 
 /// A value for a table or tooltip: 4 significant digits, no exponent for everyday sizes.
 pub fn fmt_value(v: f64) -> String {
@@ -341,13 +332,11 @@ mod tests {
     }
 
     #[test]
-    fn values_and_ages_read_well() {
+    fn values_and_progress_read_well() {
         assert_eq!(fmt_value(0.94671), "0.9467");
         assert_eq!(fmt_value(12345.6), "12346");
         assert_eq!(fmt_value(0.0001), "1.000e-4");
         assert_eq!(fmt_value(2.5), "2.500");
-        assert_eq!(age(0, 59_000), "59s");
-        assert_eq!(age(0, 7_200_000), "2h");
         assert_eq!(progress(50, 200), Some(25.0));
         assert_eq!(progress(1, 0), None);
     }

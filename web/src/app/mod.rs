@@ -8,6 +8,7 @@ use wasm_bindgen::prelude::wasm_bindgen;
 mod api;
 mod chart;
 mod events;
+mod nav;
 mod pages;
 
 #[wasm_bindgen(start)]

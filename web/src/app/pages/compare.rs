@@ -6,7 +6,6 @@ use std::collections::BTreeSet;
 use kiln_shared::protocol::{JobId, JobInfo, JobPage, MetricPoint};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use leptos_router::NavigateOptions;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
 
@@ -84,14 +83,7 @@ pub fn ComparePage() -> impl IntoView {
             set.remove(&id);
         }
         let list: Vec<String> = set.iter().map(i64::to_string).collect();
-        navigate(
-            &format!("/compare?ids={}", list.join(",")),
-            NavigateOptions {
-                replace: true,
-                scroll: false,
-                ..Default::default()
-            },
-        );
+        crate::app::nav::replace(&navigate, &format!("/compare?ids={}", list.join(",")));
     };
 
     let charts = [Quantity::Loss, Quantity::Accuracy].map(|q| {

@@ -7,7 +7,6 @@ use kiln_shared::protocol::{
 };
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use leptos_router::NavigateOptions;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
@@ -225,14 +224,7 @@ fn JobView(id: JobId) -> impl IntoView {
             ))
         });
         if here.as_deref() != Some(url.as_str()) {
-            navigate(
-                &url,
-                NavigateOptions {
-                    replace: true,
-                    scroll: false,
-                    ..Default::default()
-                },
-            );
+            crate::app::nav::replace(&navigate, &url);
         }
     });
 

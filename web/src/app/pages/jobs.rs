@@ -5,7 +5,6 @@ use std::collections::{BTreeSet, HashMap};
 use kiln_shared::protocol::{JobInfo, JobPage, JobState, ServerEvent, WorkerInfo};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use leptos_router::NavigateOptions;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
 
@@ -126,14 +125,7 @@ pub fn JobsPage() -> impl IntoView {
             } else {
                 format!("/?{}", qs.join("&"))
             };
-            navigate(
-                &url,
-                NavigateOptions {
-                    replace: true,
-                    scroll: false,
-                    ..Default::default()
-                },
-            );
+            crate::app::nav::replace(&navigate, &url);
         }
     };
     let set_state = set_query.clone();
