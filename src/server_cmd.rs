@@ -198,7 +198,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 None => println!("dashboard: {}/   (Ctrl-C stops Kiln)", coordinator.url()),
             },
             None => println!(
-                "API: {}/api (OpenAPI at /api/openapi.json; the web dashboard is not built yet). Ctrl-C stops Kiln.",
+                "API: {}/api (OpenAPI at /api/openapi.json; the web dashboard is not built: run scripts/build-web). Ctrl-C stops Kiln.",
                 coordinator.url()
             ),
         }

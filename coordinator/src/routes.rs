@@ -27,7 +27,8 @@ pub mod workers;
 
 /// Shown at `/` when no dashboard build is configured.
 const NO_DASHBOARD: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Kiln</title>\
-</head><body><h1>Kiln coordinator</h1><p>The dashboard is not built. The REST API is at \
+</head><body><h1>Kiln coordinator</h1><p>The dashboard is not built: run <code>scripts/build-web</code> \
+in the Kiln sources (<code>scripts/up</code> does it too), or pass <code>--static-dir</code>. The REST API is at \
 <code>/api</code> (see <code>/api/openapi.json</code>).</p></body></html>";
 
 /// The whole application. Tests drive it directly or through a socket on `127.0.0.1:0`.

@@ -222,6 +222,26 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   await page.locator('.chart-loss canvas:not([data-points="0"])').waitFor();
   assert.equal(await page.inputValue('#zoom-from'), '20');
   assert.equal(await page.inputValue('#zoom-to'), '100');
+  // The zoomed view is drawn from a re-fetch of the range: its last step is at most 100.
+  await page.locator('.chart-loss canvas[data-last-step]:not([data-last-step="0"])').waitFor();
+  assert.ok(Number(await page.locator('.chart-loss canvas').getAttribute('data-last-step')) <= 100);
+
+  // Hover shows values; a drag zooms and lands in the URL; double-click resets.
+  await page.goto(`${base}/jobs/${formJob}`);
+  const canvas = page.locator('.chart-loss canvas');
+  await page.locator('.chart-loss canvas:not([data-points="0"])').waitFor();
+  const box = await canvas.boundingBox();
+  await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5);
+  assert.match(await page.locator('.chart-loss .tooltip').innerText(), /train \d/);
+  await page.mouse.move(box.x + box.width * 0.3, box.y + box.height * 0.5);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.6, box.y + box.height * 0.5, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForURL(/\?from=\d+&to=\d+$/);
+  const [, from, to] = page.url().match(/from=(\d+)&to=(\d+)/).map(Number);
+  assert.ok(from > 0 && to > from, page.url());
+  await canvas.dblclick();
+  await page.waitForURL(new RegExp(`/jobs/${formJob}$`));
   await page.goto(`${base}/?state=cancelled`);
   await page.locator('tbody tr').first().waitFor();
   const states = await page.locator('tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.state));
@@ -278,6 +298,22 @@ test('without a token only the login form shows; a wrong token is refused, the r
   await page.locator('#token').waitFor();
   assert.equal(await page.evaluate(() => localStorage.getItem('kiln.token')), null);
   await fresh.close();
+});
+
+test('a coordinator restart: the open jobs page reconnects and shows new jobs live', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/`);
+  await page.locator('tbody tr').first().waitFor();
+  const port = new URL(base).port;
+  kiln.kill('SIGKILL');
+  await new Promise((r) => kiln.once('exit', r));
+  ({ child: kiln } = await startKiln(dataDir, [], `127.0.0.1:${port}`));
+  const id = await submit(blobs('e2e-after-restart'));
+  // No reload: the page's /ws/events reconnects (with backoff) and the job arrives live.
+  await page.locator(`tr[data-job-id="${id}"]`).waitFor({ timeout: 30_000 });
+  await waitForState(id, ['succeeded']);
+  await page.locator(`tr[data-job-id="${id}"][data-state="succeeded"]`).waitFor();
+  await page.close();
 });
 
 test('no page threw an error (a panic in the app shows up here)', () => {

@@ -19,8 +19,8 @@ export function signIn(token) {
 }
 
 /** Start `kiln up` on a free port; resolve with its URL once it prints it. */
-export function startKiln(dir, extra = []) {
-  const child = spawn(BIN, ['up', '--addr', '127.0.0.1:0', '--data-dir', dir,
+export function startKiln(dir, extra = [], addr = '127.0.0.1:0') {
+  const child = spawn(BIN, ['up', '--addr', addr, '--data-dir', dir,
     '--admin-token', TOKEN, '--static-dir', join(ROOT, 'web/dist'), ...extra], {
     cwd: ROOT, env: { ...process.env, BURN_DEVICE: 'flex', RUST_LOG: 'warn' },
     stdio: ['ignore', 'pipe', 'pipe'],
