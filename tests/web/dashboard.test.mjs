@@ -121,6 +121,8 @@ test('a job submitted from the form appears in the list, charts grow while it ru
   assert.ok(Math.abs(Number(m[1]) - last) < 1e-3, `${shown} vs ${last}`);
   // The list shows it finished, live.
   await list.locator(`tr[data-job-id="${formJob}"][data-state="succeeded"]`).waitFor();
+  // The worker column names the worker (kiln up's local worker), not its id.
+  assert.match(await list.locator(`tr[data-job-id="${formJob}"]`).innerText(), /\(local\)/);
   await shot(page, 'job');
   await shot(list, 'jobs');
   await list.close();
@@ -253,8 +255,18 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   await shot(page, 'workers');
   await page.goto(`${base}/sweep`);
   await page.locator('ul.plan li').nth(3).waitFor();
-  assert.match(await page.getByRole('button', { name: /Submit 4 jobs/ }).innerText(), /4/);
   await shot(page, 'sweep');
+  // A bad grid line is named and blocks the submit; a good grid makes one grouped job each.
+  await page.fill('#sweep-grid', 'optimizer.nope=1,2');
+  assert.match(await page.locator('.sweep .field-error').innerText(), /optimizer\.nope/);
+  assert.ok(await page.getByRole('button', { name: /Submit 0 jobs/ }).isDisabled());
+  await page.fill('#sweep-grid', 'optimizer.lr=0.001,0.003\ntraining.batch_size=32,64');
+  await page.getByRole('button', { name: 'Submit 4 jobs' }).click();
+  await page.waitForURL(/\/\?group=/);
+  await page.locator('tbody tr').nth(3).waitFor();
+  assert.equal(await page.locator('tbody tr').count(), 4);
+  const names = await page.locator('tbody tr').allInnerTexts();
+  assert.ok(names.some((n) => n.includes('blobs-mlp-lr0.003-batch_size64')), names.join('\n'));
   await page.goto(`${base}/no/such/page`);
   assert.match(await page.locator('h1').innerText(), /Page not found/);
 

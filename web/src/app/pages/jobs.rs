@@ -183,9 +183,12 @@ pub fn JobsPage() -> impl IntoView {
                     <For each=move || jobs.get() key=|j| (j.id, j.state, j.step) let:job>
                         {
                             let id = job.id;
-                            let worker = job.worker_id.clone().map(|w| {
-                                workers.with_untracked(|m| m.get(&w).cloned()).unwrap_or(w)
-                            });
+                            let worker_id = job.worker_id.clone();
+                            // The name once the workers list has arrived; the id until then.
+                            let worker = move || match &worker_id {
+                                Some(w) => workers.with(|m| m.get(w).cloned()).unwrap_or_else(|| w.clone()),
+                                None => "—".to_string(),
+                            };
                             view! {
                                 <tr data-job-id=id data-state=job.state.as_str()>
                                     <td><input type="checkbox" aria-label=format!("select job {id}")
@@ -199,7 +202,7 @@ pub fn JobsPage() -> impl IntoView {
                                         {job.group.clone().map(|g| view! { <span class="muted small">" · " {g}</span> })}</td>
                                     <td><StateBadge state=job.state/></td>
                                     <td><Progress step=job.step total=job.total_steps/></td>
-                                    <td class="wide">{worker.unwrap_or_else(|| "—".into())}</td>
+                                    <td class="wide">{worker}</td>
                                     <td>{move || age(job.created_ms, now.get())}</td>
                                 </tr>
                             }
