@@ -157,16 +157,25 @@ mod tests {
 
     #[test]
     fn bad_axes_and_values_are_named() {
-        assert!("lr".parse::<Axis>().unwrap_err().contains("key=v1,v2"));
-        assert!("lr=".parse::<Axis>().unwrap_err().contains("no values"));
+        assert!(
+            "lr".parse::<Axis>()
+                .expect_err("must fail")
+                .contains("key=v1,v2")
+        );
+        assert!(
+            "lr="
+                .parse::<Axis>()
+                .expect_err("must fail")
+                .contains("no values")
+        );
         let axes = vec!["optimizer.nope=1".parse().expect("axis")];
         assert!(
             expand(&base(), &axes)
-                .unwrap_err()
+                .expect_err("must fail")
                 .contains("optimizer.nope")
         );
         let axes = vec!["training.batch_size=0".parse().expect("axis")];
-        let err = expand(&base(), &axes).unwrap_err();
+        let err = expand(&base(), &axes).expect_err("must fail");
         assert!(err.contains("training.batch_size"), "{err}");
         let axes = vec!["seed=[1,2]".parse::<Axis>().expect("axis")];
         assert!(expand(&base(), &axes).is_err());
@@ -181,7 +190,7 @@ mod tests {
             .collect();
         assert!(
             expand(&base(), &axes)
-                .unwrap_err()
+                .expect_err("must fail")
                 .contains("289 combinations")
         );
     }

@@ -869,7 +869,7 @@ mod tests {
         let mut v = values_from_spec(&preset("mnist-mlp"));
         v.insert("optimizer.lr".into(), "fast".into());
         v.insert("model.hidden".into(), "128, x".into());
-        let errors = spec_from_values(&v).unwrap_err();
+        let errors = spec_from_values(&v).expect_err("must fail");
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["model.hidden", "optimizer.lr"]);
         assert!(errors[1].to_string().contains("`fast`"), "{}", errors[1]);
@@ -882,7 +882,7 @@ mod tests {
         v.insert("model.dropout".into(), "2".into());
         v.insert("model.conv".into(), "32:0".into());
         v.insert("name".into(), "bad name!".into());
-        let errors = spec_from_values(&v).unwrap_err();
+        let errors = spec_from_values(&v).expect_err("must fail");
         let by_field = errors_by_field(&errors);
         for field in ["training.batch_size", "model.dropout", "model.conv", "name"] {
             assert!(by_field.contains_key(field), "{field}: {by_field:?}");

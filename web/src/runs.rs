@@ -315,7 +315,8 @@ mod tests {
 
     #[test]
     fn differing_fields_lists_only_what_changed() {
-        let a = JobSpec::from_toml_str(include_str!("../../examples/synthetic.toml")).unwrap();
+        let a =
+            JobSpec::from_toml_str(include_str!("../../examples/synthetic.toml")).expect("valid");
         let mut b = a.clone();
         b.name = "other".into();
         b.optimizer.lr = 0.01;

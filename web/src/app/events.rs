@@ -60,9 +60,7 @@ pub fn subscribe(job_id: JobId) {
 
 pub fn unsubscribe(job_id: JobId) {
     let send = HUB.with_borrow_mut(|hub| {
-        let Some(n) = hub.subscriptions.get_mut(&job_id) else {
-            return None;
-        };
+        let n = hub.subscriptions.get_mut(&job_id)?;
         *n -= 1;
         if *n == 0 {
             hub.subscriptions.remove(&job_id);

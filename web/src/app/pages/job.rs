@@ -265,10 +265,10 @@ fn JobView(id: JobId) -> impl IntoView {
         }
         // (Re)connected: what a live job did meanwhile was not streamed. An ended job has
         // nothing to catch up on.
-        ServerEvent::Welcome { .. } => {
-            if job.with_untracked(|j| j.as_ref().is_none_or(|j| !j.state.is_terminal())) {
-                load();
-            }
+        ServerEvent::Welcome { .. }
+            if job.with_untracked(|j| j.as_ref().is_none_or(|j| !j.state.is_terminal())) =>
+        {
+            load()
         }
         _ => {}
     });
