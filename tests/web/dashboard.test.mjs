@@ -244,6 +244,11 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   assert.ok(from > 0 && to > from, page.url());
   await canvas.dblclick();
   await page.waitForURL(new RegExp(`/jobs/${formJob}$`));
+  // "New job like this" fills the form from the run.
+  await page.goto(`${base}/new?from=${formJob}`);
+  await page.waitForFunction(() => document.querySelector('#f-name')?.value === 'e2e-form');
+  assert.equal(await page.inputValue('#f-model-hidden'), '1024, 1024');
+  assert.equal(await page.inputValue('#f-dataset-kind'), 'idx');
   await page.goto(`${base}/?state=cancelled`);
   await page.locator('tbody tr').first().waitFor();
   const states = await page.locator('tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.state));

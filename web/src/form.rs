@@ -656,7 +656,14 @@ impl Reader<'_> {
 
 /// The spec the form describes, or every problem with it (parsing first, then
 /// [`JobSpec::validate`]; a field that failed to parse is not reported twice).
-pub fn spec_from_values(values: &FormValues) -> Result<JobSpec, Vec<FieldError>> {
+///
+/// `base` is the spec the form was filled from ("new job like this"): the fields the form has
+/// no input for (`max_attempts`, Adam's betas and epsilon, a charlm's `d_ff`) are kept from
+/// it instead of falling back to their defaults.
+pub fn spec_from_values(
+    values: &FormValues,
+    base: Option<&JobSpec>,
+) -> Result<JobSpec, Vec<FieldError>> {
     let mut r = Reader {
         values,
         errors: Vec::new(),
@@ -804,7 +811,7 @@ pub fn spec_from_values(values: &FormValues) -> Result<JobSpec, Vec<FieldError>>
         log_every: r.num("training.log_every", num_u),
         grad_clip,
     };
-    let spec = JobSpec {
+    let mut spec = JobSpec {
         name: r.raw("name").to_string(),
         seed,
         device,
@@ -816,6 +823,17 @@ pub fn spec_from_values(values: &FormValues) -> Result<JobSpec, Vec<FieldError>>
         schedule,
         training,
     };
+    if let Some(base) = base {
+        spec.max_attempts = base.max_attempts;
+        spec.optimizer.beta1 = base.optimizer.beta1;
+        spec.optimizer.beta2 = base.optimizer.beta2;
+        spec.optimizer.epsilon = base.optimizer.epsilon;
+        if let (ModelSpec::Charlm { d_ff, .. }, ModelSpec::Charlm { d_ff: kept, .. }) =
+            (&mut spec.model, &base.model)
+        {
+            *d_ff = *kept;
+        }
+    }
     let mut errors = r.errors;
     if let Err(more) = spec.validate() {
         // A field that did not parse holds a placeholder: its own error is the useful one.
@@ -859,9 +877,25 @@ mod tests {
         for (id, _, _) in PRESETS {
             let spec = preset(id);
             let values = values_from_spec(&spec);
-            let back = spec_from_values(&values).unwrap_or_else(|e| panic!("{id}: {e:?}"));
+            let back = spec_from_values(&values, None).unwrap_or_else(|e| panic!("{id}: {e:?}"));
             assert_eq!(back, spec, "preset {id}");
         }
+    }
+
+    #[test]
+    fn fields_without_an_input_are_kept_from_the_base_spec() {
+        let mut spec = preset("charlm");
+        spec.max_attempts = 7;
+        spec.optimizer.beta2 = 0.95;
+        spec.optimizer.epsilon = 1e-9;
+        if let ModelSpec::Charlm { d_ff, .. } = &mut spec.model {
+            *d_ff = Some(96);
+        }
+        let values = values_from_spec(&spec);
+        assert_eq!(spec_from_values(&values, Some(&spec)).expect("valid"), spec);
+        // Without the base they fall back to the defaults.
+        let fresh = spec_from_values(&values, None).expect("valid");
+        assert_eq!((fresh.max_attempts, fresh.optimizer.beta2), (3, 0.999));
     }
 
     #[test]
@@ -869,7 +903,7 @@ mod tests {
         let mut v = values_from_spec(&preset("mnist-mlp"));
         v.insert("optimizer.lr".into(), "fast".into());
         v.insert("model.hidden".into(), "128, x".into());
-        let errors = spec_from_values(&v).expect_err("must fail");
+        let errors = spec_from_values(&v, None).expect_err("must fail");
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["model.hidden", "optimizer.lr"]);
         assert!(errors[1].to_string().contains("`fast`"), "{}", errors[1]);
@@ -882,7 +916,7 @@ mod tests {
         v.insert("model.dropout".into(), "2".into());
         v.insert("model.conv".into(), "32:0".into());
         v.insert("name".into(), "bad name!".into());
-        let errors = spec_from_values(&v).expect_err("must fail");
+        let errors = spec_from_values(&v, None).expect_err("must fail");
         let by_field = errors_by_field(&errors);
         for field in ["training.batch_size", "model.dropout", "model.conv", "name"] {
             assert!(by_field.contains_key(field), "{field}: {by_field:?}");

@@ -29,6 +29,8 @@ pub fn NewJobPage() -> impl IntoView {
         .unwrap_or_else(|| "synthetic".into());
     let values = RwSignal::new(preset_values(&start).unwrap_or_default());
     let preset = RwSignal::new(start);
+    // The run this form was filled from, for the fields the form has no input for.
+    let base = RwSignal::new(None::<JobSpec>);
     let errors = RwSignal::new(std::collections::BTreeMap::<String, Vec<String>>::new());
     let error = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
@@ -40,6 +42,7 @@ pub fn NewJobPage() -> impl IntoView {
                 Ok(j) => {
                     let _ = values.try_set(values_from_spec(&j.spec));
                     let _ = preset.try_set(String::new());
+                    let _ = base.try_set(Some(j.spec));
                 }
                 Err(e) => {
                     let _ = error.try_set(Some(format!("cannot load job {from}: {e}")));
@@ -51,7 +54,9 @@ pub fn NewJobPage() -> impl IntoView {
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         error.set(None);
-        let spec = match values.with_untracked(spec_from_values) {
+        let spec = match base
+            .with_untracked(|b| values.with_untracked(|v| spec_from_values(v, b.as_ref())))
+        {
             Ok(spec) => spec,
             Err(list) => {
                 errors.set(errors_by_field(&list));
@@ -137,6 +142,7 @@ pub fn NewJobPage() -> impl IntoView {
                     if let Some(v) = preset_values(&p) {
                         values.set(v);
                         errors.set(Default::default());
+                        base.set(None);
                     }
                     preset.set(p);
                 }>
