@@ -123,6 +123,8 @@ test('a job submitted from the form appears in the list, charts grow while it ru
   await list.locator(`tr[data-job-id="${formJob}"][data-state="succeeded"]`).waitFor();
   // The worker column names the worker (kiln up's local worker), not its id.
   assert.match(await list.locator(`tr[data-job-id="${formJob}"]`).innerText(), /\(local\)/);
+  assert.match(await page.locator('dl.facts').innerText(), /\(local\)/, 'the worker by name');
+  assert.match(await page.locator('table.attempts').innerText(), /\(local\)/);
   await shot(page, 'job');
   await shot(list, 'jobs');
   await list.close();

@@ -2,8 +2,8 @@
 //! cancel and retry. `?from=&to=` in the URL is the zoomed step range.
 
 use kiln_shared::protocol::{
-    ArtifactInfo, AttemptInfo, JobId, JobInfo, LogEntry, MetricPoint, NewShare, ServerEvent,
-    ShareInfo,
+    ArtifactInfo, AttemptInfo, JobId, JobInfo, JobState, LogEntry, MetricPoint, NewShare,
+    ServerEvent, ShareInfo, WorkerInfo,
 };
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -145,6 +145,7 @@ fn JobView(id: JobId) -> impl IntoView {
     let attempts = RwSignal::new(Vec::<AttemptInfo>::new());
     let artifacts = RwSignal::new(Vec::<ArtifactInfo>::new());
     let shares = RwSignal::new(Vec::<ShareInfo>::new());
+    let worker_names = RwSignal::new(std::collections::HashMap::<String, String>::new());
     let new_link = RwSignal::new(None::<String>);
     let zoom = RwSignal::new(query.with_untracked(zoom_from_query));
     let now = RwSignal::new(api::now_ms());
@@ -160,6 +161,9 @@ fn JobView(id: JobId) -> impl IntoView {
             }
             if let Ok(s) = api::get::<Vec<ShareInfo>>(&format!("/api/jobs/{id}/shares")).await {
                 let _ = shares.try_set(s);
+            }
+            if let Ok(w) = api::get::<Vec<WorkerInfo>>("/api/workers").await {
+                let _ = worker_names.try_set(w.into_iter().map(|w| (w.id, w.name)).collect());
             }
         });
     };
@@ -324,34 +328,52 @@ fn JobView(id: JobId) -> impl IntoView {
         });
     };
 
+    let worker_name = move |id: Option<String>| match id {
+        Some(id) => worker_names.with(|m| m.get(&id).cloned()).unwrap_or(id),
+        None => "—".to_string(),
+    };
+    // The header re-renders only what changed: a running job updates several times a second,
+    // and re-creating the buttons each time would swallow clicks on them.
+    let state = Memo::new(move |_| job.with(|j| j.as_ref().map(|j| j.state)));
+    let title = Memo::new(move |_| job.with(|j| j.as_ref().map(|j| j.name.clone())));
+    let field = move |f: fn(&JobInfo) -> String| {
+        move || job.with(|j| j.as_ref().map(f).unwrap_or_default())
+    };
+    let step = Memo::new(move |_| {
+        job.with(|j| {
+            j.as_ref()
+                .map(|j| (j.step, j.total_steps))
+                .unwrap_or_default()
+        })
+    });
     let header = move || {
-        job.get().map(|j| {
-            let running = !j.state.is_terminal();
-            let retryable = matches!(j.state, kiln_shared::protocol::JobState::Failed | kiln_shared::protocol::JobState::Cancelled);
-            view! {
-                <div class="title-row">
-                    <h1><span class="muted">{format!("#{} ", j.id)}</span>{j.name.clone()}</h1>
-                    <StateBadge state=j.state/>
-                    <span class="spacer"></span>
-                    {running.then(|| view! { <button class="danger" on:click=move |_| act("cancel")>"Cancel"</button> })}
-                    {retryable.then(|| view! { <button on:click=move |_| act("retry")>"Retry"</button> })}
-                    <button on:click=share>"Share"</button>
-                    <A href=format!("/new?from={id}") attr:class="button">"New job like this"</A>
-                    <A href=format!("/compare?ids={id}") attr:class="button">"Compare…"</A>
-                </div>
-                <dl class="facts">
-                    <div><dt>"Progress"</dt><dd><Progress step=j.step total=j.total_steps/>
-                        <span class="small muted">{format!(" step {} / {}", j.step, j.total_steps)}</span></dd></div>
-                    <div><dt>"Worker"</dt><dd>{j.worker_id.clone().unwrap_or_else(|| "—".into())}</dd></div>
-                    <div><dt>"Device"</dt><dd>{j.spec.device.as_str()}</dd></div>
-                    <div><dt>"Submitted"</dt><dd>{move || format!("{} ago", age(j.created_ms, now.get()))}</dd></div>
-                    <div><dt>"Attempts"</dt><dd>{format!("{} of {}", j.attempts, j.max_attempts)}</dd></div>
-                    {j.group.clone().map(|g| view! {
-                        <div><dt>"Group"</dt><dd><A href=format!("/?group={}", api::enc(&g))>{g.clone()}</A></dd></div>
-                    })}
-                </dl>
-                {j.error.clone().map(|e| view! { <p class="error" role="alert">{e}</p> })}
-            }
+        title.get().map(|name| view! {
+            <div class="title-row">
+                <h1><span class="muted">{format!("#{id} ")}</span>{name}</h1>
+                {move || state.get().map(|s| view! { <StateBadge state=s/> })}
+                <span class="spacer"></span>
+                {move || state.get().filter(|s| !s.is_terminal()).map(|_| view! {
+                    <button class="danger" on:click=move |_| act("cancel")>"Cancel"</button>
+                })}
+                {move || state.get().filter(|s| matches!(s, JobState::Failed | JobState::Cancelled)).map(|_| view! {
+                    <button on:click=move |_| act("retry")>"Retry"</button>
+                })}
+                <button on:click=share>"Share"</button>
+                <A href=format!("/new?from={id}") attr:class="button">"New job like this"</A>
+                <A href=format!("/compare?ids={id}") attr:class="button">"Compare…"</A>
+            </div>
+            <dl class="facts">
+                <div><dt>"Progress"</dt><dd>{move || { let (s, t) = step.get(); view! { <Progress step=s total=t/> } }}
+                    <span class="small muted">{move || { let (s, t) = step.get(); format!(" step {s} / {t}") }}</span></dd></div>
+                <div><dt>"Worker"</dt><dd>{move || worker_name(job.with(|j| j.as_ref().and_then(|j| j.worker_id.clone())))}</dd></div>
+                <div><dt>"Device"</dt><dd>{field(|j| j.spec.device.as_str().to_string())}</dd></div>
+                <div><dt>"Submitted"</dt><dd>{move || job.with(|j| j.as_ref().map(|j| j.created_ms)).map(|t| format!("{} ago", age(t, now.get())))}</dd></div>
+                <div><dt>"Attempts"</dt><dd>{field(|j| format!("{} of {}", j.attempts, j.max_attempts))}</dd></div>
+                {move || job.with(|j| j.as_ref().and_then(|j| j.group.clone())).map(|g| view! {
+                    <div><dt>"Group"</dt><dd><A href=format!("/?group={}", api::enc(&g))>{g.clone()}</A></dd></div>
+                })}
+            </dl>
+            {move || job.with(|j| j.as_ref().and_then(|j| j.error.clone())).map(|e| view! { <p class="error" role="alert">{e}</p> })}
         })
     };
 
@@ -417,7 +439,10 @@ fn JobView(id: JobId) -> impl IntoView {
                             <For each=move || attempts.get() key=|a| (a.attempt, a.state) let:a>
                                 <tr>
                                     <td>{a.attempt}</td>
-                                    <td>{a.worker_id.clone()}</td>
+                                    <td title=a.worker_id.clone()>{
+                                        let w = a.worker_id.clone();
+                                        move || worker_name(Some(w.clone()))
+                                    }</td>
                                     <td><StateBadge state=a.state/></td>
                                     <td>{a.resumed_from_step.map(|s| format!("step {s}")).unwrap_or_else(|| "—".into())}</td>
                                     <td>{a.error.clone().unwrap_or_default()}</td>

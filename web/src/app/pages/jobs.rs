@@ -180,17 +180,28 @@ pub fn JobsPage() -> impl IntoView {
                     <th class="wide">"Worker"</th><th>"Age"</th>
                 </tr></thead>
                 <tbody>
-                    <For each=move || jobs.get() key=|j| (j.id, j.state, j.step) let:job>
+                    // Keyed by id: a row is made once and its live cells update in place, so a
+                    // running job's updates never re-create the checkbox or links under the mouse.
+                    <For each=move || jobs.get() key=|j| j.id let:job>
                         {
                             let id = job.id;
-                            let worker_id = job.worker_id.clone();
+                            let live = move |f: fn(&JobInfo) -> Option<String>| move || {
+                                jobs.with(|l| l.iter().find(|j| j.id == id).and_then(f))
+                            };
+                            let state = Memo::new(move |_| {
+                                jobs.with(|l| l.iter().find(|j| j.id == id).map(|j| j.state))
+                            });
+                            let step = Memo::new(move |_| {
+                                jobs.with(|l| l.iter().find(|j| j.id == id).map(|j| (j.step, j.total_steps)))
+                            });
+                            let worker_id = live(|j| j.worker_id.clone());
                             // The name once the workers list has arrived; the id until then.
-                            let worker = move || match &worker_id {
-                                Some(w) => workers.with(|m| m.get(w).cloned()).unwrap_or_else(|| w.clone()),
+                            let worker = move || match worker_id() {
+                                Some(w) => workers.with(|m| m.get(&w).cloned()).unwrap_or(w),
                                 None => "—".to_string(),
                             };
                             view! {
-                                <tr data-job-id=id data-state=job.state.as_str()>
+                                <tr data-job-id=id data-state=move || state.get().map(JobState::as_str)>
                                     <td><input type="checkbox" aria-label=format!("select job {id}")
                                         prop:checked=move || selected.with(|s| s.contains(&id))
                                         on:change=move |ev| {
@@ -200,8 +211,8 @@ pub fn JobsPage() -> impl IntoView {
                                     <td><A href=format!("/jobs/{id}")>{format!("#{id}")}</A></td>
                                     <td><A href=format!("/jobs/{id}")>{job.name.clone()}</A>
                                         {job.group.clone().map(|g| view! { <span class="muted small">" · " {g}</span> })}</td>
-                                    <td><StateBadge state=job.state/></td>
-                                    <td><Progress step=job.step total=job.total_steps/></td>
+                                    <td>{move || state.get().map(|s| view! { <StateBadge state=s/> })}</td>
+                                    <td>{move || step.get().map(|(s, t)| view! { <Progress step=s total=t/> })}</td>
                                     <td class="wide">{worker}</td>
                                     <td>{move || age(job.created_ms, now.get())}</td>
                                 </tr>
