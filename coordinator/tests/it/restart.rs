@@ -4,9 +4,7 @@ use std::time::Duration;
 
 use kiln_coordinator::client::MetricQuery;
 use kiln_shared::metric::{Metric, Split};
-use kiln_shared::protocol::{
-    AttemptOutcome, CloseReason, CoordinatorMessage, JobState, WorkerMessage,
-};
+use kiln_shared::protocol::{CloseReason, CoordinatorMessage, JobState, WorkerMessage};
 
 use crate::support::{self, Next, expect_assign, send_json};
 
@@ -123,16 +121,7 @@ async fn restart_keeps_jobs_and_reattaches_running_attempts() {
     }
     let still = client.job(job.id).await.expect("job");
     assert_eq!((still.state, still.attempts), (JobState::Running, 1));
-    send_json(
-        &mut w,
-        &WorkerMessage::Finished {
-            attempt,
-            outcome: AttemptOutcome::Succeeded,
-            error: None,
-            steps: 10,
-        },
-    )
-    .await;
+    support::finish_ok(&mut w, attempt, 10).await;
     support::wait_state(&client, job.id, JobState::Succeeded).await;
     assert_eq!(client.attempts(job.id).await.expect("attempts").len(), 1);
     c.shutdown().await;

@@ -6,7 +6,7 @@ use reqwest::{Method, StatusCode};
 
 use kiln_coordinator::client::{Client, MetricQuery};
 use kiln_shared::metric::{Metric, Split};
-use kiln_shared::protocol::{AttemptOutcome, JobState, WorkerMessage};
+use kiln_shared::protocol::{JobState, WorkerMessage};
 
 use crate::api::{error_body, raw};
 use crate::support::{self, ADMIN, expect_assign, send_json};
@@ -56,16 +56,7 @@ async fn share_links_open_one_run_read_only_until_revoked() {
         let points = chunk.to_vec();
         send_json(&mut w, &WorkerMessage::Metrics { attempt, points }).await;
     }
-    send_json(
-        &mut w,
-        &WorkerMessage::Finished {
-            attempt,
-            outcome: AttemptOutcome::Succeeded,
-            error: None,
-            steps: 1000,
-        },
-    )
-    .await;
+    support::finish_ok(&mut w, attempt, 1000).await;
     let done = support::wait_state(&admin, job.id, JobState::Succeeded).await;
     assert_eq!(done.worker_id.as_deref(), Some("gpu-box.internal"));
 

@@ -118,6 +118,17 @@ pub async fn send_json<T: serde::Serialize>(ws: &mut Ws, msg: &T) {
     ws.send(Message::Text(text.into())).await.expect("send");
 }
 
+/// The worker reports its attempt finished successfully after `steps` steps.
+pub async fn finish_ok(ws: &mut Ws, attempt: AttemptRef, steps: u64) {
+    let msg = WorkerMessage::Finished {
+        attempt,
+        outcome: kiln_shared::protocol::AttemptOutcome::Succeeded,
+        error: None,
+        steps,
+    };
+    send_json(ws, &msg).await;
+}
+
 /// What came next on a socket.
 #[derive(Debug)]
 pub enum Next<T> {

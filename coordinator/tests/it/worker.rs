@@ -115,16 +115,7 @@ async fn a_job_runs_on_a_fake_worker() {
         },
     )
     .await;
-    send_json(
-        &mut ws,
-        &WorkerMessage::Finished {
-            attempt,
-            outcome: AttemptOutcome::Succeeded,
-            error: None,
-            steps: 4,
-        },
-    )
-    .await;
+    support::finish_ok(&mut ws, attempt, 4).await;
 
     let done = support::wait_state(&client, job.id, JobState::Succeeded).await;
     assert_eq!((done.step, done.total_steps), (4, 4));
@@ -514,16 +505,7 @@ async fn many_metrics_are_downsampled() {
             .collect();
         send_json(&mut w, &WorkerMessage::Metrics { attempt, points }).await;
     }
-    send_json(
-        &mut w,
-        &WorkerMessage::Finished {
-            attempt,
-            outcome: AttemptOutcome::Succeeded,
-            error: None,
-            steps: 10_000,
-        },
-    )
-    .await;
+    support::finish_ok(&mut w, attempt, 10_000).await;
     support::wait_state(&client, job.id, JobState::Succeeded).await;
     let all = client
         .metrics(
