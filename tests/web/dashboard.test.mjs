@@ -288,11 +288,15 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   }
   await page.close();
 
-  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true });
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
   await phone.addInitScript(signIn, TOKEN);
   const p = await phone.newPage();
   await p.goto(`${base}/jobs/${formJob}`);
   await p.locator('.chart-loss canvas:not([data-points="0"])').waitFor();
+  // A tap on a chart shows the values there.
+  const tapBox = await p.locator('.chart-loss canvas').boundingBox();
+  await p.touchscreen.tap(tapBox.x + tapBox.width / 2, tapBox.y + tapBox.height / 2);
+  assert.match(await p.locator('.chart-loss .tooltip').innerText(), /train \d/);
   const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 1, `page is ${overflow}px wider than a phone`);
   await shot(p, 'job-phone');

@@ -1,9 +1,10 @@
 //! A line chart on a `<canvas>`, drawn by plotters. The series arrive already downsampled
 //! (LTTB on the coordinator, and again in the page once live points pile up), so a run of
 //! 10⁵ points draws a few thousand segments. Drag across the plot to zoom on steps,
-//! double-click to reset; hovering shows the values at the nearest step.
+//! double-click to reset; hovering shows the values at the nearest step. Pointer events, so a
+//! finger on a phone does the same as a mouse (`touch-action: pan-y` keeps vertical scrolling).
 
-use leptos::ev::MouseEvent;
+use leptos::ev::PointerEvent;
 use leptos::html::Canvas;
 use leptos::prelude::*;
 use plotters::prelude::*;
@@ -74,11 +75,11 @@ pub fn Chart(
         }
     });
 
-    let on_move = move |ev: MouseEvent| {
+    // The values at the step under `px`; a touch shows them on pointer-down.
+    let show = move |px: i32| {
         let Some(g) = geometry.get_value() else {
             return;
         };
-        let px = ev.offset_x();
         let step = g.step_at(px);
         let parts: Vec<String> = series.with_untracked(|all| {
             all.iter()
@@ -92,7 +93,7 @@ pub fn Chart(
         });
         hover.set((!parts.is_empty()).then(|| (px, parts.join(" · "))));
     };
-    let on_up = move |ev: MouseEvent| {
+    let on_up = move |ev: PointerEvent| {
         let (Some(from), Some(g)) = (drag_from.get_value(), geometry.get_value()) else {
             return;
         };
@@ -116,13 +117,19 @@ pub fn Chart(
                     data-points=move || drawn_points.get()
                     data-series=move || drawn_series.get()
                     data-last-step=move || last_step.get()
-                    on:mousemove=on_move
-                    on:mouseleave=move |_| {
-                        hover.set(None);
+                    on:pointermove=move |ev: PointerEvent| show(ev.offset_x())
+                    on:pointerleave=move |ev: PointerEvent| {
+                        // A lifted finger leaves too: keep what the tap showed.
+                        if ev.pointer_type() != "touch" {
+                            hover.set(None);
+                        }
                         drag_from.set_value(None);
                     }
-                    on:mousedown=move |ev: MouseEvent| drag_from.set_value(Some(ev.offset_x()))
-                    on:mouseup=on_up
+                    on:pointerdown=move |ev: PointerEvent| {
+                        drag_from.set_value(Some(ev.offset_x()));
+                        show(ev.offset_x());
+                    }
+                    on:pointerup=on_up
                     on:dblclick=move |_| zoom.set(None)
                 ></canvas>
                 {move || hover.get().map(|(px, text)| view! {
