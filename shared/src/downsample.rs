@@ -124,6 +124,17 @@ mod tests {
     }
 
     #[test]
+    fn a_long_run_is_kept_within_budget() {
+        let points: Vec<_> = (0..100_000)
+            .map(|i| point(i, Split::Train, 1.0 / (1.0 + i as f64)))
+            .collect();
+        let kept = downsample(points, 2_000);
+        assert!(kept.len() <= 2_000 && kept.len() > 1_000, "{}", kept.len());
+        assert_eq!(kept.first().map(|p| p.metric.step), Some(0));
+        assert_eq!(kept.last().map(|p| p.metric.step), Some(99_999));
+    }
+
+    #[test]
     fn small_series_is_untouched() {
         let pts: Vec<_> = (0..10).map(|s| point(s, Split::Train, 1.0)).collect();
         assert_eq!(downsample(pts.clone(), 10), pts);

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_shared::JobSpec;
-use kiln_shared::downsample::downsample;
 use kiln_shared::metric::Split;
 use kiln_shared::protocol::MetricPoint;
 
@@ -90,16 +89,6 @@ pub fn series(points: &[MetricPoint], q: Quantity, range: Option<(f64, f64)>) ->
         }
     }
     out
-}
-
-/// The points a chart keeps: everything while small; past `budget`, LTTB per split (the same
-/// code the coordinator uses), so a live run of 10⁵ points stays cheap to draw.
-pub fn keep_drawable(points: Vec<MetricPoint>, budget: usize) -> Vec<MetricPoint> {
-    if points.len() <= budget {
-        points
-    } else {
-        downsample(points, budget)
-    }
 }
 
 /// Append live points, keeping the order by step and dropping points a newer attempt
@@ -277,17 +266,6 @@ mod tests {
         );
         let steps: Vec<u64> = points.iter().map(|p| p.metric.step).collect();
         assert_eq!(steps, [1, 2, 3]);
-    }
-
-    #[test]
-    fn a_long_run_is_kept_within_budget() {
-        let points: Vec<_> = (0..100_000)
-            .map(|i| pt(i, Split::Train, 1.0 / (1.0 + i as f64), None))
-            .collect();
-        let kept = keep_drawable(points, 2_000);
-        assert!(kept.len() <= 2_000 && kept.len() > 1_000, "{}", kept.len());
-        assert_eq!(kept.first().map(|p| p.metric.step), Some(0));
-        assert_eq!(kept.last().map(|p| p.metric.step), Some(99_999));
     }
 
     #[test]

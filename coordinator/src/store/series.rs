@@ -97,12 +97,8 @@ impl Store {
             q.push(" AND step <= ").push_bind(from_u64(to));
         }
         q.push(" ORDER BY step, rowid");
-        self.read_points(q).await
-    }
-
-    /// Positional tuples, streamed: a chart overview of a 10⁵-point run reads every row, and
-    /// per-row column lookups by name plus a buffered `Vec<SqliteRow>` cost ≈ 20 % more.
-    async fn read_points(&self, mut q: QueryBuilder<'_, Sqlite>) -> StoreResult<Vec<MetricPoint>> {
+        // Positional tuples, streamed: a chart overview of a 10⁵-point run reads every row, and
+        // per-row column lookups by name plus a buffered `Vec<SqliteRow>` cost ≈ 20 % more.
         type Row = (
             i64,
             i64,

@@ -1,6 +1,7 @@
 //! One run: live charts, final metrics, log tail, spec, artifacts, attempts, share links;
 //! cancel and retry. `?from=&to=` in the URL is the zoomed step range.
 
+use kiln_shared::downsample::downsample;
 use kiln_shared::protocol::{
     ArtifactInfo, AttemptInfo, JobId, JobInfo, JobState, LogEntry, MetricPoint, NewShare,
     ServerEvent, ShareInfo, WorkerInfo,
@@ -13,7 +14,7 @@ use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::chart::Chart;
 use crate::app::{api, events};
-use crate::runs::{Quantity, age, final_values, fmt_value, keep_drawable, merge_live, series};
+use crate::runs::{Quantity, age, final_values, fmt_value, merge_live, series};
 
 /// Points asked of the coordinator per view (it downsamples with LTTB).
 pub const FETCH_POINTS: usize = 2000;
@@ -249,7 +250,7 @@ fn JobView(id: JobId) -> impl IntoView {
             let _ = points.try_update(|p| {
                 merge_live(p, new);
                 if p.len() > LIVE_BUDGET {
-                    *p = keep_drawable(std::mem::take(p), FETCH_POINTS);
+                    *p = downsample(std::mem::take(p), FETCH_POINTS);
                 }
             });
         }

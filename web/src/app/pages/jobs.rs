@@ -7,6 +7,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
+use leptos_router::params::ParamsMap;
 
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::{api, events};
@@ -18,15 +19,7 @@ const PAGE: usize = 50;
 pub fn JobsPage() -> impl IntoView {
     let query = use_query_map();
     let navigate = use_navigate();
-    let filter = move || {
-        query.with(|q| {
-            (
-                q.get("state").unwrap_or_default(),
-                q.get("name").unwrap_or_default(),
-                q.get("group").unwrap_or_default(),
-            )
-        })
-    };
+    let filter = move || query.with(filter_of);
     let jobs = RwSignal::new(Vec::<JobInfo>::new());
     let total = RwSignal::new(0u64);
     let workers = RwSignal::new(HashMap::<String, String>::new());
@@ -68,7 +61,7 @@ pub fn JobsPage() -> impl IntoView {
 
     let listener = events::listen(move |event| match event {
         ServerEvent::Job { job } => {
-            let (state, name, group) = filter_untracked(query);
+            let (state, name, group) = query.with_untracked(filter_of);
             let matches = (state.is_empty() || job.state.as_str() == state)
                 && (name.is_empty() || job.name.contains(&name))
                 && (group.is_empty() || job.group.as_deref() == Some(group.as_str()));
@@ -234,12 +227,11 @@ pub fn JobsPage() -> impl IntoView {
     }
 }
 
-fn filter_untracked(query: Memo<leptos_router::params::ParamsMap>) -> (String, String, String) {
-    query.with_untracked(|q| {
-        (
-            q.get("state").unwrap_or_default(),
-            q.get("name").unwrap_or_default(),
-            q.get("group").unwrap_or_default(),
-        )
-    })
+/// (state, name, group) of `/?state=&name=&group=`; empty when absent.
+fn filter_of(q: &ParamsMap) -> (String, String, String) {
+    (
+        q.get("state").unwrap_or_default(),
+        q.get("name").unwrap_or_default(),
+        q.get("group").unwrap_or_default(),
+    )
 }
