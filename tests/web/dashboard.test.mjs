@@ -157,12 +157,36 @@ test('invalid form input shows the error at its field and creates no job', async
 test('cancel from the job page stops a running job', async () => {
   const id = await submit(blobs('e2e-cancel', { hidden: [1024, 1024], features: 256, examples: 20000, batch: 256, epochs: 1000 }));
   const page = await ctx.newPage();
+  // The cancel's HTTP answer (job still `running`, cancel requested) is held back 1.5 s, so
+  // the `cancelled` event over /ws/events arrives first — a slow network, which a local
+  // socket cannot produce for real. The page must not go back to `running` when it lands.
+  let answered = false;
+  await page.route('**/api/jobs/*/cancel', async (route) => {
+    const response = await route.fetch();
+    await new Promise((r) => setTimeout(r, 1500));
+    await route.fulfill({ response });
+    answered = true;
+  });
   await page.goto(`${base}/jobs/${id}`);
+  // On a timeout, say where the job and the page were.
+  const step = async (what, fn) => {
+    try {
+      await fn();
+    } catch (e) {
+      const job = (await api(`/api/jobs/${id}`)).body;
+      const shown = await page.locator('section.job .title-row').innerText().catch(() => '?');
+      throw new Error(`${what}: ${e.message.split('\n')[0]}; job is ${job.state} at step ${job.step}; page shows ${JSON.stringify(shown)}`);
+    }
+  };
   try {
-    await page.locator('section.job .title-row .badge.running').waitFor({ timeout: 60_000 });
-    await page.getByRole('button', { name: 'Cancel' }).click();
-    await page.locator('section.job .title-row .badge.cancelled').waitFor({ timeout: 30_000 });
+    await step('wait for running', () => page.locator('section.job .title-row .badge.running').waitFor({ timeout: 60_000 }));
+    await step('click Cancel', () => page.getByRole('button', { name: 'Cancel' }).click({ timeout: 10_000 }));
+    await step('wait for cancelled', () => page.locator('section.job .title-row .badge.cancelled').waitFor({ timeout: 30_000 }));
     assert.equal((await api(`/api/jobs/${id}`)).body.state, 'cancelled');
+    for (let i = 0; i < 40 && !answered; i++) await page.waitForTimeout(100);
+    assert.ok(answered, 'the held-back cancel answer was delivered');
+    await page.waitForTimeout(300);
+    assert.equal(await badge(page).innerText(), 'cancelled', 'a stale answer put an older state back');
     assert.equal(await page.getByRole('button', { name: 'Retry' }).count(), 1);
   } finally {
     await api(`/api/jobs/${id}/cancel`, { method: 'POST' }); // never leave it running

@@ -168,7 +168,13 @@ fn JobView(id: JobId) -> impl IntoView {
             }
         });
     };
+    // Fetches and live events race: a fetch started before the newest job event (or before a
+    // newer fetch) must not put an older state back on the page. Each bumps `version`; a
+    // fetched job is shown only if nothing newer came meanwhile.
+    let version = StoredValue::new(0u64);
     let load = move || {
+        version.update_value(|v| *v += 1);
+        let started = version.get_value();
         spawn_local(async move {
             let job_url = format!("/api/jobs/{id}");
             let url = metrics_url(&format!("/api/jobs/{id}/metrics"), None);
@@ -178,15 +184,27 @@ fn JobView(id: JobId) -> impl IntoView {
             );
             match j {
                 Ok(j) => {
-                    let _ = job.try_set(Some(j));
+                    if version.try_get_value() == Some(started) {
+                        let _ = job.try_set(Some(j));
+                    }
                 }
                 Err(e) => {
                     let _ = error.try_set(Some(e.to_string()));
                     return;
                 }
             }
-            if let Ok(p) = p {
-                let _ = points.try_set(p);
+            // The fetched history, plus what arrived live beyond it meanwhile.
+            if let Ok(mut p) = p {
+                let _ = points.try_update(|held| {
+                    let last = p.last().map(|x| x.metric.step);
+                    let newer: Vec<MetricPoint> = held
+                        .iter()
+                        .filter(|x| last.is_none_or(|l| x.metric.step > l))
+                        .cloned()
+                        .collect();
+                    merge_live(&mut p, &newer);
+                    *held = p;
+                });
             }
             if let Ok(mut l) =
                 api::get::<Vec<LogEntry>>(&format!("/api/jobs/{id}/logs?limit=10000")).await
@@ -237,6 +255,7 @@ fn JobView(id: JobId) -> impl IntoView {
     let listener = events::listen(move |event| match event {
         ServerEvent::Job { job: j } if j.id == id => {
             let ended = j.state.is_terminal();
+            version.update_value(|v| *v += 1);
             let _ = job.try_set(Some(j.clone()));
             let _ = now.try_set(api::now_ms());
             if ended {
@@ -284,10 +303,16 @@ fn JobView(id: JobId) -> impl IntoView {
 
     let act = move |what: &'static str| {
         action_error.set(None);
+        // A cancel can end the job (and its event arrive) before this answer, which still
+        // says running: only show the answer if no event came first.
+        version.update_value(|v| *v += 1);
+        let started = version.get_value();
         spawn_local(async move {
             match api::post_empty::<JobInfo>(&format!("/api/jobs/{id}/{what}")).await {
                 Ok(j) => {
-                    let _ = job.try_set(Some(j));
+                    if version.try_get_value() == Some(started) {
+                        let _ = job.try_set(Some(j));
+                    }
                 }
                 Err(e) => {
                     let _ = action_error.try_set(Some(format!("{what} failed: {e}")));
