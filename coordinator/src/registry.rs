@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use kiln_shared::protocol::{Capabilities, CloseReason, CoordinatorMessage};
+use kiln_shared::protocol::{AttemptRef, Capabilities, CloseReason, CoordinatorMessage};
 
 /// What the coordinator wants a worker's socket task to do.
 #[derive(Debug, Clone)]
@@ -25,6 +25,13 @@ struct Entry {
     tx: Option<mpsc::UnboundedSender<Outbound>>,
     capabilities: Capabilities,
     draining: bool,
+    /// Set once the worker's hello is reconciled with the database; until then it is no
+    /// scheduling candidate.
+    ready: bool,
+    /// What the worker last said it runs (hello, heartbeats), less attempts it finished since.
+    /// A worker still running something is no candidate even where the database says it is
+    /// free: an attempt declared lost while the worker was cut off runs until its cancel lands.
+    running: Vec<AttemptRef>,
     last_seen: Instant,
     connected_at: Instant,
 }
@@ -54,6 +61,7 @@ impl Registry {
         id: &str,
         capabilities: Capabilities,
         draining: bool,
+        running: Vec<AttemptRef>,
         tx: mpsc::UnboundedSender<Outbound>,
     ) -> (u64, Option<mpsc::UnboundedSender<Outbound>>) {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -65,6 +73,8 @@ impl Registry {
                 tx: Some(tx),
                 capabilities,
                 draining,
+                ready: false,
+                running,
                 last_seen: now,
                 connected_at: now,
             },
@@ -101,18 +111,48 @@ impl Registry {
             .is_some_and(|tx| tx.send(msg).is_ok())
     }
 
+    /// Make a connection a scheduling candidate (see `Entry::ready`).
+    pub fn set_ready(&self, id: &str, conn_id: u64) {
+        if let Some(e) = self.lock().get_mut(id)
+            && e.conn_id == conn_id
+        {
+            e.ready = true;
+        }
+    }
+
+    /// The attempts a worker says it runs (a heartbeat). `true` if that freed it.
+    pub fn set_running(&self, id: &str, conn_id: u64, running: Vec<AttemptRef>) -> bool {
+        match self.lock().get_mut(id) {
+            Some(e) if e.conn_id == conn_id => {
+                let freed = !e.running.is_empty() && running.is_empty();
+                e.running = running;
+                freed
+            }
+            _ => false,
+        }
+    }
+
+    /// A worker finished `attempt`: it no longer runs it.
+    pub fn finished(&self, id: &str, conn_id: u64, attempt: AttemptRef) {
+        if let Some(e) = self.lock().get_mut(id)
+            && e.conn_id == conn_id
+        {
+            e.running.retain(|a| *a != attempt);
+        }
+    }
+
     pub fn set_draining(&self, id: &str) {
         if let Some(e) = self.lock().get_mut(id) {
             e.draining = true;
         }
     }
 
-    /// Connected, non-draining workers, oldest connection first.
+    /// Connected workers that are ready, not draining and run nothing; oldest connection first.
     pub fn candidates(&self) -> Vec<Candidate> {
         let entries = self.lock();
         let mut list: Vec<(&String, &Entry)> = entries
             .iter()
-            .filter(|(_, e)| e.tx.is_some() && !e.draining)
+            .filter(|(_, e)| e.tx.is_some() && e.ready && !e.draining && e.running.is_empty())
             .collect();
         list.sort_by_key(|(id, e)| (e.connected_at, (*id).clone()));
         list.into_iter()

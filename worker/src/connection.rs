@@ -385,6 +385,11 @@ async fn handle_coordinator_message(
                     return Ok(()); // already running it (re-sent after a reconnect)
                 }
                 warn!(?attempt, running = ?job.attempt, "assigned a job while busy; refusing");
+                // Say what runs first, so the coordinator does not pick this worker again
+                // until it is free.
+                state.outbox.push_back(WorkerMessage::Heartbeat {
+                    running: vec![job.attempt],
+                });
                 state.outbox.push_back(WorkerMessage::Finished {
                     attempt,
                     outcome: kiln_shared::protocol::AttemptOutcome::Failed,

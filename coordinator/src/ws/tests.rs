@@ -237,3 +237,213 @@ fn hello_checks() {
         Err(CloseReason::BadMessage { .. })
     ));
 }
+
+/// A worker becomes a scheduling candidate only once its hello is reconciled with the attempts
+/// the database gives it. Before, the connection was registered first: the scheduler could
+/// assign a job in that gap, and the reconcile then failed the fresh attempt as "reconnected
+/// without this attempt" (seen in CI, where the job was re-sent to the same busy worker until
+/// its attempts ran out). Here each worker reconnects without the attempt it held, while a
+/// task checks, over and over, that no candidate still has an unreconciled attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_is_a_candidate_only_after_its_hello_is_reconciled() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, _keep) = state(dir.path()).await;
+    let spec = kiln_shared::JobSpec::from_json_str(
+        r#"{"name":"j","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
+    )
+    .expect("valid spec");
+    const WORKERS: usize = 24;
+    let caps = match hello("x") {
+        WorkerMessage::Hello { capabilities, .. } => capabilities,
+        _ => unreachable!(),
+    };
+    for i in 0..WORKERS {
+        // An attempt held by an earlier connection of w{i}.
+        let id = format!("w{i}");
+        state
+            .store
+            .connect_worker(&id, &id, &caps, false)
+            .await
+            .expect("worker row");
+        let job = state.store.insert_job(&spec, None).await.expect("insert");
+        state
+            .store
+            .assign(job.id, &id)
+            .await
+            .expect("assign")
+            .expect("assigned");
+    }
+    let (stop, checks, violations) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let watcher = tokio::spawn({
+        let (state, stop, checks, violations) = (
+            state.clone(),
+            stop.clone(),
+            checks.clone(),
+            violations.clone(),
+        );
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                let candidates = state.workers.candidates();
+                if candidates.is_empty() {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                let running = state.store.running_attempts().await.expect("read");
+                for c in &candidates {
+                    if let Some(r) = running.iter().find(|r| r.worker_id == c.id) {
+                        violations.lock().expect("lock").push(r.attempt);
+                    }
+                }
+                checks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let mut connections = Vec::new();
+    for i in 0..WORKERS {
+        let (in_tx, in_rx, out_tx, mut out) = pipes();
+        in_tx
+            .unbounded_send(text(&hello(&format!("w{i}"))))
+            .expect("send");
+        let task = tokio::spawn(worker::serve(state.clone(), out_tx, in_rx));
+        match next_out(&mut out).await {
+            Message::Text(t) => assert!(t.contains("welcome"), "{t}"),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+        connections.push((in_tx, out, task));
+    }
+    stop.store(true, Ordering::Relaxed);
+    watcher.await.expect("watcher ends");
+    assert!(checks.load(Ordering::Relaxed) > 0, "the watcher never ran");
+    let violations = violations.lock().expect("lock").clone();
+    assert!(
+        violations.is_empty(),
+        "workers were candidates while still holding attempts their hello did not claim: \
+         {violations:?}"
+    );
+    // And the reconcile did its job: every old attempt ended.
+    assert!(
+        state
+            .store
+            .running_attempts()
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    drop(connections);
+}
+
+/// A worker cut off long enough for its attempt to be declared lost comes back still running
+/// it: it gets a cancel, and no new job until it says it is free (before, the new job was
+/// refused as "busy" and that refusal used up one of the job's attempts).
+#[tokio::test]
+async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, _keep) = state(dir.path()).await;
+    let spec = kiln_shared::JobSpec::from_json_str(
+        r#"{"name":"j","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
+    )
+    .expect("valid spec");
+    let WorkerMessage::Hello { capabilities, .. } = hello("w") else {
+        unreachable!()
+    };
+    state
+        .store
+        .connect_worker("w", "w", &capabilities, false)
+        .await
+        .expect("worker row");
+    let job = state.store.insert_job(&spec, None).await.expect("insert");
+    let lost = state
+        .store
+        .assign(job.id, "w")
+        .await
+        .expect("assign")
+        .expect("assigned")
+        .attempt;
+    state
+        .store
+        .finish_attempt(
+            lost,
+            kiln_shared::protocol::AttemptOutcome::Failed,
+            Some("worker lost"),
+            None,
+        )
+        .await
+        .expect("declared lost")
+        .expect("current");
+
+    let (in_tx, in_rx, out_tx, mut out) = pipes();
+    let WorkerMessage::Hello {
+        protocol_version,
+        worker_id,
+        name,
+        capabilities,
+        ..
+    } = hello("w")
+    else {
+        unreachable!()
+    };
+    in_tx
+        .unbounded_send(text(&WorkerMessage::Hello {
+            protocol_version,
+            worker_id,
+            name,
+            capabilities,
+            running: vec![lost],
+        }))
+        .expect("send");
+    let task = tokio::spawn(worker::serve(state.clone(), out_tx, in_rx));
+    let mut next_msg = async || match next_out(&mut out).await {
+        Message::Text(t) => serde_json::from_str::<CoordinatorMessage>(&t).expect("json"),
+        other => panic!("expected a message, got {other:?}"),
+    };
+    assert!(matches!(
+        next_msg().await,
+        CoordinatorMessage::Welcome { .. }
+    ));
+    assert_eq!(
+        next_msg().await,
+        CoordinatorMessage::Cancel { attempt: lost }
+    );
+    crate::scheduler::pass(&state).await.expect("pass");
+    assert_eq!(
+        state.store.job(job.id).await.expect("job").state,
+        kiln_shared::protocol::JobState::Queued,
+        "the requeued job went to a worker still busy with its lost attempt"
+    );
+
+    // The lost attempt stops; the worker is free and gets the job again.
+    in_tx
+        .unbounded_send(text(&WorkerMessage::Finished {
+            attempt: lost,
+            outcome: kiln_shared::protocol::AttemptOutcome::Cancelled,
+            error: None,
+            steps: 0,
+        }))
+        .expect("send");
+    let assigned = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            crate::scheduler::pass(&state).await.expect("pass");
+            let job = state.store.job(job.id).await.expect("job");
+            if job.state == kiln_shared::protocol::JobState::Running {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("assigned once free");
+    assert_eq!(assigned.attempts, 2, "{assigned:?}");
+    match next_msg().await {
+        CoordinatorMessage::Assign { attempt, .. } => assert_eq!(attempt.attempt, 2),
+        other => panic!("expected the assignment, got {other:?}"),
+    }
+    drop(in_tx);
+    task.await.expect("ends");
+}

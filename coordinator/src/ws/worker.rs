@@ -129,10 +129,13 @@ where
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let (conn_id, old) =
-        state
-            .workers
-            .connect(&id, hello.capabilities.clone(), worker.draining, tx);
+    let (conn_id, old) = state.workers.connect(
+        &id,
+        hello.capabilities.clone(),
+        worker.draining,
+        hello.running.clone(),
+        tx,
+    );
     if let Some(old) = old {
         info!("a new connection supersedes the old one");
         let _ = old.send(Outbound::Close(CloseReason::Superseded));
@@ -141,6 +144,9 @@ where
     if let Err(e) = reattach(&state, &id, &hello.running).await {
         warn!(error = %e, "cannot re-attach running attempts");
     }
+    // Only now may the scheduler pick it: an attempt assigned before the reconcile would
+    // look like one this hello left out, and be failed.
+    state.workers.set_ready(&id, conn_id);
     let welcome = CoordinatorMessage::Welcome {
         protocol_version: PROTOCOL_VERSION,
         worker_id: id.clone(),
@@ -290,12 +296,20 @@ impl Conn<'_> {
                     message: "hello may only be the first frame".into(),
                 });
             }
-            WorkerMessage::Heartbeat { .. } => self
-                .state
-                .store
-                .touch_worker(self.id)
-                .await
-                .map_err(Into::into),
+            WorkerMessage::Heartbeat { running } => {
+                if self
+                    .state
+                    .workers
+                    .set_running(self.id, self.conn_id, running)
+                {
+                    self.state.wake.notify_one();
+                }
+                self.state
+                    .store
+                    .touch_worker(self.id)
+                    .await
+                    .map_err(Into::into)
+            }
             WorkerMessage::Started {
                 attempt,
                 device,
@@ -400,6 +414,7 @@ impl Conn<'_> {
         error: Option<String>,
         steps: u64,
     ) -> anyhow::Result<()> {
+        self.state.workers.finished(self.id, self.conn_id, attempt);
         let job = self
             .state
             .store
@@ -417,10 +432,14 @@ impl Conn<'_> {
                 self.state.job_changed(&job);
                 self.state.publish_worker(self.id).await;
             }
-            None => debug!(
-                job_id = attempt.job_id,
-                "finish of an attempt that is not current"
-            ),
+            None => {
+                debug!(
+                    job_id = attempt.job_id,
+                    "finish of an attempt that is not current"
+                );
+                // The worker may be free now.
+                self.state.wake.notify_one();
+            }
         }
         Ok(())
     }
