@@ -234,9 +234,13 @@ test('compare draws both runs and lists the hyperparameters that differ', async 
   const other = await submit(blobs('e2e-compare', { lr: 0.01 }));
   await waitForState(other, ['succeeded']);
   const page = await ctx.newPage();
-  await page.goto(`${base}/compare?ids=${formJob},${other}`);
+  await page.goto(`${base}/compare?ids=${formJob},${other}&smooth=0.5`);
   await page.locator('.chart-loss canvas[data-series="2"]').waitFor();
   await page.locator('.chart-accuracy canvas[data-series="2"]').waitFor();
+  // The smoothing of a deep link is applied and stays in the URL.
+  assert.equal(await page.locator('.chart-loss canvas').getAttribute('data-smoothing'), '0.5');
+  assert.equal(await page.inputValue('#smoothing'), '0.5');
+  assert.match(page.url(), new RegExp(`ids=${formJob},${other}&smooth=0\\.5$`));
   const diff = await page.locator('table.compare tr.differs').allInnerTexts();
   assert.ok(diff.some((r) => r.includes('optimizer.lr')), diff.join('\n'));
   assert.ok(!diff.some((r) => r.startsWith('seed')), 'seed is the same in both');
@@ -270,6 +274,24 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   assert.ok(from > 0 && to > from, page.url());
   await canvas.dblclick();
   await page.waitForURL(new RegExp(`/jobs/${formJob}$`));
+  // Smoothing: the slider lands in the URL, the learning rate stays raw, hovering shows the
+  // smoothed and the raw value, and a reload keeps it.
+  await page.locator('#smoothing').evaluate((el) => {
+    el.value = '0.9';
+    el.dispatchEvent(new Event('input', { bubbles: true }));
+  });
+  await page.waitForURL(new RegExp(`/jobs/${formJob}\\?smooth=0\\.9$`));
+  await page.locator('.chart-loss canvas[data-smoothing="0.9"]').waitFor();
+  assert.equal(await page.locator('.chart-lr canvas').getAttribute('data-smoothing'), '0');
+  await page.mouse.move(box.x + box.width * 0.45, box.y + box.height * 0.5);
+  await page.mouse.move(box.x + box.width * 0.5, box.y + box.height * 0.5);
+  const tip = await page.locator('.chart-loss .tooltip').innerText();
+  const [, smoothed, raw] = tip.match(/train (\S+) \(raw (\S+)\)/) ?? [];
+  assert.ok(smoothed && raw && smoothed !== raw, tip);
+  await page.reload();
+  await page.locator('.chart-loss canvas[data-smoothing="0.9"]').waitFor();
+  assert.equal(await page.inputValue('#smoothing'), '0.9');
+  await shot(page, 'job-smoothed');
   // "New job like this" fills the form from the run.
   await page.goto(`${base}/new?from=${formJob}`);
   await page.waitForFunction(() => document.querySelector('#f-name')?.value === 'e2e-form');

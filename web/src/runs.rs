@@ -108,6 +108,65 @@ pub fn merge_live(points: &mut Vec<MetricPoint>, new: &[MetricPoint]) {
     }
 }
 
+/// The most smoothing the control offers: beyond it a curve barely moves.
+pub const MAX_SMOOTHING: f64 = 0.99;
+
+/// TensorBoard's smoothing: an exponential moving average with weight `weight` (0 = none,
+/// clamped to `[0, MAX_SMOOTHING]`), debiased so the first points are not pulled towards
+/// zero. Same steps, smoothed values; it runs over the points given (downsampled ones on a
+/// long run, as TensorBoard smooths its sampled points).
+pub fn smooth(points: &[(f64, f64)], weight: f64) -> Vec<(f64, f64)> {
+    let w = if weight.is_finite() {
+        weight.clamp(0.0, MAX_SMOOTHING)
+    } else {
+        0.0
+    };
+    if w == 0.0 {
+        return points.to_vec();
+    }
+    let mut last = 0.0;
+    let mut bias = 1.0; // w^n
+    points
+        .iter()
+        .map(|&(x, y)| {
+            if !y.is_finite() {
+                return (x, y);
+            }
+            last = last * w + (1.0 - w) * y;
+            bias *= w;
+            (x, last / (1.0 - bias))
+        })
+        .collect()
+}
+
+/// The smoothing weight from a URL's `smooth=` value; `None` if it is not a number.
+pub fn parse_smoothing(text: &str) -> Option<f64> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .map(|v| v.clamp(0.0, MAX_SMOOTHING))
+}
+
+/// `path?query` with `key` set to `value` (or removed for `None`), other parameters kept in
+/// their order. Keys and values are expected URL-safe (numbers and ids).
+pub fn with_param(url: &str, key: &str, value: Option<&str>) -> String {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some(key))
+        .map(str::to_string)
+        .collect();
+    if let Some(v) = value {
+        params.push(format!("{key}={v}"));
+    }
+    if params.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", params.join("&"))
+    }
+}
+
 /// Index of the point nearest to `x` (by step) in a series ordered by x.
 pub fn nearest(points: &[(f64, f64)], x: f64) -> Option<usize> {
     if points.is_empty() {
@@ -318,5 +377,61 @@ mod tests {
         assert_eq!(fmt_value(2.5), "2.500");
         assert_eq!(progress(50, 200), Some(25.0));
         assert_eq!(progress(1, 0), None);
+    }
+
+    #[test]
+    fn smoothing_is_a_debiased_moving_average() {
+        let pts = [(0.0, 1.0), (1.0, 3.0)];
+        let out = smooth(&pts, 0.5);
+        assert_eq!(
+            out[0],
+            (0.0, 1.0),
+            "the first point is itself, not pulled to 0"
+        );
+        assert!((out[1].1 - 7.0 / 3.0).abs() < 1e-12, "{out:?}");
+        // None is the identity; a constant stays constant at any weight.
+        assert_eq!(smooth(&pts, 0.0), pts.to_vec());
+        let flat: Vec<_> = (0..500).map(|i| (i as f64, 2.5)).collect();
+        assert!(smooth(&flat, 0.99).iter().all(|p| (p.1 - 2.5).abs() < 1e-9));
+        // Noise shrinks, steps are kept, and the weight is clamped.
+        let noisy: Vec<_> = (0..1000)
+            .map(|i| (i as f64, if i % 2 == 0 { 1.0 } else { 3.0 }))
+            .collect();
+        let out = smooth(&noisy, 0.9);
+        assert_eq!(out.len(), noisy.len());
+        assert!(out.iter().zip(&noisy).all(|(a, b)| a.0 == b.0));
+        assert!(
+            out[500..].iter().all(|p| (p.1 - 2.0).abs() < 0.2),
+            "{:?}",
+            &out[500..503]
+        );
+        assert_eq!(smooth(&noisy, 5.0), smooth(&noisy, MAX_SMOOTHING));
+        assert_eq!(smooth(&noisy, f64::NAN), noisy);
+    }
+
+    #[test]
+    fn smoothing_and_url_parameters() {
+        assert_eq!(parse_smoothing("0.6"), Some(0.6));
+        assert_eq!(parse_smoothing("2"), Some(MAX_SMOOTHING));
+        assert_eq!(parse_smoothing("-1"), Some(0.0));
+        assert_eq!(parse_smoothing("lots"), None);
+        assert_eq!(parse_smoothing("NaN"), None);
+        assert_eq!(
+            with_param("/jobs/3", "smooth", Some("0.6")),
+            "/jobs/3?smooth=0.6"
+        );
+        assert_eq!(
+            with_param("/compare?ids=1,2&smooth=0.3", "smooth", Some("0.9")),
+            "/compare?ids=1,2&smooth=0.9"
+        );
+        assert_eq!(
+            with_param("/compare?smooth=0.3&ids=1", "smooth", None),
+            "/compare?ids=1"
+        );
+        assert_eq!(with_param("/s/abc?smooth=0.3", "smooth", None), "/s/abc");
+        assert_eq!(
+            with_param("/x?smoothing=1", "smooth", None),
+            "/x?smoothing=1"
+        );
     }
 }

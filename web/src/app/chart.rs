@@ -3,6 +3,8 @@
 //! 10⁵ points draws a few thousand segments. Drag across the plot to zoom on steps,
 //! double-click to reset; hovering shows the values at the nearest step. Pointer events, so a
 //! finger on a phone does the same as a mouse (`touch-action: pan-y` keeps vertical scrolling).
+//! With smoothing on, each line is drawn smoothed over a faint copy of the raw values, and
+//! hovering shows both.
 
 use leptos::ev::PointerEvent;
 use leptos::html::Canvas;
@@ -10,7 +12,7 @@ use leptos::prelude::*;
 use plotters::prelude::*;
 use plotters_canvas::CanvasBackend;
 
-use crate::runs::{Series, fmt_value, nearest};
+use crate::runs::{MAX_SMOOTHING, Series, fmt_value, nearest, smooth};
 
 const HEIGHT: u32 = 220;
 
@@ -50,6 +52,9 @@ pub fn Chart(
     #[prop(into)] series: Signal<Vec<Series>>,
     /// The step range shown; `None` fits all points. Shared by the charts of one page.
     zoom: RwSignal<Option<(f64, f64)>>,
+    /// Smoothing weight (0 = raw values; see `runs::smooth`).
+    #[prop(into)]
+    smoothing: Signal<f64>,
 ) -> impl IntoView {
     let canvas = NodeRef::<Canvas>::new();
     let geometry = StoredValue::new(None::<Geometry>);
@@ -59,11 +64,25 @@ pub fn Chart(
     let drawn_series = RwSignal::new(0usize);
     let last_step = RwSignal::new(0u64);
 
+    // The lines as drawn: smoothed when asked, else the raw values.
+    let shown = Memo::new(move |_| {
+        let w = smoothing.get();
+        series.with(|all| {
+            all.iter()
+                .map(|s| Series {
+                    label: s.label.clone(),
+                    points: smooth(&s.points, w),
+                })
+                .collect::<Vec<_>>()
+        })
+    });
+
     Effect::new(move |_| {
         let s = series.get();
         let z = zoom.get();
+        let smoothed = (smoothing.get() > 0.0).then(|| shown.get());
         if let Some(c) = canvas.get() {
-            geometry.set_value(draw(&c, &s, z));
+            geometry.set_value(draw(&c, &s, smoothed.as_deref(), z));
             drawn_points.set(s.iter().map(|s| s.points.len()).sum());
             drawn_series.set(s.len());
             last_step.set(
@@ -81,15 +100,24 @@ pub fn Chart(
             return;
         };
         let step = g.step_at(px);
+        let smoothed = smoothing.get_untracked() > 0.0;
         let parts: Vec<String> = series.with_untracked(|all| {
-            all.iter()
-                .filter_map(|s| {
-                    nearest(&s.points, step).map(|i| {
-                        let (x, y) = s.points[i];
-                        format!("{} {} @ {}", s.label, fmt_value(y), x as u64)
+            shown.with_untracked(|lines| {
+                all.iter()
+                    .zip(lines)
+                    .filter_map(|(raw, line)| {
+                        nearest(&line.points, step).map(|i| {
+                            let (x, y) = line.points[i];
+                            let value = if smoothed {
+                                format!("{} (raw {})", fmt_value(y), fmt_value(raw.points[i].1))
+                            } else {
+                                fmt_value(y)
+                            };
+                            format!("{} {value} @ {}", line.label, x as u64)
+                        })
                     })
-                })
-                .collect()
+                    .collect()
+            })
         });
         hover.set((!parts.is_empty()).then(|| (px, parts.join(" · "))));
     };
@@ -117,6 +145,7 @@ pub fn Chart(
                     data-points=move || drawn_points.get()
                     data-series=move || drawn_series.get()
                     data-last-step=move || last_step.get()
+                    data-smoothing=move || smoothing.get()
                     on:pointermove=move |ev: PointerEvent| show(ev.offset_x())
                     on:pointerleave=move |ev: PointerEvent| {
                         // A lifted finger leaves too: keep what the tap showed.
@@ -140,10 +169,33 @@ pub fn Chart(
     }
 }
 
-/// Draw the series; returns the plot geometry (None if the canvas could not be used).
+/// The smoothing control of a page's charts: a slider from 0 (raw) to `MAX_SMOOTHING`.
+#[component]
+pub fn SmoothingControl(smoothing: RwSignal<f64>) -> impl IntoView {
+    view! {
+        <div class="smoothing">
+            <label for="smoothing">"Smoothing"</label>
+            <input id="smoothing" type="range" min="0" max=MAX_SMOOTHING step="0.01"
+                prop:value=move || smoothing.get().to_string()
+                on:input=move |ev| {
+                    if let Some(w) = crate::runs::parse_smoothing(&event_target_value(&ev)) {
+                        smoothing.set(w);
+                    }
+                }/>
+            <output for="smoothing">{move || match smoothing.get() {
+                0.0 => "off".to_string(),
+                w => format!("{w:.2}"),
+            }}</output>
+        </div>
+    }
+}
+
+/// Draw the series (over faint raw lines when `smoothed` is given, one per series); returns
+/// the plot geometry (None if the canvas could not be used).
 fn draw(
     canvas: &web_sys::HtmlCanvasElement,
     series: &[Series],
+    smoothed: Option<&[Series]>,
     zoom: Option<(f64, f64)>,
 ) -> Option<Geometry> {
     let width = match canvas.client_width() {
@@ -214,13 +266,24 @@ fn draw(
         .ok()?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<(f64, f64)> = s
-            .points
-            .iter()
-            .copied()
-            .filter(|(x, _)| in_range(*x))
-            .collect();
+        let visible = |points: &[(f64, f64)]| -> Vec<(f64, f64)> {
+            points
+                .iter()
+                .copied()
+                .filter(|(x, _)| in_range(*x))
+                .collect()
+        };
+        let mut pts = visible(&s.points);
         let few = pts.len() < 40;
+        if let Some(line) = smoothed.and_then(|all| all.get(i)) {
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().copied(),
+                    color.mix(0.25).stroke_width(1),
+                ))
+                .ok()?;
+            pts = visible(&line.points);
+        }
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .ok()?

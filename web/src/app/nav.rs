@@ -14,3 +14,13 @@ pub fn replace(navigate: &impl Fn(&str, NavigateOptions), url: &str) {
         },
     );
 }
+
+/// The current path and query, as the router sees them.
+pub fn here() -> Option<String> {
+    let location = web_sys::window()?.location();
+    Some(format!(
+        "{}{}",
+        location.pathname().ok()?,
+        location.search().ok()?
+    ))
+}

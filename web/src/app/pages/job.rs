@@ -12,7 +12,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
 use super::{ErrorLine, Progress, StateBadge};
-use crate::app::chart::Chart;
+use crate::app::chart::{Chart, SmoothingControl};
 use crate::app::{api, events};
 use crate::runs::{Quantity, age, final_values, fmt_value, merge_live, series};
 
@@ -44,6 +44,13 @@ fn metrics_url(base: &str, range: Option<(f64, f64)>) -> String {
     url
 }
 
+/// The smoothing weight from `?smooth=` (0 when absent or not a number).
+pub fn smoothing_from_query(q: &leptos_router::params::ParamsMap) -> f64 {
+    q.get("smooth")
+        .and_then(|v| crate::runs::parse_smoothing(&v))
+        .unwrap_or(0.0)
+}
+
 /// The zoom range from `?from=&to=`.
 pub fn zoom_from_query(q: &leptos_router::params::ParamsMap) -> Option<(f64, f64)> {
     let from = q.get("from")?.parse::<f64>().ok()?;
@@ -57,8 +64,18 @@ pub fn RunCharts(
     points: RwSignal<Vec<MetricPoint>>,
     detail: RwSignal<Option<Vec<MetricPoint>>>,
     zoom: RwSignal<Option<(f64, f64)>>,
+    /// Smoothing of loss, accuracy and samples/s; the learning rate is a schedule, not a
+    /// noisy measurement, and is always drawn as it is.
+    smoothing: RwSignal<f64>,
 ) -> impl IntoView {
     let charts = Quantity::ALL.map(|q| {
+        let smoothing = Signal::derive(move || {
+            if q == Quantity::Lr {
+                0.0
+            } else {
+                smoothing.get()
+            }
+        });
         let s = Signal::derive(move || {
             let range = zoom.get();
             match (range, detail.get()) {
@@ -66,7 +83,7 @@ pub fn RunCharts(
                 _ => points.with(|p| series(p, q, range)),
             }
         });
-        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom/></div> }
+        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing/></div> }
     });
     let from = RwSignal::new(String::new());
     let to = RwSignal::new(String::new());
@@ -101,6 +118,7 @@ pub fn RunCharts(
             </button>
             <span class="muted small">"or drag across a chart; double-click resets"</span>
         </form>
+        <SmoothingControl smoothing/>
         <div class="charts">{charts.into_iter().collect_view()}</div>
     }
 }
@@ -149,6 +167,7 @@ fn JobView(id: JobId) -> impl IntoView {
     let worker_names = RwSignal::new(std::collections::HashMap::<String, String>::new());
     let new_link = RwSignal::new(None::<String>);
     let zoom = RwSignal::new(query.with_untracked(zoom_from_query));
+    let smoothing = RwSignal::new(query.with_untracked(smoothing_from_query));
     let now = RwSignal::new(api::now_ms());
 
     let load_side = move || {
@@ -218,13 +237,11 @@ fn JobView(id: JobId) -> impl IntoView {
     };
     load();
 
-    // Zoomed: fetch the range at full resolution, and keep it in the URL.
+    // Zoomed: fetch the range at full resolution.
     Effect::new(move |_| {
         let range = zoom.get();
         detail.set(None);
-        let mut q = Vec::new();
         if let Some((a, b)) = range {
-            q.push(format!("from={a}&to={b}"));
             spawn_local(async move {
                 let url = metrics_url(&format!("/api/jobs/{id}/metrics"), Some((a, b)));
                 if let Ok(p) = api::get::<Vec<MetricPoint>>(&url).await
@@ -234,19 +251,23 @@ fn JobView(id: JobId) -> impl IntoView {
                 }
             });
         }
+    });
+    // Zoom and smoothing live in the URL.
+    Effect::new(move |_| {
+        let mut q = Vec::new();
+        if let Some((a, b)) = zoom.get() {
+            q.push(format!("from={a}&to={b}"));
+        }
+        match smoothing.get() {
+            0.0 => {}
+            w => q.push(format!("smooth={w}")),
+        }
         let url = if q.is_empty() {
             format!("/jobs/{id}")
         } else {
             format!("/jobs/{id}?{}", q.join("&"))
         };
-        let here = web_sys::window().and_then(|w| {
-            Some(format!(
-                "{}{}",
-                w.location().pathname().ok()?,
-                w.location().search().ok()?
-            ))
-        });
-        if here.as_deref() != Some(url.as_str()) {
+        if crate::app::nav::here().as_deref() != Some(url.as_str()) {
             crate::app::nav::replace(&navigate, &url);
         }
     });
@@ -420,7 +441,7 @@ fn JobView(id: JobId) -> impl IntoView {
                 </div>
             })}
             <FinalMetrics points/>
-            <RunCharts points detail zoom/>
+            <RunCharts points detail zoom smoothing/>
             <div class="columns">
                 <section>
                     <h2>"Log"</h2>

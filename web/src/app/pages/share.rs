@@ -4,10 +4,10 @@
 use kiln_shared::protocol::{JobInfo, MetricPoint, SharedRun};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use leptos_router::hooks::use_params_map;
+use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
 use super::StateBadge;
-use super::job::{FETCH_POINTS, FinalMetrics, RunCharts};
+use super::job::{FETCH_POINTS, FinalMetrics, RunCharts, smoothing_from_query};
 use crate::app::api;
 
 #[derive(Clone, PartialEq)]
@@ -29,6 +29,20 @@ pub fn SharedRunPage() -> impl IntoView {
     let points = RwSignal::new(Vec::<MetricPoint>::new());
     let detail = RwSignal::new(None::<Vec<MetricPoint>>);
     let zoom = RwSignal::new(None::<(f64, f64)>);
+    let smoothing = RwSignal::new(use_query_map().with_untracked(smoothing_from_query));
+    // Kept in the URL, so a shared link can carry the smoothing it was read with.
+    let navigate = use_navigate();
+    Effect::new(move |_| {
+        let w = smoothing.get();
+        let Some(here) = crate::app::nav::here() else {
+            return;
+        };
+        let value = (w > 0.0).then(|| w.to_string());
+        let url = crate::runs::with_param(&here, "smooth", value.as_deref());
+        if url != here {
+            crate::app::nav::replace(&navigate, &url);
+        }
+    });
     let alive = StoredValue::new(true);
     on_cleanup(move || alive.set_value(false));
 
@@ -92,7 +106,7 @@ pub fn SharedRunPage() -> impl IntoView {
                             <p class="muted small">{format!("step {} of {}", j.step, j.total_steps)}</p>
                         })}
                         <FinalMetrics points/>
-                        <RunCharts points detail zoom/>
+                        <RunCharts points detail zoom smoothing/>
                         <h2>"Spec"</h2>
                         <pre class="spec" tabindex="0">{move || job.with(|j| j.as_ref().map(|j| j.spec.to_toml_string()).unwrap_or_default())}</pre>
                     </section>
