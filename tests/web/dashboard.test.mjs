@@ -288,9 +288,15 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   const tip = await page.locator('.chart-loss .tooltip').innerText();
   const [, smoothed, raw] = tip.match(/train (\S+) \(raw (\S+)\)/) ?? [];
   assert.ok(smoothed && raw && smoothed !== raw, tip);
+  // A log-scale loss axis: in the URL too, and on the loss chart only.
+  await page.check('#log-loss');
+  await page.waitForURL(new RegExp(`/jobs/${formJob}\\?smooth=0\\.9&log=loss$`));
+  await page.locator('.chart-loss canvas[data-log-y="true"]').waitFor();
+  assert.equal(await page.locator('.chart-accuracy canvas').getAttribute('data-log-y'), 'false');
   await page.reload();
-  await page.locator('.chart-loss canvas[data-smoothing="0.9"]').waitFor();
+  await page.locator('.chart-loss canvas[data-smoothing="0.9"][data-log-y="true"]').waitFor();
   assert.equal(await page.inputValue('#smoothing'), '0.9');
+  assert.ok(await page.isChecked('#log-loss'));
   await shot(page, 'job-smoothed');
   // "New job like this" fills the form from the run.
   await page.goto(`${base}/new?from=${formJob}`);

@@ -139,6 +139,16 @@ pub fn smooth(points: &[(f64, f64)], weight: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Points for a log-scale axis: `(x, log10 y)`, leaving out values that are not positive
+/// (a log axis has no place for them).
+pub fn log10_points(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .filter(|(_, y)| *y > 0.0 && y.is_finite())
+        .map(|&(x, y)| (x, y.log10()))
+        .collect()
+}
+
 /// The smoothing weight from a URL's `smooth=` value; `None` if it is not a number.
 pub fn parse_smoothing(text: &str) -> Option<f64> {
     text.trim()
@@ -262,6 +272,24 @@ pub fn fmt_value(v: f64) -> String {
     } else {
         let digits = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
         format!("{v:.digits$}")
+    }
+}
+
+/// An axis label: `fmt_value` without trailing zeros ("0.5", "1e-3", not "0.5000", "1.000e-3").
+pub fn fmt_tick(v: f64) -> String {
+    let text = fmt_value(v);
+    let (mantissa, exponent) = match text.split_once('e') {
+        Some((m, e)) => (m, Some(e)),
+        None => (text.as_str(), None),
+    };
+    let mantissa = if mantissa.contains('.') {
+        mantissa.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        mantissa
+    };
+    match exponent {
+        Some(e) => format!("{mantissa}e{e}"),
+        None => mantissa.to_string(),
     }
 }
 
@@ -407,6 +435,30 @@ mod tests {
         );
         assert_eq!(smooth(&noisy, 5.0), smooth(&noisy, MAX_SMOOTHING));
         assert_eq!(smooth(&noisy, f64::NAN), noisy);
+    }
+
+    #[test]
+    fn ticks_drop_trailing_zeros() {
+        assert_eq!(fmt_tick(0.5), "0.5");
+        assert_eq!(fmt_tick(1.0), "1");
+        assert_eq!(fmt_tick(0.0011), "0.0011");
+        assert_eq!(fmt_tick(0.00095), "9.5e-4");
+        assert_eq!(fmt_tick(1e-4), "1e-4");
+        assert_eq!(fmt_tick(0.0), "0");
+        assert_eq!(fmt_tick(1500.0), "1500");
+        assert_eq!(fmt_tick(-2.5), "-2.5");
+    }
+
+    #[test]
+    fn log_points_leave_out_what_a_log_axis_cannot_show() {
+        let pts = [
+            (0.0, 100.0),
+            (1.0, 0.0),
+            (2.0, -1.0),
+            (3.0, 0.01),
+            (4.0, f64::INFINITY),
+        ];
+        assert_eq!(log10_points(&pts), vec![(0.0, 2.0), (3.0, -2.0)]);
     }
 
     #[test]

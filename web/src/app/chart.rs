@@ -4,7 +4,7 @@
 //! double-click to reset; hovering shows the values at the nearest step. Pointer events, so a
 //! finger on a phone does the same as a mouse (`touch-action: pan-y` keeps vertical scrolling).
 //! With smoothing on, each line is drawn smoothed over a faint copy of the raw values, and
-//! hovering shows both.
+//! hovering shows both. A log-scale y axis leaves out values that are not positive.
 
 use leptos::ev::PointerEvent;
 use leptos::html::Canvas;
@@ -12,7 +12,12 @@ use leptos::prelude::*;
 use plotters::prelude::*;
 use plotters_canvas::CanvasBackend;
 
-use crate::runs::{MAX_SMOOTHING, Series, fmt_value, nearest, smooth};
+use leptos_router::params::ParamsMap;
+
+use crate::runs::{
+    MAX_SMOOTHING, Series, fmt_tick, fmt_value, log10_points, nearest, parse_smoothing, smooth,
+    with_param,
+};
 
 const HEIGHT: u32 = 220;
 
@@ -55,6 +60,9 @@ pub fn Chart(
     /// Smoothing weight (0 = raw values; see `runs::smooth`).
     #[prop(into)]
     smoothing: Signal<f64>,
+    /// A log-scale y axis.
+    #[prop(into)]
+    log_y: Signal<bool>,
 ) -> impl IntoView {
     let canvas = NodeRef::<Canvas>::new();
     let geometry = StoredValue::new(None::<Geometry>);
@@ -81,8 +89,9 @@ pub fn Chart(
         let s = series.get();
         let z = zoom.get();
         let smoothed = (smoothing.get() > 0.0).then(|| shown.get());
+        let log = log_y.get();
         if let Some(c) = canvas.get() {
-            geometry.set_value(draw(&c, &s, smoothed.as_deref(), z));
+            geometry.set_value(draw(&c, &s, smoothed.as_deref(), z, log));
             drawn_points.set(s.iter().map(|s| s.points.len()).sum());
             drawn_series.set(s.len());
             last_step.set(
@@ -146,6 +155,7 @@ pub fn Chart(
                     data-series=move || drawn_series.get()
                     data-last-step=move || last_step.get()
                     data-smoothing=move || smoothing.get()
+                    data-log-y=move || log_y.get().to_string()
                     on:pointermove=move |ev: PointerEvent| show(ev.offset_x())
                     on:pointerleave=move |ev: PointerEvent| {
                         // A lifted finger leaves too: keep what the tap showed.
@@ -169,16 +179,51 @@ pub fn Chart(
     }
 }
 
-/// The smoothing control of a page's charts: a slider from 0 (raw) to `MAX_SMOOTHING`.
+/// How a page's charts are drawn, kept in the URL (`smooth=`, `log=loss`) so a link reloads
+/// to the same view.
+#[derive(Debug, Clone, Copy)]
+pub struct ChartView {
+    /// Smoothing of measured values (not of the learning rate, a schedule).
+    pub smoothing: RwSignal<f64>,
+    /// A log-scale y axis on loss charts.
+    pub log_loss: RwSignal<bool>,
+}
+
+impl ChartView {
+    pub fn from_query(q: &ParamsMap) -> ChartView {
+        ChartView {
+            smoothing: RwSignal::new(
+                q.get("smooth")
+                    .and_then(|v| parse_smoothing(&v))
+                    .unwrap_or(0.0),
+            ),
+            log_loss: RwSignal::new(q.get("log").is_some_and(|v| v == "loss")),
+        }
+    }
+
+    /// `url` (a path and query) with this view's parameters set; reads (and so tracks) both.
+    pub fn url(&self, url: &str) -> String {
+        let w = self.smoothing.get();
+        let smooth = (w > 0.0).then(|| w.to_string());
+        let url = with_param(url, "smooth", smooth.as_deref());
+        with_param(&url, "log", self.log_loss.get().then_some("loss"))
+    }
+}
+
+/// The controls of a page's charts: smoothing from off to `MAX_SMOOTHING`, a log-scale loss.
 #[component]
-pub fn SmoothingControl(smoothing: RwSignal<f64>) -> impl IntoView {
+pub fn ChartControls(view: ChartView) -> impl IntoView {
+    let ChartView {
+        smoothing,
+        log_loss,
+    } = view;
     view! {
-        <div class="smoothing">
+        <div class="chart-controls">
             <label for="smoothing">"Smoothing"</label>
             <input id="smoothing" type="range" min="0" max=MAX_SMOOTHING step="0.01"
                 prop:value=move || smoothing.get().to_string()
                 on:input=move |ev| {
-                    if let Some(w) = crate::runs::parse_smoothing(&event_target_value(&ev)) {
+                    if let Some(w) = parse_smoothing(&event_target_value(&ev)) {
                         smoothing.set(w);
                     }
                 }/>
@@ -186,6 +231,11 @@ pub fn SmoothingControl(smoothing: RwSignal<f64>) -> impl IntoView {
                 0.0 => "off".to_string(),
                 w => format!("{w:.2}"),
             }}</output>
+            <label>
+                <input id="log-loss" type="checkbox" prop:checked=move || log_loss.get()
+                    on:change=move |ev| log_loss.set(event_target_checked(&ev))/>
+                " Log-scale loss"
+            </label>
         </div>
     }
 }
@@ -197,7 +247,23 @@ fn draw(
     series: &[Series],
     smoothed: Option<&[Series]>,
     zoom: Option<(f64, f64)>,
+    log_y: bool,
 ) -> Option<Geometry> {
+    // On a log axis the chart is drawn in log10 space and labelled back in values.
+    let as_log = |all: &[Series]| -> Vec<Series> {
+        all.iter()
+            .map(|s| Series {
+                label: s.label.clone(),
+                points: log10_points(&s.points),
+            })
+            .collect()
+    };
+    let (series, smoothed) = if log_y {
+        (as_log(series), smoothed.map(as_log))
+    } else {
+        (series.to_vec(), smoothed.map(<[Series]>::to_vec))
+    };
+    let (series, smoothed) = (series.as_slice(), smoothed.as_deref());
     let width = match canvas.client_width() {
         w if w > 0 => w as u32,
         _ => 600,
@@ -258,7 +324,7 @@ fn draw(
         .x_labels(6)
         .y_labels(5)
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| fmt_value(*y))
+        .y_label_formatter(&|y| fmt_tick(if log_y { 10f64.powf(*y) } else { *y }))
         .light_line_style(RGBColor(238, 238, 238))
         .bold_line_style(RGBColor(220, 220, 220))
         .label_style(("sans-serif", 12))

@@ -9,10 +9,10 @@ use leptos::task::spawn_local;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
 
-use super::job::{FETCH_POINTS, smoothing_from_query};
+use super::job::FETCH_POINTS;
 use super::{ErrorLine, StateBadge};
 use crate::app::api;
-use crate::app::chart::{Chart, SmoothingControl};
+use crate::app::chart::{Chart, ChartControls, ChartView};
 use crate::runs::{Quantity, Series, differing_fields, final_values, fmt_value, series};
 
 /// The line of one run for a quantity: training loss; accuracy on val, else test, else train.
@@ -31,14 +31,12 @@ fn run_series(job: &JobInfo, points: &[MetricPoint], q: Quantity) -> Option<Seri
     })
 }
 
-fn compare_url(ids: &str, smoothing: f64) -> String {
-    let url = if ids.is_empty() {
+fn compare_url(ids: &str, view: ChartView) -> String {
+    view.url(&if ids.is_empty() {
         "/compare".to_string()
     } else {
         format!("/compare?ids={ids}")
-    };
-    let value = (smoothing > 0.0).then(|| smoothing.to_string());
-    crate::runs::with_param(&url, "smooth", value.as_deref())
+    })
 }
 
 #[component]
@@ -58,7 +56,7 @@ pub fn ComparePage() -> impl IntoView {
     let recent = RwSignal::new(Vec::<JobInfo>::new());
     let error = RwSignal::new(None::<String>);
     let zoom = RwSignal::new(None::<(f64, f64)>);
-    let smoothing = RwSignal::new(query.with_untracked(smoothing_from_query));
+    let chart_view = query.with_untracked(ChartView::from_query);
 
     spawn_local(async move {
         if let Ok(page) = api::get::<JobPage>("/api/jobs?limit=50").await {
@@ -86,7 +84,7 @@ pub fn ComparePage() -> impl IntoView {
         });
     });
 
-    let keep_smoothing_nav = navigate.clone();
+    let keep_view_nav = navigate.clone();
     let toggle = move |id: JobId, on: bool| {
         let mut set = ids.get_untracked();
         if on {
@@ -97,28 +95,28 @@ pub fn ComparePage() -> impl IntoView {
         let list: Vec<String> = set.iter().map(i64::to_string).collect();
         crate::app::nav::replace(
             &navigate,
-            &compare_url(&list.join(","), smoothing.get_untracked()),
+            &untrack(|| compare_url(&list.join(","), chart_view)),
         );
     };
-    // The smoothing lives in the URL too.
-    let keep_smoothing = {
-        let navigate = keep_smoothing_nav;
+    // How the charts are drawn lives in the URL too.
+    let keep_view = {
+        let navigate = keep_view_nav;
         move || {
-            let w = smoothing.get();
             let ids = ids.with_untracked(|s| s.iter().map(i64::to_string).collect::<Vec<_>>());
-            let url = compare_url(&ids.join(","), w);
+            let url = compare_url(&ids.join(","), chart_view);
             if crate::app::nav::here().as_deref() != Some(url.as_str()) {
                 crate::app::nav::replace(&navigate, &url);
             }
         }
     };
-    Effect::new(move |_| keep_smoothing());
+    Effect::new(move |_| keep_view());
 
     let charts = [Quantity::Loss, Quantity::Accuracy].map(|q| {
+        let log_y = Signal::derive(move || q == Quantity::Loss && chart_view.log_loss.get());
         let s = Signal::derive(move || {
             runs.with(|r| r.iter().filter_map(|(j, p)| run_series(j, p, q)).collect::<Vec<_>>())
         });
-        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing/></div> }
+        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing=chart_view.smoothing log_y/></div> }
     });
 
     let table = move || {
@@ -153,7 +151,7 @@ pub fn ComparePage() -> impl IntoView {
             <h1>"Compare runs"</h1>
             <ErrorLine error/>
             {move || (ids.with(BTreeSet::len) < 2).then(|| view! { <p class="muted">"Pick two or more runs below."</p> })}
-            <SmoothingControl smoothing/>
+            <ChartControls view=chart_view/>
             <div class="charts two">{charts.into_iter().collect_view()}</div>
             <h2>"Hyperparameters that differ"</h2>
             {table}

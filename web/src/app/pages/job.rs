@@ -12,7 +12,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
 use super::{ErrorLine, Progress, StateBadge};
-use crate::app::chart::{Chart, SmoothingControl};
+use crate::app::chart::{Chart, ChartControls, ChartView};
 use crate::app::{api, events};
 use crate::runs::{Quantity, age, final_values, fmt_value, merge_live, series};
 
@@ -44,13 +44,6 @@ fn metrics_url(base: &str, range: Option<(f64, f64)>) -> String {
     url
 }
 
-/// The smoothing weight from `?smooth=` (0 when absent or not a number).
-pub fn smoothing_from_query(q: &leptos_router::params::ParamsMap) -> f64 {
-    q.get("smooth")
-        .and_then(|v| crate::runs::parse_smoothing(&v))
-        .unwrap_or(0.0)
-}
-
 /// The zoom range from `?from=&to=`.
 pub fn zoom_from_query(q: &leptos_router::params::ParamsMap) -> Option<(f64, f64)> {
     let from = q.get("from")?.parse::<f64>().ok()?;
@@ -64,18 +57,19 @@ pub fn RunCharts(
     points: RwSignal<Vec<MetricPoint>>,
     detail: RwSignal<Option<Vec<MetricPoint>>>,
     zoom: RwSignal<Option<(f64, f64)>>,
-    /// Smoothing of loss, accuracy and samples/s; the learning rate is a schedule, not a
-    /// noisy measurement, and is always drawn as it is.
-    smoothing: RwSignal<f64>,
+    /// Smoothing of loss, accuracy and samples/s (the learning rate is a schedule, not a
+    /// noisy measurement, and is always drawn as it is); a log-scale loss.
+    view: ChartView,
 ) -> impl IntoView {
     let charts = Quantity::ALL.map(|q| {
         let smoothing = Signal::derive(move || {
             if q == Quantity::Lr {
                 0.0
             } else {
-                smoothing.get()
+                view.smoothing.get()
             }
         });
+        let log_y = Signal::derive(move || q == Quantity::Loss && view.log_loss.get());
         let s = Signal::derive(move || {
             let range = zoom.get();
             match (range, detail.get()) {
@@ -83,7 +77,7 @@ pub fn RunCharts(
                 _ => points.with(|p| series(p, q, range)),
             }
         });
-        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing/></div> }
+        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing log_y/></div> }
     });
     let from = RwSignal::new(String::new());
     let to = RwSignal::new(String::new());
@@ -118,7 +112,7 @@ pub fn RunCharts(
             </button>
             <span class="muted small">"or drag across a chart; double-click resets"</span>
         </form>
-        <SmoothingControl smoothing/>
+        <ChartControls view/>
         <div class="charts">{charts.into_iter().collect_view()}</div>
     }
 }
@@ -167,7 +161,7 @@ fn JobView(id: JobId) -> impl IntoView {
     let worker_names = RwSignal::new(std::collections::HashMap::<String, String>::new());
     let new_link = RwSignal::new(None::<String>);
     let zoom = RwSignal::new(query.with_untracked(zoom_from_query));
-    let smoothing = RwSignal::new(query.with_untracked(smoothing_from_query));
+    let chart_view = query.with_untracked(ChartView::from_query);
     let now = RwSignal::new(api::now_ms());
 
     let load_side = move || {
@@ -252,21 +246,12 @@ fn JobView(id: JobId) -> impl IntoView {
             });
         }
     });
-    // Zoom and smoothing live in the URL.
+    // Zoom and how the charts are drawn live in the URL.
     Effect::new(move |_| {
-        let mut q = Vec::new();
-        if let Some((a, b)) = zoom.get() {
-            q.push(format!("from={a}&to={b}"));
-        }
-        match smoothing.get() {
-            0.0 => {}
-            w => q.push(format!("smooth={w}")),
-        }
-        let url = if q.is_empty() {
-            format!("/jobs/{id}")
-        } else {
-            format!("/jobs/{id}?{}", q.join("&"))
-        };
+        let url = chart_view.url(&match zoom.get() {
+            Some((a, b)) => format!("/jobs/{id}?from={a}&to={b}"),
+            None => format!("/jobs/{id}"),
+        });
         if crate::app::nav::here().as_deref() != Some(url.as_str()) {
             crate::app::nav::replace(&navigate, &url);
         }
@@ -441,7 +426,7 @@ fn JobView(id: JobId) -> impl IntoView {
                 </div>
             })}
             <FinalMetrics points/>
-            <RunCharts points detail zoom smoothing/>
+            <RunCharts points detail zoom view=chart_view/>
             <div class="columns">
                 <section>
                     <h2>"Log"</h2>

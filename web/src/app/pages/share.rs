@@ -7,8 +7,9 @@ use leptos::task::spawn_local;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
 use super::StateBadge;
-use super::job::{FETCH_POINTS, FinalMetrics, RunCharts, smoothing_from_query};
+use super::job::{FETCH_POINTS, FinalMetrics, RunCharts};
 use crate::app::api;
+use crate::app::chart::ChartView;
 
 #[derive(Clone, PartialEq)]
 enum Load {
@@ -29,16 +30,14 @@ pub fn SharedRunPage() -> impl IntoView {
     let points = RwSignal::new(Vec::<MetricPoint>::new());
     let detail = RwSignal::new(None::<Vec<MetricPoint>>);
     let zoom = RwSignal::new(None::<(f64, f64)>);
-    let smoothing = RwSignal::new(use_query_map().with_untracked(smoothing_from_query));
-    // Kept in the URL, so a shared link can carry the smoothing it was read with.
+    let chart_view = use_query_map().with_untracked(ChartView::from_query);
+    // Kept in the URL, so a shared link can carry the view it was read with.
     let navigate = use_navigate();
     Effect::new(move |_| {
-        let w = smoothing.get();
         let Some(here) = crate::app::nav::here() else {
             return;
         };
-        let value = (w > 0.0).then(|| w.to_string());
-        let url = crate::runs::with_param(&here, "smooth", value.as_deref());
+        let url = chart_view.url(&here);
         if url != here {
             crate::app::nav::replace(&navigate, &url);
         }
@@ -106,7 +105,7 @@ pub fn SharedRunPage() -> impl IntoView {
                             <p class="muted small">{format!("step {} of {}", j.step, j.total_steps)}</p>
                         })}
                         <FinalMetrics points/>
-                        <RunCharts points detail zoom smoothing/>
+                        <RunCharts points detail zoom view=chart_view/>
                         <h2>"Spec"</h2>
                         <pre class="spec" tabindex="0">{move || job.with(|j| j.as_ref().map(|j| j.spec.to_toml_string()).unwrap_or_default())}</pre>
                     </section>
