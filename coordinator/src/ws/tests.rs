@@ -55,20 +55,36 @@ async fn next_out(out: &mut Out) -> Message {
         .expect("the handler sent a frame")
 }
 
+fn capabilities() -> Capabilities {
+    Capabilities {
+        devices: vec![kiln_shared::spec::DeviceRequest::Cpu],
+        device_names: vec![],
+        memory_mb: 1,
+        cores: 1,
+        kiln_version: "t".into(),
+    }
+}
+
 fn hello(id: &str) -> WorkerMessage {
+    hello_running(id, vec![])
+}
+
+/// A hello from a worker that still runs `running`.
+fn hello_running(id: &str, running: Vec<kiln_shared::protocol::AttemptRef>) -> WorkerMessage {
     WorkerMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
         worker_id: id.into(),
         name: id.into(),
-        capabilities: Capabilities {
-            devices: vec![kiln_shared::spec::DeviceRequest::Cpu],
-            device_names: vec![],
-            memory_mb: 1,
-            cores: 1,
-            kiln_version: "t".into(),
-        },
-        running: vec![],
+        capabilities: capabilities(),
+        running,
     }
+}
+
+fn job_spec() -> kiln_shared::JobSpec {
+    kiln_shared::JobSpec::from_json_str(
+        r#"{"name":"j","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
+    )
+    .expect("valid spec")
 }
 
 #[tokio::test]
@@ -251,15 +267,9 @@ async fn a_worker_is_a_candidate_only_after_its_hello_is_reconciled() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let (state, _keep) = state(dir.path()).await;
-    let spec = kiln_shared::JobSpec::from_json_str(
-        r#"{"name":"j","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
-    )
-    .expect("valid spec");
+    let spec = job_spec();
     const WORKERS: usize = 24;
-    let caps = match hello("x") {
-        WorkerMessage::Hello { capabilities, .. } => capabilities,
-        _ => unreachable!(),
-    };
+    let caps = capabilities();
     for i in 0..WORKERS {
         // An attempt held by an earlier connection of w{i}.
         let id = format!("w{i}");
@@ -346,16 +356,10 @@ async fn a_worker_is_a_candidate_only_after_its_hello_is_reconciled() {
 async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (state, _keep) = state(dir.path()).await;
-    let spec = kiln_shared::JobSpec::from_json_str(
-        r#"{"name":"j","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
-    )
-    .expect("valid spec");
-    let WorkerMessage::Hello { capabilities, .. } = hello("w") else {
-        unreachable!()
-    };
+    let spec = job_spec();
     state
         .store
-        .connect_worker("w", "w", &capabilities, false)
+        .connect_worker("w", "w", &capabilities(), false)
         .await
         .expect("worker row");
     let job = state.store.insert_job(&spec, None).await.expect("insert");
@@ -379,24 +383,8 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
         .expect("current");
 
     let (in_tx, in_rx, out_tx, mut out) = pipes();
-    let WorkerMessage::Hello {
-        protocol_version,
-        worker_id,
-        name,
-        capabilities,
-        ..
-    } = hello("w")
-    else {
-        unreachable!()
-    };
     in_tx
-        .unbounded_send(text(&WorkerMessage::Hello {
-            protocol_version,
-            worker_id,
-            name,
-            capabilities,
-            running: vec![lost],
-        }))
+        .unbounded_send(text(&hello_running("w", vec![lost])))
         .expect("send");
     let task = tokio::spawn(worker::serve(state.clone(), out_tx, in_rx));
     let mut next_msg = async || match next_out(&mut out).await {
