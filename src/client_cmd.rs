@@ -1,5 +1,5 @@
 //! Commands against a running coordinator: submit, jobs, job, logs, cancel, workers, sweep,
-//! share links.
+//! share links, tags and notes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_coordinator::client::{Client, JobFilter, MetricQuery};
 use kiln_shared::metric::Split;
-use kiln_shared::protocol::{JobId, JobInfo, JobState, SubmitJob};
+use kiln_shared::protocol::{JobId, JobInfo, JobPatch, JobState, SubmitJob};
 use kiln_shared::spec::JobSpec;
 
 use crate::train_cmd::read_spec;
@@ -46,6 +46,9 @@ pub enum RemoteCommand {
         state: Option<JobState>,
         #[arg(long)]
         group: Option<String>,
+        /// Only jobs with this tag.
+        #[arg(long)]
+        tag: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[arg(long)]
@@ -79,6 +82,16 @@ pub enum RemoteCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add tags to a job (or take them off with --remove); prints the job's tags.
+    Tag {
+        id: JobId,
+        tags: Vec<String>,
+        /// Tags to take off.
+        #[arg(long)]
+        remove: Vec<String>,
+    },
+    /// Set a job's notes ("-" reads them from standard input, "" clears them).
+    Note { id: JobId, text: String },
     /// Revoke a share link (its id from `kiln shares`).
     Unshare { share_id: i64 },
     /// List workers.
@@ -130,6 +143,7 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
             RemoteCommand::Jobs {
                 state,
                 group,
+                tag,
                 limit,
                 json,
             } => {
@@ -137,6 +151,7 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     .jobs(&JobFilter {
                         state,
                         group,
+                        tag,
                         limit: Some(limit),
                         ..JobFilter::default()
                     })
@@ -185,6 +200,12 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     if let Some(e) = &job.error {
                         println!("  error     {e}");
                     }
+                    if !job.tags.is_empty() {
+                        println!("  tags      {}", job.tags.join(", "));
+                    }
+                    for (i, line) in job.notes.lines().enumerate() {
+                        println!("  {:<9} {line}", if i == 0 { "notes" } else { "" });
+                    }
                     for split in [Split::Train, Split::Val, Split::Test] {
                         if let Some(m) = metrics.iter().rev().find(|p| p.metric.split == split) {
                             println!(
@@ -222,6 +243,38 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
+            }
+            RemoteCommand::Tag { id, tags, remove } => {
+                let mut now = client.job(id).await?.tags;
+                now.retain(|t| !remove.contains(t));
+                now.extend(tags);
+                let job = client
+                    .annotate(
+                        id,
+                        &JobPatch {
+                            notes: None,
+                            tags: Some(now),
+                        },
+                    )
+                    .await?;
+                println!("job {} tags: {}", job.id, job.tags.join(", "));
+            }
+            RemoteCommand::Note { id, text } => {
+                let notes = if text == "-" {
+                    std::io::read_to_string(std::io::stdin()).context("reading notes from stdin")?
+                } else {
+                    text
+                };
+                let job = client
+                    .annotate(
+                        id,
+                        &JobPatch {
+                            notes: Some(notes),
+                            tags: None,
+                        },
+                    )
+                    .await?;
+                println!("job {} notes: {} bytes", job.id, job.notes.len());
             }
             RemoteCommand::Cancel { id } => {
                 let job = client.cancel(id).await?;

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 
 use kiln_shared::metric::Split;
 use kiln_shared::protocol::{
-    ApiErrorBody, ArtifactInfo, AttemptInfo, JobId, JobInfo, JobPage, JobState, LogEntry,
+    ApiErrorBody, ArtifactInfo, AttemptInfo, JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry,
     MetricPoint, NewShare, ShareInfo, SharedRun, SubmitJob, WorkerInfo,
 };
 use kiln_shared::spec::FieldError;
@@ -62,6 +62,8 @@ pub struct JobFilter {
     pub group: Option<String>,
     /// Part of the job name.
     pub name: Option<String>,
+    /// A tag the job has.
+    pub tag: Option<String>,
     pub limit: Option<u32>,
     pub offset: Option<u64>,
 }
@@ -223,6 +225,9 @@ impl Client {
         if let Some(n) = &filter.name {
             query.push(("name", n.clone()));
         }
+        if let Some(t) = &filter.tag {
+            query.push(("tag", t.clone()));
+        }
         if let Some(l) = filter.limit {
             query.push(("limit", l.to_string()));
         }
@@ -236,6 +241,15 @@ impl Client {
     pub async fn job(&self, id: JobId) -> Result<JobInfo, ClientError> {
         self.json(self.request(Method::GET, &format!("/api/jobs/{id}")))
             .await
+    }
+
+    /// Set a job's notes and/or tags.
+    pub async fn annotate(&self, id: JobId, patch: &JobPatch) -> Result<JobInfo, ClientError> {
+        self.json(
+            self.request(Method::PATCH, &format!("/api/jobs/{id}"))
+                .json(patch),
+        )
+        .await
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<JobInfo, ClientError> {

@@ -20,6 +20,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("the job spec has {} problem(s)", .0.len())]
     InvalidSpec(Vec<FieldError>),
+    /// A request body other than a spec, with problems by field.
+    #[error("the request has {} problem(s)", .0.len())]
+    InvalidFields(Vec<FieldError>),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -37,7 +40,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::InvalidSpec(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidSpec(_) | ApiError::InvalidFields(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -65,10 +70,12 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
+        let is_spec = matches!(self, ApiError::InvalidSpec(_));
         let body = match self {
-            ApiError::InvalidSpec(fields) => ApiErrorBody {
+            ApiError::InvalidSpec(fields) | ApiError::InvalidFields(fields) => ApiErrorBody {
                 error: format!(
-                    "the job spec has {} problem(s): {}",
+                    "the {} has {} problem(s): {}",
+                    if is_spec { "job spec" } else { "request" },
                     fields.len(),
                     fields
                         .iter()

@@ -50,6 +50,11 @@ wire_schema!(
     "SubmitJob",
     "A job spec and an optional sweep group."
 );
+wire_schema!(
+    JobPatchDoc,
+    "JobPatch",
+    "A run's notes and/or tags (tags replace the list; at most 16, each 1 to 32 of A-Z a-z 0-9 - _ . : /)."
+);
 wire_schema!(AttemptInfoDoc, "AttemptInfo", "One attempt of a job.");
 wire_schema!(
     MetricPointDoc,
@@ -116,6 +121,7 @@ impl Modify for BearerAuth {
         crate::routes::jobs::submit,
         crate::routes::jobs::list,
         crate::routes::jobs::job,
+        crate::routes::jobs::annotate,
         crate::routes::jobs::cancel,
         crate::routes::jobs::retry,
         crate::routes::jobs::attempts,
@@ -137,7 +143,7 @@ impl Modify for BearerAuth {
         crate::ws::events::upgrade,
     ),
     components(schemas(
-        JobInfoDoc, JobPageDoc, SubmitJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
+        JobInfoDoc, JobPageDoc, JobPatchDoc, SubmitJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
         ArtifactInfoDoc, WorkerInfoDoc, ShareInfoDoc, NewShareDoc, SharedRunDoc, ApiErrorDoc,
         Health
     )),

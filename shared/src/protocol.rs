@@ -294,6 +294,12 @@ pub struct JobInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub spec: JobSpec,
+    /// Free text about the run, set after submitting (`PATCH /api/jobs/{id}`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+    /// Labels to find and group runs by (`GET /api/jobs?tag=`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// One attempt's history.
@@ -350,6 +356,88 @@ pub struct SubmitJob {
     pub group: Option<String>,
 }
 
+/// Most tags on one job.
+pub const MAX_TAGS: usize = 16;
+/// Longest tag, in bytes.
+pub const MAX_TAG_LEN: usize = 32;
+/// Longest notes, in bytes.
+pub const MAX_NOTES_LEN: usize = 10_000;
+
+/// `PATCH /api/jobs/{id}` body: a run's notes and tags. What is left out stays as it is;
+/// `tags` replaces the whole list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+}
+
+impl JobPatch {
+    /// The patch as stored: tags trimmed and without repeats (first kept), notes with trailing
+    /// whitespace trimmed; or every problem, each naming its field and value.
+    pub fn normalized(self) -> Result<JobPatch, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let notes = self.notes.map(|n| n.trim_end().to_string());
+        if let Some(n) = &notes
+            && n.len() > MAX_NOTES_LEN
+        {
+            errors.push(FieldError {
+                field: "notes".into(),
+                value: format!("{} bytes", n.len()),
+                allowed: format!("at most {MAX_NOTES_LEN} bytes"),
+            });
+        }
+        let tags = self.tags.map(|tags| {
+            let mut out: Vec<String> = Vec::new();
+            for (i, tag) in tags.iter().enumerate() {
+                let tag = tag.trim();
+                match check_tag(tag) {
+                    Err(allowed) => errors.push(FieldError {
+                        field: format!("tags[{i}]"),
+                        value: tag.to_string(),
+                        allowed,
+                    }),
+                    Ok(()) if !out.iter().any(|t| t == tag) => out.push(tag.to_string()),
+                    Ok(()) => {}
+                }
+            }
+            out
+        });
+        if let Some(t) = &tags
+            && t.len() > MAX_TAGS
+        {
+            errors.push(FieldError {
+                field: "tags".into(),
+                value: format!("{} tags", t.len()),
+                allowed: format!("at most {MAX_TAGS} tags"),
+            });
+        }
+        if errors.is_empty() {
+            Ok(JobPatch { notes, tags })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Whether `tag` may be a tag; the error says what is allowed.
+pub fn check_tag(tag: &str) -> Result<(), String> {
+    let ok = !tag.is_empty()
+        && tag.len() <= MAX_TAG_LEN
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "1 to {MAX_TAG_LEN} characters from A-Z a-z 0-9 - _ . : /"
+        ))
+    }
+}
+
 /// A page of jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobPage {
@@ -387,11 +475,14 @@ pub struct SharedRun {
 }
 
 impl SharedRun {
-    /// What a share link shows of `job`: everything but the worker (host names stay private).
+    /// What a share link shows of `job`: the run, without the worker (host names stay
+    /// private) and without the owner's notes and tags.
     pub fn new(job: JobInfo) -> SharedRun {
         SharedRun {
             job: JobInfo {
                 worker_id: None,
+                notes: String::new(),
+                tags: Vec::new(),
                 ..job
             },
         }

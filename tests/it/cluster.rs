@@ -521,3 +521,46 @@ fn bad_input_over_the_api_is_rejected_clearly() {
     assert!(c.artifacts(job.id).is_empty(), "nothing stored");
     assert!(!dir.path().join("escape").exists());
 }
+
+#[test]
+fn tags_and_notes_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path());
+    let job = c.submit(&spec("tagged", 10, 5));
+    c.submit(&spec("other", 10, 5));
+    let id = job.id.to_string();
+    let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+
+    let o = c.cli(&["tag", &id, "baseline", "mlp"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("tags: baseline, mlp"), "{}", stdout(&o));
+    let o = c.cli(&["tag", &id, "--remove", "mlp", "wide"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(c.job(job.id).tags, ["baseline", "wide"]);
+    // A bad tag: the field and value named, nothing stored.
+    let o = c.cli(&["tag", &id, "bad tag"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("tags[2]") && stderr(&o).contains("bad tag"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(c.job(job.id).tags, ["baseline", "wide"], "nothing stored");
+
+    let o = c.cli(&["note", &id, "first try, lr 1e-3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = c.cli(&["jobs", "--tag", "wide"]);
+    assert!(stdout(&o).contains("1 of 1 jobs"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("tagged") && !stdout(&o).contains("other"));
+    let o = c.cli(&["job", &id]);
+    assert!(
+        stdout(&o).contains("tags      baseline, wide"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stdout(&o).contains("notes     first try, lr 1e-3"),
+        "{}",
+        stdout(&o)
+    );
+}

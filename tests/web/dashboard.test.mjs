@@ -248,6 +248,44 @@ test('compare draws both runs and lists the hyperparameters that differ', async 
   await page.close();
 });
 
+test('tags and notes: set on the job page, kept, checked, and a tag filters the list', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/jobs/${formJob}`);
+  const add = page.locator('form.add-tag button');
+  // A bad tag is named at its input and nothing is saved.
+  await page.fill('#add-tag', 'has space');
+  await add.click();
+  assert.match(await page.locator('#add-tag-error').innerText(), /"has space"/);
+  assert.equal(await page.locator('#add-tag').getAttribute('aria-invalid'), 'true');
+  await page.fill('#add-tag', 'baseline');
+  await page.press('#add-tag', 'Enter');
+  const tag = page.locator('.annotations a.tag', { hasText: 'baseline' });
+  await tag.waitFor();
+  await page.getByRole('button', { name: 'Edit notes' }).click();
+  await page.fill('#notes', 'wide MLP\nlr 1e-3 looks right');
+  await page.getByRole('button', { name: 'Save notes' }).click();
+  await page.locator('.notes-text', { hasText: 'wide MLP' }).waitFor();
+  await page.reload();
+  await tag.waitFor();
+  assert.equal(await page.locator('.notes-text').innerText(), 'wide MLP\nlr 1e-3 looks right');
+  await shot(page, 'job-annotated');
+  const { body: stored } = await api(`/api/jobs/${formJob}`);
+  assert.deepEqual(stored.tags, ['baseline']);
+  // The tag links to the list filtered by it; the list shows it on the row.
+  await tag.click();
+  await page.waitForURL(/\/\?tag=baseline$/);
+  await page.locator(`tbody tr[data-job-id="${formJob}"] a.tag`, { hasText: 'baseline' }).waitFor();
+  assert.equal(await page.locator('tbody tr').count(), 1);
+  assert.match(await page.locator('.chip.tag-filter').innerText(), /baseline/);
+  // Removing it: gone from the page and from the filtered list, live.
+  await page.goto(`${base}/jobs/${formJob}`);
+  await page.getByRole('button', { name: 'remove tag baseline' }).click();
+  await tag.waitFor({ state: 'detached' });
+  await page.goto(`${base}/?tag=baseline`);
+  await page.locator('p.empty').waitFor();
+  await page.close();
+});
+
 test('pages reload to the same view (deep links), workers and sweep render, phones fit', async () => {
   const page = await ctx.newPage();
   await page.goto(`${base}/jobs/${formJob}?from=20&to=100`);

@@ -11,13 +11,14 @@ use tracing::info;
 use utoipa::IntoParams;
 
 use kiln_shared::protocol::{
-    AttemptInfo, CoordinatorMessage, JobId, JobInfo, JobPage, JobState, LogEntry, MetricPoint,
-    SubmitJob,
+    AttemptInfo, CoordinatorMessage, JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry,
+    MetricPoint, SubmitJob,
 };
 
 use crate::error::{ApiError, ApiJson, parse_param};
 use crate::openapi::{
-    ApiErrorDoc, AttemptInfoDoc, JobInfoDoc, JobPageDoc, LogEntryDoc, MetricPointDoc, SubmitJobDoc,
+    ApiErrorDoc, AttemptInfoDoc, JobInfoDoc, JobPageDoc, JobPatchDoc, LogEntryDoc, MetricPointDoc,
+    SubmitJobDoc,
 };
 use crate::registry::Outbound;
 use crate::state::AppState;
@@ -35,7 +36,7 @@ const MAX_GROUP_LEN: usize = 128;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/jobs", post(submit).get(list))
-        .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}", get(job).patch(annotate))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/jobs/{id}/retry", post(retry))
         .route("/api/jobs/{id}/attempts", get(attempts))
@@ -84,6 +85,8 @@ pub struct ListQuery {
     group: Option<String>,
     /// Part of the job name.
     name: Option<String>,
+    /// A tag the job has, exact.
+    tag: Option<String>,
     /// 1 to 500 (default 50).
     limit: Option<String>,
     /// Jobs to skip (default 0).
@@ -117,10 +120,29 @@ pub async fn list(
         state: job_state,
         group: q.group,
         name: q.name,
+        tag: q.tag,
         limit,
         offset,
     };
     Ok(Json(state.store.jobs(&filter).await?))
+}
+
+/// Set a run's notes and/or tags; what the body leaves out stays as it is.
+#[utoipa::path(patch, path = "/api/jobs/{id}", tag = "jobs", request_body = JobPatchDoc,
+    params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = JobInfoDoc), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc)),
+    security(("bearer" = [])))]
+pub async fn annotate(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    ApiJson(body): ApiJson<JobPatch>,
+) -> Result<Json<JobInfo>, ApiError> {
+    let id = job_id(&raw)?;
+    let patch = body.normalized().map_err(ApiError::InvalidFields)?;
+    let job = state.store.annotate_job(id, &patch).await?;
+    state.job_changed(&job);
+    Ok(Json(job))
 }
 
 #[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",

@@ -4,7 +4,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use kiln_shared::JobSpec;
 use kiln_shared::protocol::{
-    AttemptInfo, AttemptOutcome, AttemptRef, JobId, JobInfo, JobPage, JobState,
+    AttemptInfo, AttemptOutcome, AttemptRef, JobId, JobInfo, JobPage, JobPatch, JobState,
 };
 use kiln_shared::spec::DeviceRequest;
 
@@ -13,7 +13,7 @@ use super::{
 };
 
 const JOB_COLUMNS: &str = "id, name, spec_json, state, priority, \"group\", created_ms, started_ms, \
-     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error";
+     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error, notes, tags";
 
 /// `GET /api/jobs` filters, already checked.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +22,8 @@ pub struct JobFilter {
     pub group: Option<String>,
     /// Substring of the job name.
     pub name: Option<String>,
+    /// A tag the job has.
+    pub tag: Option<String>,
     pub limit: u32,
     pub offset: u64,
 }
@@ -84,6 +86,9 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<JobInfo> {
         total_steps: to_u64(row.try_get("total_steps")?, "jobs.total_steps")?,
         error: row.try_get("error")?,
         spec,
+        notes: row.try_get("notes")?,
+        tags: serde_json::from_str(row.try_get("tags")?)
+            .map_err(|e| StoreError::Corrupt(format!("tags of job {id}: {e}")))?,
     })
 }
 
@@ -153,6 +158,11 @@ impl Store {
                     .push_bind(name.clone())
                     .push(") > 0");
             }
+            if let Some(tag) = &filter.tag {
+                q.push(" AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ")
+                    .push_bind(tag.clone())
+                    .push(")");
+            }
         }
         let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM jobs");
         push_where(&mut count, filter);
@@ -173,6 +183,31 @@ impl Store {
             jobs,
             total: to_u64(total, "count")?,
         })
+    }
+
+    /// Set a job's notes and/or tags (a patch already normalized); the job as it is now.
+    pub async fn annotate_job(&self, id: JobId, patch: &JobPatch) -> StoreResult<JobInfo> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        load_job(&mut tx, id).await?;
+        if let Some(notes) = &patch.notes {
+            sqlx::query("UPDATE jobs SET notes = ? WHERE id = ?")
+                .bind(notes)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(tags) = &patch.tags {
+            let json = serde_json::to_string(tags)
+                .map_err(|e| StoreError::Corrupt(format!("tags of job {id}: {e}")))?;
+            sqlx::query("UPDATE jobs SET tags = ? WHERE id = ?")
+                .bind(json)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let job = load_job(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
     }
 
     /// How many jobs are in each state (every state listed, zeros included).

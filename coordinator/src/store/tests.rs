@@ -294,3 +294,75 @@ async fn share_links_resolve_until_revoked_and_go_with_their_job() {
         .expect("count");
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn notes_and_tags_are_kept_and_tags_filter_the_list() {
+    use kiln_shared::protocol::{JobPage, JobPatch};
+
+    let (_dir, store) = store().await;
+    let a = store.insert_job(&spec(1), None).await.expect("insert");
+    let b = store.insert_job(&spec(1), None).await.expect("insert");
+    assert!(a.notes.is_empty() && a.tags.is_empty());
+
+    let tagged = store
+        .annotate_job(
+            a.id,
+            &JobPatch {
+                notes: Some("first try".into()),
+                tags: Some(vec!["baseline".into(), "mlp".into()]),
+            },
+        )
+        .await
+        .expect("annotate");
+    assert_eq!(tagged.notes, "first try");
+    assert_eq!(tagged.tags, ["baseline", "mlp"]);
+    // Only what the patch names changes.
+    let notes_only = store
+        .annotate_job(
+            a.id,
+            &JobPatch {
+                notes: Some("second look".into()),
+                tags: None,
+            },
+        )
+        .await
+        .expect("annotate");
+    assert_eq!(notes_only.tags, ["baseline", "mlp"]);
+    assert_eq!(store.job(a.id).await.expect("job"), notes_only);
+    store
+        .annotate_job(
+            b.id,
+            &JobPatch {
+                notes: None,
+                tags: Some(vec!["mlp".into()]),
+            },
+        )
+        .await
+        .expect("annotate");
+
+    let with_tag = |tag: &str| JobFilter {
+        tag: Some(tag.into()),
+        limit: 50,
+        ..JobFilter::default()
+    };
+    let ids = |page: JobPage| page.jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.jobs(&with_tag("mlp")).await.expect("list")),
+        [b.id, a.id]
+    );
+    let baseline = store.jobs(&with_tag("baseline")).await.expect("list");
+    assert_eq!((ids(baseline.clone()), baseline.total), (vec![a.id], 1));
+    // Whole tags only: no prefix or substring matches.
+    assert!(
+        store
+            .jobs(&with_tag("base"))
+            .await
+            .expect("list")
+            .jobs
+            .is_empty()
+    );
+    assert!(matches!(
+        store.annotate_job(b.id + 100, &JobPatch::default()).await,
+        Err(StoreError::NotFound(_))
+    ));
+}

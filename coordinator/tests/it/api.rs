@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use kiln_coordinator::Coordinator;
 use kiln_coordinator::client::{Client, JobFilter};
-use kiln_shared::protocol::{ApiErrorBody, JobState, SubmitJob};
+use kiln_shared::protocol::{ApiErrorBody, JobPatch, JobState, SubmitJob};
 
 use crate::support::{self, ADMIN, MAX_ARTIFACT, MAX_BODY};
 
@@ -99,6 +99,88 @@ async fn submit_valid_and_invalid() {
 
     let page = client.jobs(&JobFilter::default()).await.expect("list");
     assert_eq!(page.total, 1, "only the valid job is stored");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn notes_and_tags_are_set_checked_and_filter_the_list() {
+    let dir = tmp();
+    let c = support::start(dir.path(), HB).await;
+    let client = support::admin(&c);
+    let a = support::submit(&client, "a").await;
+    let b = support::submit(&client, "b").await;
+
+    let tagged = client
+        .annotate(
+            a.id,
+            &JobPatch {
+                notes: Some("lr looks high\n".into()),
+                tags: Some(vec!["baseline".into(), " mlp ".into(), "mlp".into()]),
+            },
+        )
+        .await
+        .expect("annotate");
+    assert_eq!(tagged.notes, "lr looks high");
+    assert_eq!(tagged.tags, ["baseline", "mlp"], "trimmed, repeats dropped");
+    assert_eq!(client.job(a.id).await.expect("job"), tagged);
+
+    let page = client
+        .jobs(&JobFilter {
+            tag: Some("mlp".into()),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [a.id]);
+    assert_eq!(page.total, 1);
+
+    // Bad tags and notes: a 400 naming each field and value, and nothing changes.
+    let url = format!("{}/api/jobs/{}", c.url(), b.id);
+    let resp = reqwest::Client::new()
+        .patch(&url)
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"tags": ["ok", "no spaces"], "notes": "x".repeat(10_001)}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body = error_body(&resp.text().await.expect("body"));
+    let fields: Vec<(&str, &str)> = body
+        .fields
+        .iter()
+        .map(|f| (f.field.as_str(), f.value.as_str()))
+        .collect();
+    assert_eq!(fields, [("notes", "10001 bytes"), ("tags[1]", "no spaces")]);
+    assert!(
+        body.error.starts_with("the request has 2 problem(s)"),
+        "{}",
+        body.error
+    );
+    assert_eq!(client.job(b.id).await.expect("job"), b, "nothing stored");
+    // Unknown fields, unknown jobs, bad ids, no token.
+    let patch = |url: String, body: serde_json::Value| async move {
+        let resp = reqwest::Client::new()
+            .patch(url)
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        (resp.status(), resp.text().await.expect("body"))
+    };
+    let (status, text) = patch(url.clone(), serde_json::json!({"tag": []})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(error_body(&text).error.contains("`tag`"), "{text}");
+    let err = client
+        .annotate(b.id + 100, &JobPatch::default())
+        .await
+        .expect_err("no such job");
+    assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+    let (status, text) = patch(format!("{}/api/jobs/x", c.url()), serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_body(&text).error.contains("job id `x`"), "{text}");
+    let (status, _) = raw(&url, reqwest::Method::PATCH, None, b"{}".to_vec()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     c.shutdown().await;
 }
 

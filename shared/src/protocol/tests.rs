@@ -78,6 +78,8 @@ fn job() -> JobInfo {
         total_steps: 100,
         error: None,
         spec: spec(),
+        notes: String::new(),
+        tags: Vec::new(),
     }
 }
 
@@ -429,4 +431,70 @@ fn job_states_parse_and_print() {
     }
     let err = "done".parse::<JobState>().expect_err("unknown state");
     assert!(err.contains("allowed"), "{err}");
+}
+
+#[test]
+fn job_notes_and_tags_are_additive_fields() {
+    // Left out when empty, so older answers and clients read the same.
+    let plain = serde_json::to_value(job()).expect("json");
+    assert!(plain.get("notes").is_none() && plain.get("tags").is_none());
+    let tagged = JobInfo {
+        notes: "lr too high?".into(),
+        tags: vec!["baseline".into()],
+        ..job()
+    };
+    let text = serde_json::to_string(&tagged).expect("json");
+    assert!(
+        text.contains(r#""notes":"lr too high?","tags":["baseline"]"#),
+        "{text}"
+    );
+    assert_eq!(
+        serde_json::from_str::<JobInfo>(&text).expect("parse"),
+        tagged
+    );
+    // A share shows neither.
+    let shared = SharedRun::new(tagged);
+    assert!(shared.job.notes.is_empty() && shared.job.tags.is_empty());
+}
+
+#[test]
+fn job_patches_are_normalized_or_every_problem_named() {
+    let patch = JobPatch {
+        notes: Some("first try  \n".into()),
+        tags: Some(vec![
+            " baseline ".into(),
+            "lr:1e-3".into(),
+            "baseline".into(),
+        ]),
+    };
+    assert_eq!(
+        patch.normalized(),
+        Ok(JobPatch {
+            notes: Some("first try".into()),
+            tags: Some(vec!["baseline".into(), "lr:1e-3".into()]),
+        })
+    );
+    let bad = JobPatch {
+        notes: Some("x".repeat(MAX_NOTES_LEN + 1)),
+        tags: Some(vec!["ok".into(), "has space".into(), String::new()]),
+    }
+    .normalized()
+    .expect_err("bad");
+    let fields: Vec<&str> = bad.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["notes", "tags[1]", "tags[2]"]);
+    assert_eq!(bad[1].value, "has space");
+    assert!(bad[1].allowed.contains("A-Z"), "{}", bad[1].allowed);
+    let many = JobPatch {
+        notes: None,
+        tags: Some((0..=MAX_TAGS).map(|i| format!("t{i}")).collect()),
+    };
+    assert_eq!(many.normalized().expect_err("too many")[0].field, "tags");
+    // Unknown fields are refused, an empty patch is fine.
+    assert!(serde_json::from_str::<JobPatch>(r#"{"tag":["x"]}"#).is_err());
+    assert_eq!(
+        serde_json::from_str::<JobPatch>("{}")
+            .expect("empty")
+            .normalized(),
+        Ok(JobPatch::default())
+    );
 }

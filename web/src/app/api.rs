@@ -125,6 +125,13 @@ pub async fn post<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Re
     json(check(request.send().await).await?).await
 }
 
+pub async fn patch<B: Serialize, T: DeserializeOwned>(path: &str, body: &B) -> Result<T, ApiError> {
+    let request = authed(Request::patch(path))
+        .json(body)
+        .map_err(ApiError::network)?;
+    json(check(request.send().await).await?).await
+}
+
 pub async fn post_empty<T: DeserializeOwned>(path: &str) -> Result<T, ApiError> {
     json(check(authed(Request::post(path)).send().await).await?).await
 }

@@ -11,6 +11,7 @@ use leptos::task::spawn_local;
 use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
+use super::annotate::Annotations;
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::chart::{Chart, ChartControls, ChartView};
 use crate::app::{api, events};
@@ -425,6 +426,7 @@ fn JobView(id: JobId) -> impl IntoView {
                     }>"Copy"</button>
                 </div>
             })}
+            {move || title.get().is_some().then(|| view! { <Annotations id job version/> })}
             <FinalMetrics points/>
             <RunCharts points detail zoom view=chart_view/>
             <div class="columns">

@@ -1,4 +1,5 @@
-//! The jobs list: state, progress, worker, age; filters in the URL; live over `/ws/events`.
+//! The jobs list: state, progress, worker, age, tags; filters in the URL; live over
+//! `/ws/events`.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -29,14 +30,12 @@ pub fn JobsPage() -> impl IntoView {
     let limit = RwSignal::new(PAGE);
 
     let load = move || {
-        let (state, name, group) = filter();
+        let f = filter();
         let limit = limit.get_untracked();
         spawn_local(async move {
             let mut url = format!("/api/jobs?limit={limit}");
-            for (k, v) in [("state", &state), ("name", &name), ("group", &group)] {
-                if !v.is_empty() {
-                    url.push_str(&format!("&{k}={}", api::enc(v)));
-                }
+            for (k, v) in f.pairs() {
+                url.push_str(&format!("&{k}={}", api::enc(v)));
             }
             match api::get::<JobPage>(&url).await {
                 Ok(page) => {
@@ -61,10 +60,7 @@ pub fn JobsPage() -> impl IntoView {
 
     let listener = events::listen(move |event| match event {
         ServerEvent::Job { job } => {
-            let (state, name, group) = query.with_untracked(filter_of);
-            let matches = (state.is_empty() || job.state.as_str() == state)
-                && (name.is_empty() || job.name.contains(&name))
-                && (group.is_empty() || job.group.as_deref() == Some(group.as_str()));
+            let matches = query.with_untracked(filter_of).matches(job);
             let _ = jobs.try_update(|list| match list.iter().position(|j| j.id == job.id) {
                 Some(i) if matches => list[i] = job.clone(),
                 Some(i) => {
@@ -96,14 +92,11 @@ pub fn JobsPage() -> impl IntoView {
         let navigate = navigate.clone();
         move |key: &'static str, value: String| {
             let mut pairs: Vec<(String, String)> = query.with_untracked(|q| {
-                ["state", "name", "group"]
-                    .iter()
-                    .filter(|k| **k != key)
-                    .filter_map(|k| {
-                        q.get(k)
-                            .filter(|v| !v.is_empty())
-                            .map(|v| (k.to_string(), v))
-                    })
+                filter_of(q)
+                    .pairs()
+                    .into_iter()
+                    .filter(|(k, _)| *k != key)
+                    .map(|(k, v)| (k.to_string(), v.clone()))
                     .collect()
             });
             if !value.is_empty() {
@@ -123,6 +116,7 @@ pub fn JobsPage() -> impl IntoView {
     };
     let set_state = set_query.clone();
     let set_name = set_query.clone();
+    let clear_tag = set_query.clone();
     let compare = {
         let navigate = navigate.clone();
         move |_| {
@@ -147,18 +141,28 @@ pub fn JobsPage() -> impl IntoView {
             <div class="filters" role="search">
                 <label for="filter-state">"State"</label>
                 <select id="filter-state"
-                    prop:value=move || filter().0
+                    prop:value=move || filter().state
                     on:change=move |ev| set_state("state", event_target_value(&ev))>
                     <option value="">"all"</option>
                     {JobState::ALL.iter().map(|s| view! { <option value=s.as_str()>{s.as_str()}</option> }).collect_view()}
                 </select>
                 <label for="filter-name">"Name"</label>
                 <input id="filter-name" type="search" placeholder="part of the name"
-                    prop:value=move || filter().1
+                    prop:value=move || filter().name
                     on:change=move |ev| set_name("name", event_target_value(&ev))/>
                 {move || {
-                    let group = filter().2;
+                    let group = filter().group;
                     (!group.is_empty()).then(|| view! { <span class="chip">"group " {group}</span> })
+                }}
+                {move || {
+                    let tag = filter().tag;
+                    let clear_tag = clear_tag.clone();
+                    (!tag.is_empty()).then(|| view! {
+                        <span class="chip tag-filter">"tag " {tag.clone()}
+                            <button class="link" aria-label=format!("stop filtering by tag {tag}")
+                                on:click=move |_| clear_tag("tag", String::new())>"×"</button>
+                        </span>
+                    })
                 }}
                 <button on:click=compare disabled=move || selected.with(|s| s.len() < 2)
                     title="Tick two or more runs">
@@ -187,6 +191,9 @@ pub fn JobsPage() -> impl IntoView {
                             let step = Memo::new(move |_| {
                                 jobs.with(|l| l.iter().find(|j| j.id == id).map(|j| (j.step, j.total_steps)))
                             });
+                            let tags = Memo::new(move |_| {
+                                jobs.with(|l| l.iter().find(|j| j.id == id).map(|j| j.tags.clone()).unwrap_or_default())
+                            });
                             let worker_id = live(|j| j.worker_id.clone());
                             // The name once the workers list has arrived; the id until then.
                             let worker = move || match worker_id() {
@@ -203,7 +210,8 @@ pub fn JobsPage() -> impl IntoView {
                                         }/></td>
                                     <td><A href=format!("/jobs/{id}")>{format!("#{id}")}</A></td>
                                     <td><A href=format!("/jobs/{id}")>{job.name.clone()}</A>
-                                        {job.group.clone().map(|g| view! { <span class="muted small">" · " {g}</span> })}</td>
+                                        {job.group.clone().map(|g| view! { <span class="muted small">" · " {g}</span> })}
+                                        <Tags tags/></td>
                                     <td>{move || state.get().map(|s| view! { <StateBadge state=s/> })}</td>
                                     <td>{move || step.get().map(|(s, t)| view! { <Progress step=s total=t/> })}</td>
                                     <td class="wide">{worker}</td>
@@ -227,11 +235,56 @@ pub fn JobsPage() -> impl IntoView {
     }
 }
 
-/// (state, name, group) of `/?state=&name=&group=`; empty when absent.
-fn filter_of(q: &ParamsMap) -> (String, String, String) {
-    (
-        q.get("state").unwrap_or_default(),
-        q.get("name").unwrap_or_default(),
-        q.get("group").unwrap_or_default(),
-    )
+/// The list's filters, from `/?state=&name=&group=&tag=`; empty when absent.
+#[derive(Debug, Clone, PartialEq)]
+struct Filter {
+    state: String,
+    name: String,
+    group: String,
+    tag: String,
+}
+
+impl Filter {
+    /// The filters that are set, as query pairs.
+    fn pairs(&self) -> Vec<(&'static str, &String)> {
+        [
+            ("state", &self.state),
+            ("name", &self.name),
+            ("group", &self.group),
+            ("tag", &self.tag),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect()
+    }
+
+    /// Whether `job` belongs in the list (for live events; the coordinator filters fetches).
+    fn matches(&self, job: &JobInfo) -> bool {
+        (self.state.is_empty() || job.state.as_str() == self.state)
+            && (self.name.is_empty() || job.name.contains(&self.name))
+            && (self.group.is_empty() || job.group.as_deref() == Some(self.group.as_str()))
+            && (self.tag.is_empty() || job.tags.contains(&self.tag))
+    }
+}
+
+fn filter_of(q: &ParamsMap) -> Filter {
+    let get = |k: &str| q.get(k).unwrap_or_default();
+    Filter {
+        state: get("state"),
+        name: get("name"),
+        group: get("group"),
+        tag: get("tag"),
+    }
+}
+
+/// A job's tags, each a link to the list filtered by it.
+#[component]
+pub fn Tags(#[prop(into)] tags: Signal<Vec<String>>) -> impl IntoView {
+    view! {
+        <span class="tags">
+            {move || tags.get().into_iter().map(|t| view! {
+                <A href=format!("/?tag={}", api::enc(&t)) attr:class="tag">{t}</A>
+            }).collect_view()}
+        </span>
+    }
 }

@@ -4,6 +4,7 @@ use kiln_shared::protocol::JobState;
 use leptos::prelude::*;
 use leptos_router::components::A;
 
+pub mod annotate;
 pub mod compare;
 pub mod job;
 pub mod jobs;
