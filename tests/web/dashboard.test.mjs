@@ -271,6 +271,10 @@ test('tags and notes: set on the job page, kept, checked, and a tag filters the 
   await shot(page, 'job-annotated');
   const { body: stored } = await api(`/api/jobs/${formJob}`);
   assert.deepEqual(stored.tags, ['baseline']);
+  // The compare table lists tags too.
+  await page.goto(`${base}/compare?ids=${formJob}`);
+  await page.locator('table.compare tr.tags-row a.tag', { hasText: 'baseline' }).waitFor();
+  await page.goto(`${base}/jobs/${formJob}`);
   // The tag links to the list filtered by it; the list shows it on the row.
   await tag.click();
   await page.waitForURL(/\/\?tag=baseline$/);

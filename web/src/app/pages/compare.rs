@@ -10,6 +10,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
 
 use super::job::FETCH_POINTS;
+use super::jobs::Tags;
 use super::{ErrorLine, StateBadge};
 use crate::app::api;
 use crate::app::chart::{Chart, ChartControls, ChartView};
@@ -137,10 +138,15 @@ pub fn ComparePage() -> impl IntoView {
             let final_rows = [("final accuracy", Quantity::Accuracy), ("final loss", Quantity::Loss)].map(|(label, q)| view! {
                 <tr><th scope="row">{label}</th>{finals(q).into_iter().map(|v| view! { <td>{v}</td> }).collect_view()}</tr>
             });
+            let tag_row = r.iter().any(|(j, _)| !j.tags.is_empty()).then(|| view! {
+                <tr class="tags-row"><th scope="row">"tags"</th>{r.iter().map(|(j, _)| view! {
+                    <td><Tags tags=j.tags.clone()/></td>
+                }).collect_view()}</tr>
+            });
             view! {
                 <table class="compare">
                     <thead><tr><th>"Field"</th>{head}</tr></thead>
-                    <tbody>{final_rows.into_iter().collect_view()}{rows}</tbody>
+                    <tbody>{final_rows.into_iter().collect_view()}{tag_row}{rows}</tbody>
                 </table>
             }
         })
