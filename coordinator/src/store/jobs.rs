@@ -189,22 +189,22 @@ impl Store {
     pub async fn annotate_job(&self, id: JobId, patch: &JobPatch) -> StoreResult<JobInfo> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         load_job(&mut tx, id).await?;
-        if let Some(notes) = &patch.notes {
-            sqlx::query("UPDATE jobs SET notes = ? WHERE id = ?")
-                .bind(notes)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(tags) = &patch.tags {
-            let json = serde_json::to_string(tags)
-                .map_err(|e| StoreError::Corrupt(format!("tags of job {id}: {e}")))?;
-            sqlx::query("UPDATE jobs SET tags = ? WHERE id = ?")
-                .bind(json)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let tags = match &patch.tags {
+            Some(tags) => Some(
+                serde_json::to_string(tags)
+                    .map_err(|e| StoreError::Corrupt(format!("tags of job {id}: {e}")))?,
+            ),
+            None => None,
+        };
+        // NULL keeps the column as it is.
+        sqlx::query(
+            "UPDATE jobs SET notes = COALESCE(?, notes), tags = COALESCE(?, tags) WHERE id = ?",
+        )
+        .bind(patch.notes.as_deref())
+        .bind(tags)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let job = load_job(&mut tx, id).await?;
         tx.commit().await?;
         Ok(job)
