@@ -37,6 +37,9 @@ pub enum RemoteCommand {
         spec: PathBuf,
         #[arg(long, short)]
         follow: bool,
+        /// Tag the job (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -104,6 +107,9 @@ pub enum RemoteCommand {
         spec: PathBuf,
         #[arg(long = "grid", required = true)]
         grid: Vec<String>,
+        /// Tag every job of the sweep (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -125,10 +131,19 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let client = client(&remote)?;
         match command {
-            RemoteCommand::Submit { spec, follow, json } => {
+            RemoteCommand::Submit {
+                spec,
+                follow,
+                tags,
+                json,
+            } => {
                 let spec = read_spec(&spec)?;
                 let job = client
-                    .submit(&SubmitJob { spec, group: None })
+                    .submit(&SubmitJob {
+                        spec,
+                        group: None,
+                        tags,
+                    })
                     .await
                     .context("submitting")?;
                 if json {
@@ -336,13 +351,18 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            RemoteCommand::Sweep { spec, grid, json } => {
+            RemoteCommand::Sweep {
+                spec,
+                grid,
+                tags,
+                json,
+            } => {
                 let base = read_spec(&spec)?;
                 let specs = expand_grid(&base, &grid)?;
                 let group = format!("{}-sweep-{}", base.name, chrono_stamp());
                 let mut jobs = Vec::new();
                 for spec in specs {
-                    jobs.push(client.submit(&SubmitJob { spec, group: Some(group.clone()) }).await?);
+                    jobs.push(client.submit(&SubmitJob { spec, group: Some(group.clone()), tags: tags.clone() }).await?);
                 }
                 if json {
                     println!("{}", serde_json::to_string_pretty(&jobs)?);

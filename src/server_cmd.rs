@@ -223,7 +223,11 @@ async fn submit_demo(coordinator: &Coordinator, admin: Option<&str>) -> anyhow::
     };
     let client = Client::new(&coordinator.url(), Some(admin.to_string()))?;
     let job = client
-        .submit(&SubmitJob { spec, group: None })
+        .submit(&SubmitJob {
+            spec,
+            group: None,
+            tags: Vec::new(),
+        })
         .await
         .context("submitting the demo job")?;
     println!(

@@ -148,6 +148,7 @@ impl Bench<'_> {
             let job = SubmitJob {
                 spec: spec?,
                 group: None,
+                tags: Vec::new(),
             };
             Ok(client.submit(&job).await?.id)
         }

@@ -4,7 +4,7 @@
 //! # async fn demo(spec: kiln_shared::JobSpec) -> Result<(), kiln_coordinator::client::ClientError> {
 //! use kiln_coordinator::client::Client;
 //! let client = Client::new("http://127.0.0.1:7070", Some("kiln_…".into()))?;
-//! let job = client.submit(&kiln_shared::protocol::SubmitJob { spec, group: None }).await?;
+//! let job = client.submit(&kiln_shared::protocol::SubmitJob { spec, group: None, tags: Vec::new() }).await?;
 //! println!("job {} is {}", job.id, job.state.as_str());
 //! # Ok(())
 //! # }

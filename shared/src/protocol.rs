@@ -354,6 +354,9 @@ pub struct SubmitJob {
     pub spec: JobSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Tags to start with (checked like `JobPatch::tags`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// Most tags on one job.

@@ -140,7 +140,11 @@ impl Cluster {
     pub fn submit(&self, spec: &str) -> JobInfo {
         let spec = JobSpec::from_toml_str(spec).expect("test spec is valid");
         self.rt
-            .block_on(self.client().submit(&SubmitJob { spec, group: None }))
+            .block_on(self.client().submit(&SubmitJob {
+                spec,
+                group: None,
+                tags: Vec::new(),
+            }))
             .expect("submit")
     }
 
@@ -547,11 +551,20 @@ fn tags_and_notes_from_the_cli() {
     );
     assert_eq!(c.job(job.id).tags, ["baseline", "wide"], "nothing stored");
 
+    // Tags at submission.
+    let file = dir.path().join("tagged.toml");
+    std::fs::write(&file, spec("at-submit", 10, 5)).unwrap();
+    let o = c.cli(&["submit", file.to_str().unwrap(), "--tag", "wide", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let submitted: JobInfo = serde_json::from_slice(&o.stdout).expect("job json");
+    assert_eq!(submitted.tags, ["wide"]);
+
     let o = c.cli(&["note", &id, "first try, lr 1e-3"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = c.cli(&["jobs", "--tag", "wide"]);
-    assert!(stdout(&o).contains("1 of 1 jobs"), "{}", stdout(&o));
-    assert!(stdout(&o).contains("tagged") && !stdout(&o).contains("other"));
+    assert!(stdout(&o).contains("2 of 2 jobs"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("tagged") && stdout(&o).contains("at-submit"));
+    assert!(!stdout(&o).contains("other"), "{}", stdout(&o));
     let o = c.cli(&["job", &id]);
     assert!(
         stdout(&o).contains("tags      baseline, wide"),

@@ -83,10 +83,12 @@ test('a job submitted from the form appears in the list, charts grow while it ru
   await fill('training.log_every', '2');
   await fill('training.eval_every', '25');
   await fill('training.checkpoint_every', '200');
+  await page.fill('#f-tags', 'e2e, wide');
   await shot(page, 'new-job');
   await page.click('button[type=submit]');
   await page.waitForURL(/\/jobs\/\d+$/);
   formJob = Number(page.url().match(/\/jobs\/(\d+)$/)[1]);
+  assert.deepEqual((await api(`/api/jobs/${formJob}`)).body.tags, ['e2e', 'wide']);
 
   // The list, in another tab, shows it.
   const list = await ctx.newPage();
@@ -151,6 +153,15 @@ test('invalid form input shows the error at its field and creates no job', async
   await page.waitForTimeout(500);
   assert.equal((await api('/api/jobs')).body.total, before, 'a job was created');
   await shot(page, 'new-job-errors');
+  // A valid spec with a bad tag: the tag is named at its input, still no job.
+  await page.goto(`${base}/new`);
+  await page.fill('#f-tags', 'ok, has!bang');
+  await page.click('button[type=submit]');
+  await errorAt('tags').filter({ hasText: 'has!bang' }).waitFor();
+  assert.equal(await page.locator('#f-tags').getAttribute('aria-invalid'), 'true');
+  await page.waitForTimeout(300);
+  assert.match(page.url(), /\/new$/);
+  assert.equal((await api('/api/jobs')).body.total, before, 'a job was created');
   await page.close();
 });
 
@@ -270,7 +281,7 @@ test('tags and notes: set on the job page, kept, checked, and a tag filters the 
   assert.equal(await page.locator('.notes-text').innerText(), 'wide MLP\nlr 1e-3 looks right');
   await shot(page, 'job-annotated');
   const { body: stored } = await api(`/api/jobs/${formJob}`);
-  assert.deepEqual(stored.tags, ['baseline']);
+  assert.deepEqual(stored.tags, ['e2e', 'wide', 'baseline']);
   // The compare table lists tags too.
   await page.goto(`${base}/compare?ids=${formJob}`);
   await page.locator('table.compare tr.tags-row a.tag', { hasText: 'baseline' }).waitFor();
@@ -387,7 +398,9 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   const p = await phone.newPage();
   await p.goto(`${base}/jobs/${formJob}`);
   await p.locator('.chart-loss canvas:not([data-points="0"])').waitFor();
-  // A tap on a chart shows the values there.
+  // A tap on a chart shows the values there (scrolled to it first, as a thumb would: the
+  // run's tags and notes push it below the fold).
+  await p.locator('.chart-loss canvas').scrollIntoViewIfNeeded();
   const tapBox = await p.locator('.chart-loss canvas').boundingBox();
   await p.touchscreen.tap(tapBox.x + tapBox.width / 2, tapBox.y + tapBox.height / 2);
   assert.match(await p.locator('.chart-loss .tooltip').innerText(), /train \d/);

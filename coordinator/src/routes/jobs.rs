@@ -65,9 +65,17 @@ pub async fn submit(
             "invalid `group`: must be 1 to {MAX_GROUP_LEN} bytes"
         )));
     }
+    let tags = JobPatch {
+        notes: None,
+        tags: Some(body.tags),
+    }
+    .normalized()
+    .map_err(ApiError::InvalidFields)?
+    .tags
+    .unwrap_or_default();
     let job = state
         .store
-        .insert_job(&body.spec, body.group.as_deref())
+        .insert_job(&body.spec, body.group.as_deref(), &tags)
         .await?;
     state.telemetry.jobs_submitted.inc();
     info!(job_id = job.id, name = %job.name, "job submitted");

@@ -116,13 +116,21 @@ async fn load_job_for_update(
 
 impl Store {
     /// Store a new queued job (the spec is already validated).
-    pub async fn insert_job(&self, spec: &JobSpec, group: Option<&str>) -> StoreResult<JobInfo> {
+    /// A new queued job; `tags` already normalized (`JobPatch::normalized`).
+    pub async fn insert_job(
+        &self,
+        spec: &JobSpec,
+        group: Option<&str>,
+        tags: &[String],
+    ) -> StoreResult<JobInfo> {
         let spec_json = serde_json::to_string(spec)
             .map_err(|e| StoreError::Corrupt(format!("cannot serialize the spec: {e}")))?;
+        let tags_json = serde_json::to_string(tags)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the tags: {e}")))?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (name, spec_json, state, priority, device, \"group\", created_ms, \
-             max_attempts) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?) RETURNING id",
+             max_attempts, tags) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&spec.name)
         .bind(spec_json)
@@ -131,6 +139,7 @@ impl Store {
         .bind(group)
         .bind(now_ms())
         .bind(i64::from(spec.max_attempts))
+        .bind(tags_json)
         .fetch_one(&mut *tx)
         .await?;
         let job = load_job(&mut tx, id).await?;

@@ -30,7 +30,7 @@ async fn relative_paths_are_refused() {
 #[tokio::test]
 async fn failures_requeue_until_max_attempts_then_retry_adds_more() {
     let (_dir, store) = store().await;
-    let job = store.insert_job(&spec(2), None).await.expect("insert");
+    let job = store.insert_job(&spec(2), None, &[]).await.expect("insert");
     for (n, expected) in [(1, JobState::Queued), (2, JobState::Failed)] {
         let a = store
             .assign(job.id, "w")
@@ -71,7 +71,10 @@ async fn failures_requeue_until_max_attempts_then_retry_adds_more() {
 #[tokio::test]
 async fn cancel_requested_wins_over_requeue_and_resume_picks_the_newest_checkpoint() {
     let (_dir, store) = store().await;
-    let job = store.insert_job(&spec(3), Some("g")).await.expect("insert");
+    let job = store
+        .insert_job(&spec(3), Some("g"), &[])
+        .await
+        .expect("insert");
     let a = store
         .assign(job.id, "w")
         .await
@@ -115,7 +118,7 @@ async fn cancel_requested_wins_over_requeue_and_resume_picks_the_newest_checkpoi
 #[tokio::test]
 async fn metrics_of_stale_attempts_are_dropped_and_batches_are_large() {
     let (_dir, store) = store().await;
-    let job = store.insert_job(&spec(3), None).await.expect("insert");
+    let job = store.insert_job(&spec(3), None, &[]).await.expect("insert");
     let a = store
         .assign(job.id, "w")
         .await
@@ -235,7 +238,7 @@ async fn tokens_and_workers() {
 #[tokio::test]
 async fn share_links_resolve_until_revoked_and_go_with_their_job() {
     let (_dir, store) = store().await;
-    let job = store.insert_job(&spec(1), None).await.expect("insert");
+    let job = store.insert_job(&spec(1), None, &[]).await.expect("insert");
     let a = store
         .create_share(job.id, "hash-a", "aaaaaa")
         .await
@@ -300,8 +303,8 @@ async fn notes_and_tags_are_kept_and_tags_filter_the_list() {
     use kiln_shared::protocol::{JobPage, JobPatch};
 
     let (_dir, store) = store().await;
-    let a = store.insert_job(&spec(1), None).await.expect("insert");
-    let b = store.insert_job(&spec(1), None).await.expect("insert");
+    let a = store.insert_job(&spec(1), None, &[]).await.expect("insert");
+    let b = store.insert_job(&spec(1), None, &[]).await.expect("insert");
     assert!(a.notes.is_empty() && a.tags.is_empty());
 
     let tagged = store

@@ -278,7 +278,11 @@ async fn a_worker_is_a_candidate_only_after_its_hello_is_reconciled() {
             .connect_worker(&id, &id, &caps, false)
             .await
             .expect("worker row");
-        let job = state.store.insert_job(&spec, None).await.expect("insert");
+        let job = state
+            .store
+            .insert_job(&spec, None, &[])
+            .await
+            .expect("insert");
         state
             .store
             .assign(job.id, &id)
@@ -362,7 +366,11 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
         .connect_worker("w", "w", &capabilities(), false)
         .await
         .expect("worker row");
-    let job = state.store.insert_job(&spec, None).await.expect("insert");
+    let job = state
+        .store
+        .insert_job(&spec, None, &[])
+        .await
+        .expect("insert");
     let lost = state
         .store
         .assign(job.id, "w")

@@ -92,6 +92,7 @@ async fn submit_valid_and_invalid() {
         .submit(&SubmitJob {
             spec: support::spec("x"),
             group: Some(String::new()),
+            tags: Vec::new(),
         })
         .await
         .expect_err("empty group");
@@ -109,6 +110,34 @@ async fn notes_and_tags_are_set_checked_and_filter_the_list() {
     let client = support::admin(&c);
     let a = support::submit(&client, "a").await;
     let b = support::submit(&client, "b").await;
+    // Tags can come with the submission, checked the same way.
+    let tagged_at_submit = client
+        .submit(&SubmitJob {
+            spec: support::spec("c"),
+            group: None,
+            tags: vec!["sweep-1".into(), "sweep-1".into()],
+        })
+        .await
+        .expect("submit");
+    assert_eq!(tagged_at_submit.tags, ["sweep-1"]);
+    let err = client
+        .submit(&SubmitJob {
+            spec: support::spec("d"),
+            group: None,
+            tags: vec!["no spaces".into()],
+        })
+        .await
+        .expect_err("bad tag");
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+    assert!(err.to_string().contains("tags[0]"), "{err}");
+    assert_eq!(
+        client
+            .jobs(&JobFilter::default())
+            .await
+            .expect("list")
+            .total,
+        3
+    );
 
     let tagged = client
         .annotate(
@@ -195,6 +224,7 @@ async fn list_filters_and_pages() {
             .submit(&SubmitJob {
                 spec: support::spec(&format!("job-{i}")),
                 group: (i % 2 == 0).then(|| "sweep".to_string()),
+                tags: Vec::new(),
             })
             .await
             .expect("submit");

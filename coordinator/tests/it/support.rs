@@ -56,6 +56,7 @@ pub async fn submit(client: &Client, name: &str) -> JobInfo {
         .submit(&SubmitJob {
             spec: spec(name),
             group: None,
+            tags: Vec::new(),
         })
         .await
         .expect("submit")

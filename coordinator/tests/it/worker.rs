@@ -466,7 +466,11 @@ async fn cancel_retry_and_drain() {
     let mut spec = support::spec("webgpu-only");
     spec.device = kiln_shared::spec::DeviceRequest::Webgpu;
     let web = client
-        .submit(&kiln_shared::protocol::SubmitJob { spec, group: None })
+        .submit(&kiln_shared::protocol::SubmitJob {
+            spec,
+            group: None,
+            tags: Vec::new(),
+        })
         .await
         .expect("submit");
     send_json(

@@ -353,6 +353,7 @@ fn rest_types() {
         SubmitJob {
             spec: spec(),
             group: Some("sweep-1".into()),
+            tags: Vec::new(),
         },
         r#"{"spec":SPEC,"group":"sweep-1"}"#,
     );

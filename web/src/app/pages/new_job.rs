@@ -1,8 +1,8 @@
-//! The new-job form: presets, the inputs of `crate::form`, errors at their fields (the same
-//! `JobSpec::validate` the coordinator runs, before anything is sent).
+//! The new-job form: presets, the inputs of `crate::form`, tags, errors at their fields (the
+//! same `JobSpec::validate` and tag check the coordinator runs, before anything is sent).
 
 use kiln_shared::JobSpec;
-use kiln_shared::protocol::{JobInfo, SubmitJob};
+use kiln_shared::protocol::{JobInfo, JobPatch, SubmitJob};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::{use_navigate, use_query_map};
@@ -34,6 +34,8 @@ pub fn NewJobPage() -> impl IntoView {
     let errors = RwSignal::new(std::collections::BTreeMap::<String, Vec<String>>::new());
     let error = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
+    let tags = RwSignal::new(String::new());
+    let tag_error = RwSignal::new(None::<String>);
 
     // "New job like this": start from an existing run's spec.
     if let Some(from) = query.with_untracked(|q| q.get("from")) {
@@ -41,6 +43,7 @@ pub fn NewJobPage() -> impl IntoView {
             match api::get::<JobInfo>(&format!("/api/jobs/{}", api::enc(&from))).await {
                 Ok(j) => {
                     let _ = values.try_set(values_from_spec(&j.spec));
+                    let _ = tags.try_set(j.tags.join(", "));
                     let _ = preset.try_set(String::new());
                     let _ = base.try_set(Some(j.spec));
                 }
@@ -68,13 +71,61 @@ pub fn NewJobPage() -> impl IntoView {
             }
         };
         errors.set(Default::default());
+        // Tags: comma- or space-separated, checked as the coordinator checks them.
+        let list: Vec<String> = tags
+            .get_untracked()
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        let tags = match (JobPatch {
+            notes: None,
+            tags: Some(list),
+        })
+        .normalized()
+        {
+            Ok(p) => p.tags.unwrap_or_default(),
+            Err(list) => {
+                tag_error.set(Some(
+                    list.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ));
+                return;
+            }
+        };
+        tag_error.set(None);
         busy.set(true);
         let navigate = navigate.clone();
         spawn_local(async move {
-            match api::post::<_, JobInfo>("/api/jobs", &SubmitJob { spec, group: None }).await {
+            match api::post::<_, JobInfo>(
+                "/api/jobs",
+                &SubmitJob {
+                    spec,
+                    group: None,
+                    tags,
+                },
+            )
+            .await
+            {
                 Ok(job) => navigate(&format!("/jobs/{}", job.id), Default::default()),
                 Err(e) => {
-                    let _ = errors.try_set(errors_by_field(&e.fields));
+                    let (tag_fields, spec_fields): (Vec<_>, Vec<_>) = e
+                        .fields
+                        .iter()
+                        .cloned()
+                        .partition(|f| f.field.starts_with("tags"));
+                    if !tag_fields.is_empty() {
+                        let _ = tag_error.try_set(Some(
+                            tag_fields
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        ));
+                    }
+                    let _ = errors.try_set(errors_by_field(&spec_fields));
                     let _ = error.try_set(Some(e.to_string()));
                     let _ = busy.try_set(false);
                 }
@@ -152,6 +203,17 @@ pub fn NewJobPage() -> impl IntoView {
             </div>
             <form on:submit=submit novalidate>
                 {sections}
+                <fieldset><legend>"Run"</legend>
+                    <div class="field" class:invalid=move || tag_error.get().is_some() data-field="tags">
+                        <label for="f-tags">"Tags"</label>
+                        <input id="f-tags" name="tags" type="text" prop:value=move || tags.get()
+                            on:input=move |ev| { tags.set(event_target_value(&ev)); tag_error.set(None); }
+                            aria-invalid=move || tag_error.get().is_some().to_string()
+                            aria-describedby="f-tags-error"/>
+                        <small class="help">"comma-separated, to find the run by later"</small>
+                        <div id="f-tags-error" class="field-error" role="alert">{move || tag_error.get()}</div>
+                    </div>
+                </fieldset>
                 <ErrorLine error/>
                 {move || {
                     let g = general();

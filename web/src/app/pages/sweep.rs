@@ -66,6 +66,7 @@ pub fn SweepPage() -> impl IntoView {
                     &SubmitJob {
                         spec,
                         group: Some(group.clone()),
+                        tags: Vec::new(),
                     },
                 )
                 .await
