@@ -66,9 +66,12 @@ pub fn Annotations(
                 notes: None,
                 tags: Some(list),
             },
-            Box::new(move |r| match r {
-                Ok(()) => new_tag.set(String::new()),
-                Err(e) => tag_error.set(Some(e)),
+            // The page may be gone by the answer: `try_set` on what it owned.
+            Box::new(move |r| {
+                let _ = match r {
+                    Ok(()) => new_tag.try_set(String::new()).map(drop),
+                    Err(e) => tag_error.try_set(Some(e)).map(drop),
+                };
             }),
         );
     };
@@ -83,7 +86,9 @@ pub fn Annotations(
                 notes: None,
                 tags: Some(list),
             },
-            Box::new(move |r| tag_error.set(r.err())),
+            Box::new(move |r| {
+                let _ = tag_error.try_set(r.err());
+            }),
         );
     };
     let save_notes = move |ev: leptos::ev::SubmitEvent| {
@@ -96,12 +101,11 @@ pub fn Annotations(
                 notes: Some(text),
                 tags: None,
             },
-            Box::new(move |r| match r {
-                Ok(()) => {
-                    draft.set(None);
-                    notes_error.set(None);
+            Box::new(move |r| {
+                if r.is_ok() {
+                    let _ = draft.try_set(None);
                 }
-                Err(e) => notes_error.set(Some(e)),
+                let _ = notes_error.try_set(r.err());
             }),
         );
     };
