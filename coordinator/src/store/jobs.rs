@@ -92,6 +92,12 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<JobInfo> {
     })
 }
 
+/// `jobs.tags`: a JSON array of strings.
+fn tags_json(tags: &[String]) -> StoreResult<String> {
+    serde_json::to_string(tags)
+        .map_err(|e| StoreError::Corrupt(format!("cannot serialize the tags: {e}")))
+}
+
 pub(super) async fn load_job(conn: &mut SqliteConnection, id: JobId) -> StoreResult<JobInfo> {
     let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
         .bind(id)
@@ -125,8 +131,7 @@ impl Store {
     ) -> StoreResult<JobInfo> {
         let spec_json = serde_json::to_string(spec)
             .map_err(|e| StoreError::Corrupt(format!("cannot serialize the spec: {e}")))?;
-        let tags_json = serde_json::to_string(tags)
-            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the tags: {e}")))?;
+        let tags_json = tags_json(tags)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (name, spec_json, state, priority, device, \"group\", created_ms, \
@@ -198,13 +203,7 @@ impl Store {
     pub async fn annotate_job(&self, id: JobId, patch: &JobPatch) -> StoreResult<JobInfo> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         load_job(&mut tx, id).await?;
-        let tags = match &patch.tags {
-            Some(tags) => Some(
-                serde_json::to_string(tags)
-                    .map_err(|e| StoreError::Corrupt(format!("tags of job {id}: {e}")))?,
-            ),
-            None => None,
-        };
+        let tags = patch.tags.as_deref().map(tags_json).transpose()?;
         // NULL keeps the column as it is.
         sqlx::query(
             "UPDATE jobs SET notes = COALESCE(?, notes), tags = COALESCE(?, tags) WHERE id = ?",

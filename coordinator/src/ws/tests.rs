@@ -80,6 +80,34 @@ fn hello_running(id: &str, running: Vec<kiln_shared::protocol::AttemptRef>) -> W
     }
 }
 
+/// A job whose attempt 1 is held by worker `id` (as if assigned to an earlier connection).
+async fn job_held_by(
+    state: &AppState,
+    id: &str,
+) -> (
+    kiln_shared::protocol::JobInfo,
+    kiln_shared::protocol::AttemptRef,
+) {
+    state
+        .store
+        .connect_worker(id, id, &capabilities(), false)
+        .await
+        .expect("worker row");
+    let job = state
+        .store
+        .insert_job(&job_spec(), None, &[])
+        .await
+        .expect("insert");
+    let attempt = state
+        .store
+        .assign(job.id, id)
+        .await
+        .expect("assign")
+        .expect("assigned")
+        .attempt;
+    (job, attempt)
+}
+
 fn job_spec() -> kiln_shared::JobSpec {
     kiln_shared::JobSpec::from_json_str(
         r#"{"name":"j","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
@@ -267,28 +295,10 @@ async fn a_worker_is_a_candidate_only_after_its_hello_is_reconciled() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let (state, _keep) = state(dir.path()).await;
-    let spec = job_spec();
     const WORKERS: usize = 24;
-    let caps = capabilities();
     for i in 0..WORKERS {
         // An attempt held by an earlier connection of w{i}.
-        let id = format!("w{i}");
-        state
-            .store
-            .connect_worker(&id, &id, &caps, false)
-            .await
-            .expect("worker row");
-        let job = state
-            .store
-            .insert_job(&spec, None, &[])
-            .await
-            .expect("insert");
-        state
-            .store
-            .assign(job.id, &id)
-            .await
-            .expect("assign")
-            .expect("assigned");
+        job_held_by(&state, &format!("w{i}")).await;
     }
     let (stop, checks, violations) = (
         Arc::new(AtomicBool::new(false)),
@@ -360,24 +370,7 @@ async fn a_worker_is_a_candidate_only_after_its_hello_is_reconciled() {
 async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (state, _keep) = state(dir.path()).await;
-    let spec = job_spec();
-    state
-        .store
-        .connect_worker("w", "w", &capabilities(), false)
-        .await
-        .expect("worker row");
-    let job = state
-        .store
-        .insert_job(&spec, None, &[])
-        .await
-        .expect("insert");
-    let lost = state
-        .store
-        .assign(job.id, "w")
-        .await
-        .expect("assign")
-        .expect("assigned")
-        .attempt;
+    let (job, lost) = job_held_by(&state, "w").await;
     state
         .store
         .finish_attempt(

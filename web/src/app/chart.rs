@@ -6,6 +6,8 @@
 //! With smoothing on, each line is drawn smoothed over a faint copy of the raw values, and
 //! hovering shows both. A log-scale y axis leaves out values that are not positive.
 
+use std::borrow::Cow;
+
 use leptos::ev::PointerEvent;
 use leptos::html::Canvas;
 use leptos::prelude::*;
@@ -72,26 +74,29 @@ pub fn Chart(
     let drawn_series = RwSignal::new(0usize);
     let last_step = RwSignal::new(0u64);
 
-    // The lines as drawn: smoothed when asked, else the raw values.
-    let shown = Memo::new(move |_| {
+    // The smoothed lines, only while smoothing is on (live updates then cost no copy).
+    let smoothed = Memo::new(move |_| {
         let w = smoothing.get();
-        series.with(|all| {
-            all.iter()
-                .map(|s| Series {
-                    label: s.label.clone(),
-                    points: smooth(&s.points, w),
-                })
-                .collect::<Vec<_>>()
+        (w > 0.0).then(|| {
+            series.with(|all| {
+                all.iter()
+                    .map(|s| Series {
+                        label: s.label.clone(),
+                        points: smooth(&s.points, w),
+                    })
+                    .collect::<Vec<_>>()
+            })
         })
     });
 
     Effect::new(move |_| {
-        let s = series.get();
         let z = zoom.get();
-        let smoothed = (smoothing.get() > 0.0).then(|| shown.get());
         let log = log_y.get();
-        if let Some(c) = canvas.get() {
-            geometry.set_value(draw(&c, &s, smoothed.as_deref(), z, log));
+        let Some(c) = canvas.get() else {
+            return;
+        };
+        series.with(|s| {
+            smoothed.with(|sm| geometry.set_value(draw(&c, s, sm.as_deref(), z, log)));
             drawn_points.set(s.iter().map(|s| s.points.len()).sum());
             drawn_series.set(s.len());
             last_step.set(
@@ -100,7 +105,7 @@ pub fn Chart(
                     .max()
                     .unwrap_or(0),
             );
-        }
+        });
     });
 
     // The values at the step under `px`; a touch shows them on pointer-down.
@@ -109,15 +114,15 @@ pub fn Chart(
             return;
         };
         let step = g.step_at(px);
-        let smoothed = smoothing.get_untracked() > 0.0;
         let parts: Vec<String> = series.with_untracked(|all| {
-            shown.with_untracked(|lines| {
+            smoothed.with_untracked(|sm| {
+                let lines = sm.as_deref().unwrap_or(all);
                 all.iter()
                     .zip(lines)
                     .filter_map(|(raw, line)| {
                         nearest(&line.points, step).map(|i| {
                             let (x, y) = line.points[i];
-                            let value = if smoothed {
+                            let value = if sm.is_some() {
                                 format!("{} (raw {})", fmt_value(y), fmt_value(raw.points[i].1))
                             } else {
                                 fmt_value(y)
@@ -258,12 +263,12 @@ fn draw(
             })
             .collect()
     };
-    let (series, smoothed) = if log_y {
-        (as_log(series), smoothed.map(as_log))
+    let (series, smoothed): (Cow<[Series]>, Option<Cow<[Series]>>) = if log_y {
+        (as_log(series).into(), smoothed.map(|s| as_log(s).into()))
     } else {
-        (series.to_vec(), smoothed.map(<[Series]>::to_vec))
+        (series.into(), smoothed.map(Cow::from))
     };
-    let (series, smoothed) = (series.as_slice(), smoothed.as_deref());
+    let (series, smoothed) = (&*series, smoothed.as_deref());
     let width = match canvas.client_width() {
         w if w > 0 => w as u32,
         _ => 600,
