@@ -38,12 +38,12 @@ macro_rules! wire_schema {
 wire_schema!(
     JobInfoDoc,
     "JobInfo",
-    "A job: state, progress, attempts and its spec."
+    "A job: state, progress, attempts, its spec and its revision."
 );
 wire_schema!(
     JobPageDoc,
     "JobPage",
-    "A page of jobs, newest first, with the total count."
+    "A page of jobs, newest first, with the total count and the revision it was read at."
 );
 wire_schema!(
     SubmitJobDoc,

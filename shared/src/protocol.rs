@@ -270,6 +270,12 @@ impl std::str::FromStr for JobState {
     }
 }
 
+/// A version number of a job or worker row, taken from one counter in the coordinator's
+/// database: every change of a row gives it the next number. A client that merges fetched
+/// snapshots with live events keeps the copy with the higher revision, whichever arrived
+/// last (`kiln-web`'s `live` module).
+pub type Revision = u64;
+
 /// A job as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobInfo {
@@ -300,6 +306,10 @@ pub struct JobInfo {
     /// Labels to find and group runs by (`GET /api/jobs?tag=`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Coordinator-ordered version of this row: every change of the job takes a higher one
+    /// (see [`Revision`]). 0 from a coordinator that predates revisions.
+    #[serde(default)]
+    pub revision: Revision,
 }
 
 /// One attempt's history.
@@ -337,6 +347,10 @@ pub struct WorkerInfo {
     pub last_seen_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running: Option<AttemptRef>,
+    /// Coordinator-ordered version of this row (see [`Revision`]); it also changes when the
+    /// job it runs starts or stops.
+    #[serde(default)]
+    pub revision: Revision,
 }
 
 /// A stored file of a job: checkpoints (`checkpoint-<step>.ckpt`), the final model
@@ -446,6 +460,11 @@ pub fn check_tag(tag: &str) -> Result<(), String> {
 pub struct JobPage {
     pub jobs: Vec<JobInfo>,
     pub total: u64,
+    /// The newest revision handed out when this page was read: a job shown elsewhere with a
+    /// higher revision changed after this snapshot, one with a lower or equal revision that is
+    /// missing from the page no longer belongs on it.
+    #[serde(default)]
+    pub revision: Revision,
 }
 
 /// A read-only share link of one run, as its owner sees it (`GET /api/jobs/{id}/shares`). The

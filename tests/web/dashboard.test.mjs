@@ -205,6 +205,47 @@ test('cancel from the job page stops a running job', async () => {
   }
 });
 
+test('the jobs list: a fetch answer older than a live event does not put the old state back', async () => {
+  const id = await submit(blobs('e2e-held-list', { hidden: [1024, 1024], features: 256, examples: 20000, batch: 256, epochs: 1000 }));
+  await waitForState(id, ['running'], 60_000);
+  const page = await ctx.newPage();
+  // Every answer of GET /api/jobs (the list's fetch on load and on the events socket's
+  // Welcome) is read at once, while the job runs, and held back until the job's `cancelled`
+  // event is on the page: a slow network, which a local socket cannot produce for real.
+  let release;
+  const released = new Promise((r) => { release = r; });
+  const held = []; // the job's state in each held answer
+  let delivered = 0;
+  await page.route((url) => url.pathname === '/api/jobs', async (route) => {
+    const response = await route.fetch();
+    held.push((await response.json()).jobs.find((j) => j.id === id)?.state);
+    await released;
+    await route.fulfill({ response });
+    delivered++;
+  });
+  const row = page.locator(`tr[data-job-id="${id}"]`);
+  try {
+    await page.goto(`${base}/`);
+    for (let i = 0; i < 300 && held.length < 2; i++) await page.waitForTimeout(100);
+    assert.deepEqual(held, ['running', 'running'], 'both list fetches read the job running');
+    assert.equal((await api(`/api/jobs/${id}/cancel`, { method: 'POST' })).status, 200);
+    await waitForState(id, ['cancelled'], 60_000);
+    // Only live events can have put the row there: every list answer is still held.
+    await page.locator(`tr[data-job-id="${id}"][data-state="cancelled"]`).waitFor({ timeout: 30_000 });
+    assert.equal(delivered, 0);
+    release();
+    for (let i = 0; i < 50 && delivered < held.length; i++) await page.waitForTimeout(100);
+    assert.equal(delivered, held.length, 'the held answers were delivered');
+    await page.waitForTimeout(300);
+    assert.equal(await row.getAttribute('data-state'), 'cancelled', 'a stale list answer put an older state back');
+    assert.equal(await row.locator('.badge').innerText(), 'cancelled');
+  } finally {
+    release();
+    await api(`/api/jobs/${id}/cancel`, { method: 'POST' }); // never leave it running
+    await page.close();
+  }
+});
+
 test('a share link opens read-only without a token, and shows not-found once revoked', async () => {
   assert.ok(formJob, 'needs the job of the first test');
   const owner = await ctx.newPage();

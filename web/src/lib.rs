@@ -6,6 +6,7 @@
 //! `wasm-bindgen --target web` into `web/dist`, which the coordinator serves at `/`.
 
 pub mod form;
+pub mod live;
 pub mod runs;
 
 #[cfg(target_arch = "wasm32")]

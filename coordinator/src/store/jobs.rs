@@ -13,7 +13,7 @@ use super::{
 };
 
 const JOB_COLUMNS: &str = "id, name, spec_json, state, priority, \"group\", created_ms, started_ms, \
-     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error, notes, tags";
+     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error, notes, tags, revision";
 
 /// `GET /api/jobs` filters, already checked.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +89,7 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<JobInfo> {
         notes: row.try_get("notes")?,
         tags: serde_json::from_str(row.try_get("tags")?)
             .map_err(|e| StoreError::Corrupt(format!("tags of job {id}: {e}")))?,
+        revision: to_u64(row.try_get("revision")?, "jobs.revision")?,
     })
 }
 
@@ -178,9 +179,14 @@ impl Store {
                     .push(")");
             }
         }
+        // One read transaction: the count, the rows and the revision are one snapshot.
+        let mut tx = self.pool.begin().await?;
+        let revision: i64 = sqlx::query_scalar("SELECT value FROM revision_counter WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
         let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM jobs");
         push_where(&mut count, filter);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let total: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
 
         let mut list = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs"));
         push_where(&mut list, filter);
@@ -188,7 +194,8 @@ impl Store {
             .push_bind(i64::from(filter.limit))
             .push(" OFFSET ")
             .push_bind(from_u64(filter.offset));
-        let rows = list.build().fetch_all(&self.pool).await?;
+        let rows = list.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         let jobs = rows
             .iter()
             .map(job_from_row)
@@ -196,6 +203,7 @@ impl Store {
         Ok(JobPage {
             jobs,
             total: to_u64(total, "count")?,
+            revision: to_u64(revision, "revision_counter.value")?,
         })
     }
 

@@ -369,3 +369,88 @@ async fn notes_and_tags_are_kept_and_tags_filter_the_list() {
         Err(StoreError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn every_change_takes_a_higher_revision_from_one_counter() {
+    let (dir, store) = store().await;
+    let caps = kiln_shared::protocol::Capabilities {
+        devices: vec![],
+        device_names: vec![],
+        memory_mb: 1,
+        cores: 1,
+        kiln_version: "t".into(),
+    };
+    let w0 = store
+        .connect_worker("w", "box", &caps, false)
+        .await
+        .expect("connect");
+    let queued = store.insert_job(&spec(2), None, &[]).await.expect("insert");
+    assert!(queued.revision > w0.revision, "one counter for jobs and workers");
+
+    // Each transition of the job: a strictly higher revision, and the list's snapshot
+    // revision is at least every revision it shows.
+    let a = store
+        .assign(queued.id, "w")
+        .await
+        .expect("assign")
+        .expect("queued");
+    assert!(a.job.revision > queued.revision);
+    // The worker's `running` comes from the job row: its revision moved with the job.
+    let w1 = store.worker("w").await.expect("worker");
+    assert_eq!(w1.running, Some(a.attempt));
+    assert!(w1.revision > w0.revision, "{} > {}", w1.revision, w0.revision);
+
+    let started = store
+        .start_attempt(a.attempt, 100, 0)
+        .await
+        .expect("start")
+        .expect("current");
+    assert!(started.revision > a.job.revision);
+    let metric = Metric {
+        step: 5,
+        epoch: 0.1,
+        split: Split::Train,
+        loss: 1.0,
+        accuracy: None,
+        lr: None,
+        samples_per_sec: None,
+    };
+    assert!(store.insert_metrics(a.attempt, &[metric]).await.expect("metrics"));
+    let progressed = store.job(queued.id).await.expect("job");
+    assert_eq!(progressed.step, 5);
+    assert!(progressed.revision > started.revision);
+    let page = store
+        .jobs(&JobFilter {
+            limit: 10,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.jobs[0], progressed);
+    assert!(page.revision >= progressed.revision);
+
+    let done = store
+        .finish_attempt(a.attempt, AttemptOutcome::Succeeded, None, Some(100))
+        .await
+        .expect("finish")
+        .expect("current");
+    assert!(done.revision > progressed.revision);
+    assert!(done.revision > page.revision, "changed after the snapshot");
+    let w2 = store.worker("w").await.expect("worker");
+    assert_eq!(w2.running, None);
+    assert!(w2.revision > w1.revision, "the worker stopped running it");
+
+    // Annotating is a change too; reading is not.
+    let patch = kiln_shared::protocol::JobPatch {
+        notes: Some("n".into()),
+        tags: None,
+    };
+    let noted = store.annotate_job(queued.id, &patch).await.expect("patch");
+    assert!(noted.revision > done.revision);
+    assert_eq!(store.job(queued.id).await.expect("job").revision, noted.revision);
+    // Revisions survive a reopen of the database (they live in it, not in memory).
+    drop(store);
+    let store = Store::open(dir.path()).await.expect("reopen");
+    let w3 = store.set_worker_connected("w", false).await.expect("disconnect");
+    assert!(w3.revision > noted.revision);
+}

@@ -4,7 +4,7 @@ use sqlx::Row;
 
 use kiln_shared::protocol::{AttemptRef, Capabilities, WorkerInfo};
 
-use super::{Store, StoreError, StoreResult, now_ms, to_u32};
+use super::{Store, StoreError, StoreResult, now_ms, to_u32, to_u64};
 
 /// What a bearer token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,7 +25,7 @@ impl TokenKind {
 }
 
 const WORKER_SELECT: &str = "SELECT w.id, w.name, w.capabilities_json, w.connected, w.draining, \
-     w.last_seen_ms, j.id AS job_id, j.attempts AS attempt FROM workers w \
+     w.last_seen_ms, w.revision, j.id AS job_id, j.attempts AS attempt FROM workers w \
      LEFT JOIN jobs j ON j.worker_id = w.id AND j.state = 'running'";
 
 fn worker_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<WorkerInfo> {
@@ -48,6 +48,7 @@ fn worker_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<WorkerInfo> {
         draining: row.try_get::<i64, _>("draining")? != 0,
         last_seen_ms: row.try_get("last_seen_ms")?,
         running,
+        revision: to_u64(row.try_get("revision")?, "workers.revision")?,
     })
 }
 

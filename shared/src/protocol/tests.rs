@@ -80,6 +80,7 @@ fn job() -> JobInfo {
         spec: spec(),
         notes: String::new(),
         tags: Vec::new(),
+        revision: 41,
     }
 }
 
@@ -92,6 +93,7 @@ fn worker() -> WorkerInfo {
         draining: false,
         last_seen_ms: 3000,
         running: Some(A),
+        revision: 42,
     }
 }
 
@@ -280,7 +282,7 @@ fn server_events() {
     );
     check(
         ServerEvent::Job { job: job() },
-        r#"{"type":"job","job":{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"worker_id":"w1","step":10,"total_steps":100,"spec":SPEC}}"#,
+        r#"{"type":"job","job":{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"worker_id":"w1","step":10,"total_steps":100,"spec":SPEC,"revision":41}}"#,
     );
     check(
         ServerEvent::Metrics {
@@ -305,7 +307,7 @@ fn server_events() {
     check(
         ServerEvent::Worker { worker: worker() },
         &format!(
-            r#"{{"type":"worker","worker":{{"id":"w1","name":"box","capabilities":{CAPS},"connected":true,"draining":false,"last_seen_ms":3000,"running":{{"job_id":7,"attempt":2}}}}}}"#
+            r#"{{"type":"worker","worker":{{"id":"w1","name":"box","capabilities":{CAPS},"connected":true,"draining":false,"last_seen_ms":3000,"running":{{"job_id":7,"attempt":2}},"revision":42}}}}"#
         ),
     );
     check(
@@ -361,8 +363,9 @@ fn rest_types() {
         JobPage {
             jobs: vec![],
             total: 0,
+            revision: 9,
         },
-        r#"{"jobs":[],"total":0}"#,
+        r#"{"jobs":[],"total":0,"revision":9}"#,
     );
     check(
         ApiErrorBody {
@@ -417,7 +420,7 @@ fn share_types() {
     );
     check(
         SharedRun::new(job()),
-        r#"{"job":{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"step":10,"total_steps":100,"spec":SPEC}}"#,
+        r#"{"job":{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"step":10,"total_steps":100,"spec":SPEC,"revision":41}}"#,
     );
 }
 
@@ -498,4 +501,18 @@ fn job_patches_are_normalized_or_every_problem_named() {
             .normalized(),
         Ok(JobPatch::default())
     );
+}
+
+#[test]
+fn revisions_default_to_zero_for_answers_of_older_coordinators() {
+    let mut json = serde_json::to_value(job()).expect("json");
+    json.as_object_mut().expect("object").remove("revision");
+    let old: JobInfo = serde_json::from_value(json).expect("parses without a revision");
+    assert_eq!(old, JobInfo { revision: 0, ..job() });
+    let mut json = serde_json::to_value(worker()).expect("json");
+    json.as_object_mut().expect("object").remove("revision");
+    let old: WorkerInfo = serde_json::from_value(json).expect("parses without a revision");
+    assert_eq!(old.revision, 0);
+    let page: JobPage = serde_json::from_str(r#"{"jobs":[],"total":0}"#).expect("old page");
+    assert_eq!(page.revision, 0);
 }

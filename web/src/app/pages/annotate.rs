@@ -8,13 +8,12 @@ use leptos::task::spawn_local;
 use leptos_router::components::A;
 
 use crate::app::api;
+use crate::live::take_newer;
 
 #[component]
 pub fn Annotations(
     id: JobId,
     job: RwSignal<Option<JobInfo>>,
-    /// The job page's guard against stale answers (see `JobView`).
-    version: StoredValue<u64>,
 ) -> impl IntoView {
     let tags =
         Memo::new(move |_| job.with(|j| j.as_ref().map(|j| j.tags.clone()).unwrap_or_default()));
@@ -30,17 +29,14 @@ pub fn Annotations(
     let editing = Memo::new(move |_| draft.with(Option::is_some));
 
     let save = move |patch: JobPatch, done: Box<dyn FnOnce(Result<(), String>)>| {
-        version.update_value(|v| *v += 1);
-        let started = version.get_value();
         saving.set(true);
         spawn_local(async move {
             let result = api::patch::<_, JobInfo>(&format!("/api/jobs/{id}"), &patch).await;
             let _ = saving.try_set(false);
             match result {
                 Ok(j) => {
-                    if version.try_get_value() == Some(started) {
-                        let _ = job.try_set(Some(j));
-                    }
+                    // A newer event may have come first (`live::take_newer`).
+                    let _ = job.try_update(|shown| take_newer(shown, j));
                     done(Ok(()));
                 }
                 Err(e) => done(Err(e.to_string())),

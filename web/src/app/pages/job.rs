@@ -15,6 +15,7 @@ use super::annotate::Annotations;
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::chart::{Chart, ChartControls, ChartView};
 use crate::app::{api, events};
+use crate::live::take_newer;
 use crate::runs::{Quantity, age, final_values, fmt_value, merge_live, series};
 
 /// Points asked of the coordinator per view (it downsamples with LTTB).
@@ -182,13 +183,9 @@ fn JobView(id: JobId) -> impl IntoView {
             }
         });
     };
-    // Fetches and live events race: a fetch started before the newest job event (or before a
-    // newer fetch) must not put an older state back on the page. Each bumps `version`; a
-    // fetched job is shown only if nothing newer came meanwhile.
-    let version = StoredValue::new(0u64);
+    // Fetches, action answers and live events race: whichever copy of the job is newer by
+    // the coordinator's revision is shown (`live::take_newer`), whatever arrives last.
     let load = move || {
-        version.update_value(|v| *v += 1);
-        let started = version.get_value();
         spawn_local(async move {
             let job_url = format!("/api/jobs/{id}");
             let url = metrics_url(&format!("/api/jobs/{id}/metrics"), None);
@@ -198,9 +195,7 @@ fn JobView(id: JobId) -> impl IntoView {
             );
             match j {
                 Ok(j) => {
-                    if version.try_get_value() == Some(started) {
-                        let _ = job.try_set(Some(j));
-                    }
+                    let _ = job.try_update(|shown| take_newer(shown, j));
                 }
                 Err(e) => {
                     let _ = error.try_set(Some(e.to_string()));
@@ -262,10 +257,9 @@ fn JobView(id: JobId) -> impl IntoView {
     let listener = events::listen(move |event| match event {
         ServerEvent::Job { job: j } if j.id == id => {
             let ended = j.state.is_terminal();
-            version.update_value(|v| *v += 1);
-            let _ = job.try_set(Some(j.clone()));
+            let taken = job.try_update(|shown| take_newer(shown, j.clone()));
             let _ = now.try_set(api::now_ms());
-            if ended {
+            if ended && taken == Some(true) {
                 load_side();
             }
         }
@@ -311,15 +305,11 @@ fn JobView(id: JobId) -> impl IntoView {
     let act = move |what: &'static str| {
         action_error.set(None);
         // A cancel can end the job (and its event arrive) before this answer, which still
-        // says running: only show the answer if no event came first.
-        version.update_value(|v| *v += 1);
-        let started = version.get_value();
+        // says running: the answer is shown only if it is newer than what is shown.
         spawn_local(async move {
             match api::post_empty::<JobInfo>(&format!("/api/jobs/{id}/{what}")).await {
                 Ok(j) => {
-                    if version.try_get_value() == Some(started) {
-                        let _ = job.try_set(Some(j));
-                    }
+                    let _ = job.try_update(|shown| take_newer(shown, j));
                 }
                 Err(e) => {
                     let _ = action_error.try_set(Some(format!("{what} failed: {e}")));
@@ -426,7 +416,7 @@ fn JobView(id: JobId) -> impl IntoView {
                     }>"Copy"</button>
                 </div>
             })}
-            {move || title.get().is_some().then(|| view! { <Annotations id job version/> })}
+            {move || title.get().is_some().then(|| view! { <Annotations id job/> })}
             <FinalMetrics points/>
             <RunCharts points detail zoom view=chart_view/>
             <div class="columns">

@@ -12,6 +12,7 @@ use leptos_router::params::ParamsMap;
 
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::{api, events};
+use crate::live::LiveList;
 use crate::runs::age;
 
 const PAGE: usize = 50;
@@ -21,7 +22,8 @@ pub fn JobsPage() -> impl IntoView {
     let query = use_query_map();
     let navigate = use_navigate();
     let filter = move || query.with(filter_of);
-    let jobs = RwSignal::new(Vec::<JobInfo>::new());
+    // Fetched pages and live events both update the list; the newer copy of a job wins.
+    let jobs = RwSignal::new(LiveList::<JobInfo>::default());
     let total = RwSignal::new(0u64);
     let workers = RwSignal::new(HashMap::<String, String>::new());
     let error = RwSignal::new(None::<String>);
@@ -39,7 +41,9 @@ pub fn JobsPage() -> impl IntoView {
             }
             match api::get::<JobPage>(&url).await {
                 Ok(page) => {
-                    let _ = jobs.try_set(page.jobs);
+                    let _ = jobs.try_update(|l| {
+                        l.snapshot(page.jobs, Some(page.revision), newest_first)
+                    });
                     let _ = total.try_set(page.total);
                     let _ = error.try_set(None);
                 }
@@ -61,17 +65,7 @@ pub fn JobsPage() -> impl IntoView {
     let listener = events::listen(move |event| match event {
         ServerEvent::Job { job } => {
             let matches = query.with_untracked(filter_of).matches(job);
-            let _ = jobs.try_update(|list| match list.iter().position(|j| j.id == job.id) {
-                Some(i) if matches => list[i] = job.clone(),
-                Some(i) => {
-                    list.remove(i);
-                }
-                None if matches => {
-                    let at = list.partition_point(|j| j.id > job.id);
-                    list.insert(at, job.clone());
-                }
-                None => {}
-            });
+            let _ = jobs.try_update(|list| list.event(job.clone(), matches, newest_first));
             let _ = now.try_set(api::now_ms());
         }
         ServerEvent::Welcome { .. } => load(),
@@ -179,20 +173,20 @@ pub fn JobsPage() -> impl IntoView {
                 <tbody>
                     // Keyed by id: a row is made once and its live cells update in place, so a
                     // running job's updates never re-create the checkbox or links under the mouse.
-                    <For each=move || jobs.get() key=|j| j.id let:job>
+                    <For each=move || jobs.with(|l| l.rows().to_vec()) key=|j| j.id let:job>
                         {
                             let id = job.id;
                             let live = move |f: fn(&JobInfo) -> Option<String>| move || {
-                                jobs.with(|l| l.iter().find(|j| j.id == id).and_then(f))
+                                jobs.with(|l| l.get(&id).and_then(f))
                             };
                             let state = Memo::new(move |_| {
-                                jobs.with(|l| l.iter().find(|j| j.id == id).map(|j| j.state))
+                                jobs.with(|l| l.get(&id).map(|j| j.state))
                             });
                             let step = Memo::new(move |_| {
-                                jobs.with(|l| l.iter().find(|j| j.id == id).map(|j| (j.step, j.total_steps)))
+                                jobs.with(|l| l.get(&id).map(|j| (j.step, j.total_steps)))
                             });
                             let tags = Memo::new(move |_| {
-                                jobs.with(|l| l.iter().find(|j| j.id == id).map(|j| j.tags.clone()).unwrap_or_default())
+                                jobs.with(|l| l.get(&id).map(|j| j.tags.clone()).unwrap_or_default())
                             });
                             let worker_id = live(|j| j.worker_id.clone());
                             // The name once the workers list has arrived; the id until then.
@@ -222,17 +216,22 @@ pub fn JobsPage() -> impl IntoView {
                     </For>
                 </tbody>
             </table>
-            {move || (jobs.with(Vec::is_empty) && error.with(Option::is_none)).then(|| view! {
+            {move || (jobs.with(|l| l.rows().is_empty()) && error.with(Option::is_none)).then(|| view! {
                 <p class="empty">"No jobs yet. " <A href="/new">"Submit one"</A> " or run "
                     <code>"kiln submit examples/mnist-mlp.toml"</code>"."</p>
             })}
-            {move || (total.get() as usize > jobs.with(Vec::len)).then(|| view! {
+            {move || (total.get() as usize > jobs.with(|l| l.rows().len())).then(|| view! {
                 <button class="more" on:click=move |_| limit.update(|l| *l += PAGE)>
-                    {format!("Show more ({} of {})", jobs.with(Vec::len), total.get())}
+                    {format!("Show more ({} of {})", jobs.with(|l| l.rows().len()), total.get())}
                 </button>
             })}
         </section>
     }
+}
+
+/// The list's order, newest job first: where a job not shown yet goes.
+fn newest_first(rows: &[JobInfo], job: &JobInfo) -> usize {
+    rows.partition_point(|j| j.id > job.id)
 }
 
 /// The list's filters, from `/?state=&name=&group=&tag=`; empty when absent.

@@ -7,18 +7,21 @@ use leptos_router::components::A;
 
 use super::ErrorLine;
 use crate::app::{api, events};
+use crate::live::LiveList;
 use crate::runs::age;
 
 #[component]
 pub fn WorkersPage() -> impl IntoView {
-    let workers = RwSignal::new(Vec::<WorkerInfo>::new());
+    // Fetched lists and live events both update the page; the newer copy of a worker wins.
+    let workers = RwSignal::new(LiveList::<WorkerInfo>::default());
     let error = RwSignal::new(None::<String>);
     let now = RwSignal::new(api::now_ms());
     let load = move || {
         spawn_local(async move {
             match api::get::<Vec<WorkerInfo>>("/api/workers").await {
                 Ok(w) => {
-                    let _ = workers.try_set(w);
+                    // Workers are never deleted: nothing leaves the list.
+                    let _ = workers.try_update(|l| l.snapshot(w, None, append));
                     let _ = now.try_set(api::now_ms());
                 }
                 Err(e) => {
@@ -30,10 +33,7 @@ pub fn WorkersPage() -> impl IntoView {
     load();
     let listener = events::listen(move |event| match event {
         ServerEvent::Worker { worker } => {
-            let _ = workers.try_update(|list| match list.iter_mut().find(|w| w.id == worker.id) {
-                Some(w) => *w = worker.clone(),
-                None => list.push(worker.clone()),
-            });
+            let _ = workers.try_update(|list| list.event(worker.clone(), true, append));
             let _ = now.try_set(api::now_ms());
         }
         ServerEvent::Welcome { .. } => load(),
@@ -46,11 +46,7 @@ pub fn WorkersPage() -> impl IntoView {
                 .await
             {
                 Ok(w) => {
-                    let _ = workers.try_update(|l| {
-                        if let Some(x) = l.iter_mut().find(|x| x.id == w.id) {
-                            *x = w;
-                        }
-                    });
+                    let _ = workers.try_update(|l| l.event(w, true, append));
                 }
                 Err(e) => {
                     let _ = error.try_set(Some(e.to_string()));
@@ -66,7 +62,7 @@ pub fn WorkersPage() -> impl IntoView {
                 <thead><tr><th>"Name"</th><th>"Status"</th><th>"Devices"</th><th class="wide">"Cores / memory"</th>
                     <th>"Running"</th><th class="wide">"Last seen"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
                 <tbody>
-                    <For each=move || workers.get() key=|w| (w.id.clone(), w.connected, w.draining, w.running, w.last_seen_ms) let:w>
+                    <For each=move || workers.with(|l| l.rows().to_vec()) key=|w| (w.id.clone(), w.revision) let:w>
                         {
                             let status = match (w.connected, w.draining) {
                                 (false, _) => "offline",
@@ -96,9 +92,14 @@ pub fn WorkersPage() -> impl IntoView {
                     </For>
                 </tbody>
             </table>
-            {move || workers.with(Vec::is_empty).then(|| view! {
+            {move || workers.with(|l| l.rows().is_empty()).then(|| view! {
                 <p class="empty">"No workers yet. Start one with "<code>"kiln worker --server URL --token TOKEN"</code>"."</p>
             })}
         </section>
     }
+}
+
+/// Where a worker not shown yet goes: last (the coordinator lists connected workers first).
+fn append(rows: &[WorkerInfo], _: &WorkerInfo) -> usize {
+    rows.len()
 }
