@@ -89,12 +89,7 @@ impl<T: Versioned> LiveList<T> {
     /// A row's copy from a live event or an action's answer. `belongs`: whether this copy is
     /// on the list (its filter); `position`: where a row not shown yet goes. Returns whether
     /// the list changed.
-    pub fn event(
-        &mut self,
-        row: T,
-        belongs: bool,
-        position: impl Fn(&[T], &T) -> usize,
-    ) -> bool {
+    pub fn event(&mut self, row: T, belongs: bool, position: impl Fn(&[T], &T) -> usize) -> bool {
         if self.is_stale(&row) {
             return false;
         }

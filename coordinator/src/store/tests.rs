@@ -385,7 +385,10 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
         .await
         .expect("connect");
     let queued = store.insert_job(&spec(2), None, &[]).await.expect("insert");
-    assert!(queued.revision > w0.revision, "one counter for jobs and workers");
+    assert!(
+        queued.revision > w0.revision,
+        "one counter for jobs and workers"
+    );
 
     // Each transition of the job: a strictly higher revision, and the list's snapshot
     // revision is at least every revision it shows.
@@ -398,7 +401,12 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
     // The worker's `running` comes from the job row: its revision moved with the job.
     let w1 = store.worker("w").await.expect("worker");
     assert_eq!(w1.running, Some(a.attempt));
-    assert!(w1.revision > w0.revision, "{} > {}", w1.revision, w0.revision);
+    assert!(
+        w1.revision > w0.revision,
+        "{} > {}",
+        w1.revision,
+        w0.revision
+    );
 
     let started = store
         .start_attempt(a.attempt, 100, 0)
@@ -415,7 +423,12 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
         lr: None,
         samples_per_sec: None,
     };
-    assert!(store.insert_metrics(a.attempt, &[metric]).await.expect("metrics"));
+    assert!(
+        store
+            .insert_metrics(a.attempt, &[metric])
+            .await
+            .expect("metrics")
+    );
     let progressed = store.job(queued.id).await.expect("job");
     assert_eq!(progressed.step, 5);
     assert!(progressed.revision > started.revision);
@@ -447,10 +460,16 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
     };
     let noted = store.annotate_job(queued.id, &patch).await.expect("patch");
     assert!(noted.revision > done.revision);
-    assert_eq!(store.job(queued.id).await.expect("job").revision, noted.revision);
+    assert_eq!(
+        store.job(queued.id).await.expect("job").revision,
+        noted.revision
+    );
     // Revisions survive a reopen of the database (they live in it, not in memory).
     drop(store);
     let store = Store::open(dir.path()).await.expect("reopen");
-    let w3 = store.set_worker_connected("w", false).await.expect("disconnect");
+    let w3 = store
+        .set_worker_connected("w", false)
+        .await
+        .expect("disconnect");
     assert!(w3.revision > noted.revision);
 }

@@ -508,7 +508,13 @@ fn revisions_default_to_zero_for_answers_of_older_coordinators() {
     let mut json = serde_json::to_value(job()).expect("json");
     json.as_object_mut().expect("object").remove("revision");
     let old: JobInfo = serde_json::from_value(json).expect("parses without a revision");
-    assert_eq!(old, JobInfo { revision: 0, ..job() });
+    assert_eq!(
+        old,
+        JobInfo {
+            revision: 0,
+            ..job()
+        }
+    );
     let mut json = serde_json::to_value(worker()).expect("json");
     json.as_object_mut().expect("object").remove("revision");
     let old: WorkerInfo = serde_json::from_value(json).expect("parses without a revision");

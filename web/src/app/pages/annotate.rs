@@ -11,10 +11,7 @@ use crate::app::api;
 use crate::live::take_newer;
 
 #[component]
-pub fn Annotations(
-    id: JobId,
-    job: RwSignal<Option<JobInfo>>,
-) -> impl IntoView {
+pub fn Annotations(id: JobId, job: RwSignal<Option<JobInfo>>) -> impl IntoView {
     let tags =
         Memo::new(move |_| job.with(|j| j.as_ref().map(|j| j.tags.clone()).unwrap_or_default()));
     let saved_notes =

@@ -41,9 +41,8 @@ pub fn JobsPage() -> impl IntoView {
             }
             match api::get::<JobPage>(&url).await {
                 Ok(page) => {
-                    let _ = jobs.try_update(|l| {
-                        l.snapshot(page.jobs, Some(page.revision), newest_first)
-                    });
+                    let _ = jobs
+                        .try_update(|l| l.snapshot(page.jobs, Some(page.revision), newest_first));
                     let _ = total.try_set(page.total);
                     let _ = error.try_set(None);
                 }
