@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_coordinator::client::{Client, JobFilter, MetricQuery};
-use kiln_shared::metric::Split;
-use kiln_shared::protocol::{JobId, JobInfo, JobPatch, JobState, SubmitJob};
-use kiln_shared::spec::JobSpec;
+use kiln_proto::metric::Split;
+use kiln_proto::protocol::{JobId, JobInfo, JobPatch, JobState, SubmitJob};
+use kiln_proto::spec::JobSpec;
 
 use crate::train_cmd::read_spec;
 
@@ -379,16 +379,16 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// `--grid a.b=1,2 --grid c=x,y` → one spec per combination, each validated
-/// (`kiln_shared::sweep`, which the dashboard's sweep form uses too).
+/// (`kiln_proto::sweep`, which the dashboard's sweep form uses too).
 pub fn expand_grid(base: &JobSpec, grid: &[String]) -> anyhow::Result<Vec<JobSpec>> {
     let axes = grid
         .iter()
         .map(|g| {
-            g.parse::<kiln_shared::sweep::Axis>()
+            g.parse::<kiln_proto::sweep::Axis>()
                 .map_err(|e| anyhow::anyhow!("--grid {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    kiln_shared::sweep::expand(base, &axes).map_err(|e| anyhow::anyhow!("--grid: {e}"))
+    kiln_proto::sweep::expand(base, &axes).map_err(|e| anyhow::anyhow!("--grid: {e}"))
 }
 
 fn chrono_stamp() -> String {
@@ -414,7 +414,7 @@ fn age(then_ms: i64) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(then_ms);
-    kiln_shared::fmt::age(then_ms, now)
+    kiln_proto::fmt::age(then_ms, now)
 }
 
 /// Live progress until the job ends; Ctrl-C detaches (the job keeps running).

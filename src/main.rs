@@ -1,5 +1,6 @@
 //! `kiln`: the command line. Only argument parsing and output live here; the work is done by
-//! kiln-shared (training core), kiln-coordinator and kiln-worker.
+//! kiln-proto (job spec, wire protocol), kiln-train (training core), kiln-coordinator and
+//! kiln-worker.
 
 mod client_cmd;
 mod server_cmd;

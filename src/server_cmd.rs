@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use kiln_coordinator::client::Client;
 use kiln_coordinator::{Coordinator, CoordinatorConfig};
-use kiln_shared::protocol::SubmitJob;
-use kiln_shared::spec::{DeviceRequest, JobSpec};
+use kiln_proto::protocol::SubmitJob;
+use kiln_proto::spec::{DeviceRequest, JobSpec};
 use kiln_worker::WorkerConfig;
 
 #[derive(Args, Debug, Clone)]

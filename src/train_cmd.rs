@@ -12,10 +12,11 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_shared::data::{self, FsSource};
-use kiln_shared::device;
-use kiln_shared::spec::{DeviceRequest, JobSpec};
-use kiln_shared::train::{self, CancelToken, Checkpoint, Outcome, Split, TrainEvent, TrainRun};
+use kiln_proto::metric::{Metric, Split};
+use kiln_proto::spec::{DeviceRequest, JobSpec};
+use kiln_train::data::{self, FsSource};
+use kiln_train::device;
+use kiln_train::train::{self, CancelToken, Checkpoint, Outcome, TrainEvent, TrainRun};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -89,7 +90,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 spec.dataset.kind()
             );
         }
-        let path = if matches!(spec.dataset, kiln_shared::spec::DatasetSpec::Idx { .. }) {
+        let path = if matches!(spec.dataset, kiln_proto::spec::DatasetSpec::Idx { .. }) {
             dir.clone()
         } else {
             // A file dataset: keep its file name, take it from DIR.
@@ -251,7 +252,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_string_pretty(&report)?,
     )
     .context("writing summary.json")?;
-    let acc = |m: &Option<train::Metric>| {
+    let acc = |m: &Option<Metric>| {
         m.as_ref()
             .and_then(|m| m.accuracy)
             .map(|a| format!("{a:.4}"))

@@ -26,13 +26,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use kiln_coordinator::client::Client;
 use kiln_coordinator::{Coordinator, CoordinatorConfig};
-use kiln_shared::JobSpec;
-use kiln_shared::metric::{Metric, Split};
-use kiln_shared::protocol::{
+use kiln_proto::JobSpec;
+use kiln_proto::metric::{Metric, Split};
+use kiln_proto::protocol::{
     AttemptOutcome, AttemptRef, Capabilities, ClientMessage, CoordinatorMessage, JobId, JobState,
     PROTOCOL_VERSION, ServerEvent, SubmitJob, WorkerMessage,
 };
-use kiln_shared::spec::DeviceRequest;
+use kiln_proto::spec::DeviceRequest;
 
 const ADMIN: &str = "bench-admin-token";
 /// Points per ingest run.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
-use kiln_shared::protocol::JobId;
+use kiln_proto::protocol::JobId;
 
 const MAX_NAME_LEN: usize = 128;
 const CHECKPOINT_PREFIX: &str = "checkpoint-";

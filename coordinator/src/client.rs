@@ -1,10 +1,10 @@
 //! A typed async client for the coordinator's REST API (the CLI, workers and tests use it).
 //!
 //! ```no_run
-//! # async fn demo(spec: kiln_shared::JobSpec) -> Result<(), kiln_coordinator::client::ClientError> {
+//! # async fn demo(spec: kiln_proto::JobSpec) -> Result<(), kiln_coordinator::client::ClientError> {
 //! use kiln_coordinator::client::Client;
 //! let client = Client::new("http://127.0.0.1:7070", Some("kiln_…".into()))?;
-//! let job = client.submit(&kiln_shared::protocol::SubmitJob { spec, group: None, tags: Vec::new() }).await?;
+//! let job = client.submit(&kiln_proto::protocol::SubmitJob { spec, group: None, tags: Vec::new() }).await?;
 //! println!("job {} is {}", job.id, job.state.as_str());
 //! # Ok(())
 //! # }
@@ -13,12 +13,12 @@
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
-use kiln_shared::metric::Split;
-use kiln_shared::protocol::{
+use kiln_proto::metric::Split;
+use kiln_proto::protocol::{
     ApiErrorBody, ArtifactInfo, AttemptInfo, JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry,
     MetricPoint, NewShare, ShareInfo, SharedRun, SubmitJob, WorkerInfo,
 };
-use kiln_shared::spec::FieldError;
+use kiln_proto::spec::FieldError;
 
 /// What went wrong talking to the coordinator.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use kiln_shared::protocol::ApiErrorBody;
-use kiln_shared::spec::FieldError;
+use kiln_proto::protocol::ApiErrorBody;
+use kiln_proto::spec::FieldError;
 
 use crate::store::StoreError;
 

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use kiln_shared::protocol::{CloseReason, ServerEvent};
+use kiln_proto::protocol::{CloseReason, ServerEvent};
 
 pub mod artifact;
 pub mod auth;

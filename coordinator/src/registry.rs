@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use kiln_shared::protocol::{AttemptRef, Capabilities, CloseReason, CoordinatorMessage};
+use kiln_proto::protocol::{AttemptRef, Capabilities, CloseReason, CoordinatorMessage};
 
 /// What the coordinator wants a worker's socket task to do.
 #[derive(Debug, Clone)]

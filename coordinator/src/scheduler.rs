@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tracing::{Instrument, info, info_span, warn};
 
-use kiln_shared::protocol::{AttemptOutcome, Capabilities, CoordinatorMessage};
-use kiln_shared::spec::DeviceRequest;
+use kiln_proto::protocol::{AttemptOutcome, Capabilities, CoordinatorMessage};
+use kiln_proto::spec::DeviceRequest;
 
 use crate::registry::Outbound;
 use crate::state::AppState;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, watch};
 
-use kiln_shared::protocol::{JobInfo, ServerEvent, WorkerInfo};
+use kiln_proto::protocol::{JobInfo, ServerEvent, WorkerInfo};
 
 use crate::CoordinatorConfig;
 use crate::artifact::ArtifactDir;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use kiln_shared::metric::Split;
-use kiln_shared::protocol::{AttemptInfo, JobState};
+use kiln_proto::metric::Split;
+use kiln_proto::protocol::{AttemptInfo, JobState};
 
 mod artifacts;
 mod jobs;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
-use kiln_shared::protocol::{CloseReason, PROTOCOL_VERSION};
+use kiln_proto::protocol::{CloseReason, PROTOCOL_VERSION};
 
 pub mod events;
 pub mod worker;

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_coordinator::client::{Client, JobFilter, MetricQuery};
-use kiln_shared::protocol::{JobId, JobInfo, JobState, SubmitJob};
-use kiln_shared::spec::JobSpec;
+use kiln_proto::protocol::{JobId, JobInfo, JobState, SubmitJob};
+use kiln_proto::spec::JobSpec;
 
 use crate::support::{kiln, run, stderr};
 
@@ -174,7 +174,7 @@ impl Cluster {
         }
     }
 
-    pub fn metrics(&self, id: JobId) -> Vec<kiln_shared::protocol::MetricPoint> {
+    pub fn metrics(&self, id: JobId) -> Vec<kiln_proto::protocol::MetricPoint> {
         self.rt
             .block_on(self.client().metrics(
                 id,

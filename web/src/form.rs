@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_shared::spec::{
+use kiln_proto::spec::{
     Activation, ConvSpec, CsvTask, DatasetSpec, DeviceRequest, FieldError, GradClip, JobSpec,
     ModelSpec, OptimizerKind, OptimizerSpec, ScheduleSpec, TrainingSpec,
 };

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use kiln_shared::protocol::{JobId, JobInfo, Revision, WorkerInfo};
+use kiln_proto::protocol::{JobId, JobInfo, Revision, WorkerInfo};
 
 /// A row the coordinator versions.
 pub trait Versioned: Clone {
@@ -152,8 +152,8 @@ impl<T: Versioned> LiveList<T> {
 
 #[cfg(test)]
 mod tests {
-    use kiln_shared::JobSpec;
-    use kiln_shared::protocol::JobState;
+    use kiln_proto::JobSpec;
+    use kiln_proto::protocol::JobState;
 
     use super::*;
 
@@ -268,7 +268,7 @@ mod tests {
         let w = |id: &str, connected, revision| WorkerInfo {
             id: id.into(),
             name: id.into(),
-            capabilities: kiln_shared::protocol::Capabilities {
+            capabilities: kiln_proto::protocol::Capabilities {
                 devices: vec![],
                 device_names: vec![],
                 memory_mb: 0,

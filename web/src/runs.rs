@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kiln_shared::JobSpec;
-use kiln_shared::metric::Split;
-use kiln_shared::protocol::MetricPoint;
+use kiln_proto::JobSpec;
+use kiln_proto::metric::Split;
+use kiln_proto::protocol::MetricPoint;
 
 /// The quantities a job page charts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,7 +258,7 @@ pub fn differing_fields(specs: &[&JobSpec]) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
-pub use kiln_shared::fmt::age;
+pub use kiln_proto::fmt::age;
 
 /// A value for a table or tooltip: 4 significant digits, no exponent for everyday sizes.
 pub fn fmt_value(v: f64) -> String {
@@ -301,7 +301,7 @@ pub fn progress(step: u64, total: u64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_shared::metric::Metric;
+    use kiln_proto::metric::Metric;
 
     fn pt(step: u64, split: Split, loss: f64, acc: Option<f64>) -> MetricPoint {
         MetricPoint {

@@ -9,11 +9,11 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use futures_util::{SinkExt, StreamExt};
 use kiln_coordinator::client::Client;
-use kiln_shared::metric::Metric;
-use kiln_shared::protocol::{
+use kiln_proto::metric::Metric;
+use kiln_proto::protocol::{
     AttemptRef, Capabilities, CloseReason, CoordinatorMessage, PROTOCOL_VERSION, WorkerMessage,
 };
-use kiln_shared::spec::DeviceRequest;
+use kiln_proto::spec::DeviceRequest;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -90,7 +90,7 @@ fn ws_url(server: &str) -> Result<String, WorkerError> {
 
 /// What this machine offers.
 pub fn capabilities(device: DeviceRequest) -> Capabilities {
-    let resolved = kiln_shared::device::resolve(device);
+    let resolved = kiln_train::device::resolve(device);
     let (devices, device_names) = match resolved {
         Ok(d) if d.kind != DeviceRequest::Cpu => (
             vec![d.kind, DeviceRequest::Cpu],
@@ -392,7 +392,7 @@ async fn handle_coordinator_message(
                 });
                 state.outbox.push_back(WorkerMessage::Finished {
                     attempt,
-                    outcome: kiln_shared::protocol::AttemptOutcome::Failed,
+                    outcome: kiln_proto::protocol::AttemptOutcome::Failed,
                     error: Some("worker is busy with another job".to_string()),
                     steps: 0,
                 });
@@ -415,7 +415,7 @@ async fn handle_coordinator_message(
                         Err(e) => {
                             state.outbox.push_back(WorkerMessage::Finished {
                                 attempt,
-                                outcome: kiln_shared::protocol::AttemptOutcome::Failed,
+                                outcome: kiln_proto::protocol::AttemptOutcome::Failed,
                                 error: Some(format!("cannot download checkpoint {name}: {e}")),
                                 steps: 0,
                             });
@@ -436,7 +436,7 @@ async fn handle_coordinator_message(
                 Ok(job) => state.running = Some(job),
                 Err(e) => state.outbox.push_back(WorkerMessage::Finished {
                     attempt,
-                    outcome: kiln_shared::protocol::AttemptOutcome::Failed,
+                    outcome: kiln_proto::protocol::AttemptOutcome::Failed,
                     error: Some(format!("cannot start the job thread: {e}")),
                     steps: 0,
                 }),
@@ -507,7 +507,7 @@ fn handle_exec_event(state: &mut State, attempt: AttemptRef, event: ExecEvent) {
             }
             let mut files = Vec::new();
             if let Some((config, weights)) = model {
-                match kiln_shared::train::export_safetensors(&config, &weights) {
+                match kiln_train::train::export_safetensors(&config, &weights) {
                     Ok(bytes) => files.push(("model.safetensors".to_string(), bytes)),
                     Err(e) => warn!("safetensors export failed: {e}"),
                 }

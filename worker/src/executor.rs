@@ -6,13 +6,13 @@
 use std::path::Path;
 use std::thread::JoinHandle;
 
-use kiln_shared::data::{self, FsSource};
-use kiln_shared::device;
-use kiln_shared::metric::Metric;
-use kiln_shared::model::ModelConfig;
-use kiln_shared::protocol::{AttemptOutcome, AttemptRef, LogLine};
-use kiln_shared::spec::{DatasetSpec, DeviceRequest, JobSpec};
-use kiln_shared::train::{self, CancelToken, Checkpoint, Outcome, TrainEvent, TrainRun};
+use kiln_proto::metric::Metric;
+use kiln_proto::protocol::{AttemptOutcome, AttemptRef, LogLine};
+use kiln_proto::spec::{DatasetSpec, DeviceRequest, JobSpec};
+use kiln_train::data::{self, FsSource};
+use kiln_train::device;
+use kiln_train::model::ModelConfig;
+use kiln_train::train::{self, CancelToken, Checkpoint, Outcome, TrainEvent, TrainRun};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// What a running job reports.

@@ -2,7 +2,7 @@
 //!
 //! A worker dials out to a coordinator over WebSocket (so it works behind NAT), says what it
 //! can run, and runs the jobs it is assigned, one at a time, each on its own OS thread with the
-//! training core from kiln-shared. Metrics are batched and flushed at least every 100 ms;
+//! training core from kiln-train. Metrics are batched and flushed at least every 100 ms;
 //! checkpoints and the final model are uploaded as artifacts over HTTP. When the connection
 //! drops the job keeps training; the worker reconnects with backoff, re-announces the running
 //! attempt and sends what it buffered.
@@ -16,7 +16,7 @@ mod executor;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kiln_shared::spec::DeviceRequest;
+use kiln_proto::spec::DeviceRequest;
 
 pub use connection::run;
 

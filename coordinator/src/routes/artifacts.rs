@@ -11,7 +11,7 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 use tracing::info;
 
-use kiln_shared::protocol::ArtifactInfo;
+use kiln_proto::protocol::ArtifactInfo;
 
 use crate::artifact::{WriteError, check_name};
 use crate::error::ApiError;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tracing::info;
 use utoipa::IntoParams;
 
-use kiln_shared::protocol::{
+use kiln_proto::protocol::{
     AttemptInfo, CoordinatorMessage, JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry,
     MetricPoint, SubmitJob,
 };
@@ -23,7 +23,7 @@ use crate::openapi::{
 use crate::registry::Outbound;
 use crate::state::AppState;
 use crate::store::{CancelOutcome, JobFilter, MetricRange, parse_split};
-use kiln_shared::downsample::downsample;
+use kiln_proto::downsample::downsample;
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
@@ -193,7 +193,7 @@ pub async fn cancel(
                     .store
                     .finish_attempt(
                         attempt,
-                        kiln_shared::protocol::AttemptOutcome::Cancelled,
+                        kiln_proto::protocol::AttemptOutcome::Cancelled,
                         Some("cancelled while its worker was disconnected"),
                         None,
                     )

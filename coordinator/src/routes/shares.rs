@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use tracing::info;
 
-use kiln_shared::protocol::{JobId, MetricPoint, NewShare, ShareInfo, SharedRun};
+use kiln_proto::protocol::{JobId, MetricPoint, NewShare, ShareInfo, SharedRun};
 
 use crate::auth::{generate_share_token, hash_token, is_share_token};
 use crate::error::ApiError;

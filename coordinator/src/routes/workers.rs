@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use tracing::info;
 
-use kiln_shared::protocol::WorkerInfo;
+use kiln_proto::protocol::WorkerInfo;
 
 use crate::error::ApiError;
 use crate::openapi::{ApiErrorDoc, WorkerInfoDoc};

@@ -2,7 +2,7 @@
 
 use sqlx::{Row, SqliteConnection};
 
-use kiln_shared::protocol::{ArtifactInfo, JobId};
+use kiln_proto::protocol::{ArtifactInfo, JobId};
 
 use super::{Store, StoreResult, from_u64, now_ms, to_u64};
 use crate::artifact::checkpoint_step;

@@ -2,11 +2,11 @@
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use kiln_shared::JobSpec;
-use kiln_shared::protocol::{
+use kiln_proto::JobSpec;
+use kiln_proto::protocol::{
     AttemptInfo, AttemptOutcome, AttemptRef, JobId, JobInfo, JobPage, JobPatch, JobState,
 };
-use kiln_shared::spec::DeviceRequest;
+use kiln_proto::spec::DeviceRequest;
 
 use super::{
     Store, StoreError, StoreResult, attempt_from_row, from_u64, now_ms, parse_state, to_u32, to_u64,

@@ -3,8 +3,8 @@
 use futures_util::TryStreamExt;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use kiln_shared::metric::{Metric, Split};
-use kiln_shared::protocol::{AttemptRef, JobId, LogEntry, LogLine, MetricPoint};
+use kiln_proto::metric::{Metric, Split};
+use kiln_proto::protocol::{AttemptRef, JobId, LogEntry, LogLine, MetricPoint};
 
 use super::{Store, StoreError, StoreResult, from_u64, parse_split, split_str, to_u32, to_u64};
 

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use kiln_shared::protocol::{JobId, ShareInfo};
+use kiln_proto::protocol::{JobId, ShareInfo};
 
 use super::{Store, StoreError, StoreResult, now_ms};
 

@@ -1,8 +1,8 @@
 //! Store transitions on a real SQLite file.
 
-use kiln_shared::JobSpec;
-use kiln_shared::metric::{Metric, Split};
-use kiln_shared::protocol::{AttemptOutcome, JobState};
+use kiln_proto::JobSpec;
+use kiln_proto::metric::{Metric, Split};
+use kiln_proto::protocol::{AttemptOutcome, JobState};
 
 use super::*;
 
@@ -200,7 +200,7 @@ async fn tokens_and_workers() {
         store.token_kind("h3").await.expect("query"),
         Some(TokenKind::Worker)
     );
-    let caps = kiln_shared::protocol::Capabilities {
+    let caps = kiln_proto::protocol::Capabilities {
         devices: vec![],
         device_names: vec![],
         memory_mb: 1,
@@ -300,7 +300,7 @@ async fn share_links_resolve_until_revoked_and_go_with_their_job() {
 
 #[tokio::test]
 async fn notes_and_tags_are_kept_and_tags_filter_the_list() {
-    use kiln_shared::protocol::{JobPage, JobPatch};
+    use kiln_proto::protocol::{JobPage, JobPatch};
 
     let (_dir, store) = store().await;
     let a = store.insert_job(&spec(1), None, &[]).await.expect("insert");
@@ -373,7 +373,7 @@ async fn notes_and_tags_are_kept_and_tags_filter_the_list() {
 #[tokio::test]
 async fn every_change_takes_a_higher_revision_from_one_counter() {
     let (dir, store) = store().await;
-    let caps = kiln_shared::protocol::Capabilities {
+    let caps = kiln_proto::protocol::Capabilities {
         devices: vec![],
         device_names: vec![],
         memory_mb: 1,
@@ -454,7 +454,7 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
     assert!(w2.revision > w1.revision, "the worker stopped running it");
 
     // Annotating is a change too; reading is not.
-    let patch = kiln_shared::protocol::JobPatch {
+    let patch = kiln_proto::protocol::JobPatch {
         notes: Some("n".into()),
         tags: None,
     };

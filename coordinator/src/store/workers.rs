@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use kiln_shared::protocol::{AttemptRef, Capabilities, WorkerInfo};
+use kiln_proto::protocol::{AttemptRef, Capabilities, WorkerInfo};
 
 use super::{Store, StoreError, StoreResult, now_ms, to_u32, to_u64};
 

@@ -13,7 +13,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
-use kiln_shared::protocol::{ClientMessage, CloseReason, JobId, PROTOCOL_VERSION, ServerEvent};
+use kiln_proto::protocol::{ClientMessage, CloseReason, JobId, PROTOCOL_VERSION, ServerEvent};
 
 use super::{ReadEnd, end_reason, goodbye, next_text, read_hello, send_json};
 use crate::state::AppState;

@@ -7,7 +7,7 @@ use futures_channel::mpsc;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use kiln_shared::protocol::{
+use kiln_proto::protocol::{
     Capabilities, ClientMessage, CloseReason, CoordinatorMessage, PROTOCOL_VERSION, ServerEvent,
     WorkerMessage,
 };
@@ -57,7 +57,7 @@ async fn next_out(out: &mut Out) -> Message {
 
 fn capabilities() -> Capabilities {
     Capabilities {
-        devices: vec![kiln_shared::spec::DeviceRequest::Cpu],
+        devices: vec![kiln_proto::spec::DeviceRequest::Cpu],
         device_names: vec![],
         memory_mb: 1,
         cores: 1,
@@ -70,7 +70,7 @@ fn hello(id: &str) -> WorkerMessage {
 }
 
 /// A hello from a worker that still runs `running`.
-fn hello_running(id: &str, running: Vec<kiln_shared::protocol::AttemptRef>) -> WorkerMessage {
+fn hello_running(id: &str, running: Vec<kiln_proto::protocol::AttemptRef>) -> WorkerMessage {
     WorkerMessage::Hello {
         protocol_version: PROTOCOL_VERSION,
         worker_id: id.into(),
@@ -85,8 +85,8 @@ async fn job_held_by(
     state: &AppState,
     id: &str,
 ) -> (
-    kiln_shared::protocol::JobInfo,
-    kiln_shared::protocol::AttemptRef,
+    kiln_proto::protocol::JobInfo,
+    kiln_proto::protocol::AttemptRef,
 ) {
     state
         .store
@@ -108,8 +108,8 @@ async fn job_held_by(
     (job, attempt)
 }
 
-fn job_spec() -> kiln_shared::JobSpec {
-    kiln_shared::JobSpec::from_json_str(
+fn job_spec() -> kiln_proto::JobSpec {
+    kiln_proto::JobSpec::from_json_str(
         r#"{"name":"j","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
     )
     .expect("valid spec")
@@ -375,7 +375,7 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
         .store
         .finish_attempt(
             lost,
-            kiln_shared::protocol::AttemptOutcome::Failed,
+            kiln_proto::protocol::AttemptOutcome::Failed,
             Some("worker lost"),
             None,
         )
@@ -403,7 +403,7 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
     crate::scheduler::pass(&state).await.expect("pass");
     assert_eq!(
         state.store.job(job.id).await.expect("job").state,
-        kiln_shared::protocol::JobState::Queued,
+        kiln_proto::protocol::JobState::Queued,
         "the requeued job went to a worker still busy with its lost attempt"
     );
 
@@ -411,7 +411,7 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
     in_tx
         .unbounded_send(text(&WorkerMessage::Finished {
             attempt: lost,
-            outcome: kiln_shared::protocol::AttemptOutcome::Cancelled,
+            outcome: kiln_proto::protocol::AttemptOutcome::Cancelled,
             error: None,
             steps: 0,
         }))
@@ -420,7 +420,7 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
         loop {
             crate::scheduler::pass(&state).await.expect("pass");
             let job = state.store.job(job.id).await.expect("job");
-            if job.state == kiln_shared::protocol::JobState::Running {
+            if job.state == kiln_proto::protocol::JobState::Running {
                 return job;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

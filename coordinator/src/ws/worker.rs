@@ -14,7 +14,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use kiln_shared::protocol::{
+use kiln_proto::protocol::{
     AttemptOutcome, AttemptRef, Capabilities, CloseReason, CoordinatorMessage, MetricPoint,
     PROTOCOL_VERSION, ServerEvent, WorkerMessage,
 };
@@ -370,7 +370,7 @@ impl Conn<'_> {
     async fn metrics(
         &mut self,
         attempt: AttemptRef,
-        points: Vec<kiln_shared::metric::Metric>,
+        points: Vec<kiln_proto::metric::Metric>,
     ) -> anyhow::Result<()> {
         if !self.state.store.insert_metrics(attempt, &points).await? {
             debug!(

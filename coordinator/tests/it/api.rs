@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use kiln_coordinator::Coordinator;
 use kiln_coordinator::client::{Client, JobFilter};
-use kiln_shared::protocol::{ApiErrorBody, JobPatch, JobState, SubmitJob};
+use kiln_proto::protocol::{ApiErrorBody, JobPatch, JobState, SubmitJob};
 
 use crate::support::{self, ADMIN, MAX_ARTIFACT, MAX_BODY};
 

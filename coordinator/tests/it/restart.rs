@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use kiln_coordinator::client::MetricQuery;
-use kiln_shared::metric::{Metric, Split};
-use kiln_shared::protocol::{CloseReason, CoordinatorMessage, JobState, WorkerMessage};
+use kiln_proto::metric::{Metric, Split};
+use kiln_proto::protocol::{CloseReason, CoordinatorMessage, JobState, WorkerMessage};
 
 use crate::support::{self, Next, expect_assign, send_json};
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 
 use kiln_coordinator::client::{Client, MetricQuery};
-use kiln_shared::metric::{Metric, Split};
-use kiln_shared::protocol::{JobState, WorkerMessage};
+use kiln_proto::metric::{Metric, Split};
+use kiln_proto::protocol::{JobState, WorkerMessage};
 
 use crate::api::{error_body, raw};
 use crate::support::{self, ADMIN, expect_assign, send_json};
@@ -82,7 +82,7 @@ async fn share_links_open_one_run_read_only_until_revoked() {
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{text}");
-    let second: kiln_shared::protocol::NewShare = serde_json::from_str(&text).expect("NewShare");
+    let second: kiln_proto::protocol::NewShare = serde_json::from_str(&text).expect("NewShare");
     assert_ne!(second.token, new.token);
 
     // The run opens without a token, without its worker; the rest of the job is as stored.
@@ -90,7 +90,7 @@ async fn share_links_open_one_run_read_only_until_revoked() {
     assert_eq!(shared.job.worker_id, None);
     assert_eq!(
         shared.job,
-        kiln_shared::protocol::JobInfo {
+        kiln_proto::protocol::JobInfo {
             worker_id: None,
             ..done.clone()
         }

@@ -12,12 +12,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use kiln_coordinator::client::Client;
 use kiln_coordinator::{Coordinator, CoordinatorConfig};
-use kiln_shared::JobSpec;
-use kiln_shared::protocol::{
+use kiln_proto::JobSpec;
+use kiln_proto::protocol::{
     AttemptRef, Capabilities, CoordinatorMessage, JobId, JobInfo, JobState, PROTOCOL_VERSION,
     SubmitJob, WorkerMessage,
 };
-use kiln_shared::spec::DeviceRequest;
+use kiln_proto::spec::DeviceRequest;
 
 pub const ADMIN: &str = "admin-secret-for-tests";
 pub const MAX_BODY: usize = 64 * 1024;
@@ -123,7 +123,7 @@ pub async fn send_json<T: serde::Serialize>(ws: &mut Ws, msg: &T) {
 pub async fn finish_ok(ws: &mut Ws, attempt: AttemptRef, steps: u64) {
     let msg = WorkerMessage::Finished {
         attempt,
-        outcome: kiln_shared::protocol::AttemptOutcome::Succeeded,
+        outcome: kiln_proto::protocol::AttemptOutcome::Succeeded,
         error: None,
         steps,
     };

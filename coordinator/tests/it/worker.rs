@@ -7,8 +7,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use kiln_coordinator::client::{Client, MetricQuery};
-use kiln_shared::metric::{Metric, Split};
-use kiln_shared::protocol::{
+use kiln_proto::metric::{Metric, Split};
+use kiln_proto::protocol::{
     AttemptOutcome, AttemptRef, ClientMessage, CloseReason, CoordinatorMessage, JobState, LogLine,
     PROTOCOL_VERSION, ServerEvent, WorkerMessage,
 };
@@ -464,9 +464,9 @@ async fn cancel_retry_and_drain() {
 
     // A device nobody offers stays queued.
     let mut spec = support::spec("webgpu-only");
-    spec.device = kiln_shared::spec::DeviceRequest::Webgpu;
+    spec.device = kiln_proto::spec::DeviceRequest::Webgpu;
     let web = client
-        .submit(&kiln_shared::protocol::SubmitJob {
+        .submit(&kiln_proto::protocol::SubmitJob {
             spec,
             group: None,
             tags: Vec::new(),

@@ -2,8 +2,8 @@
 //! wrote them (`ApiErrorBody`, with field errors for an invalid spec).
 
 use gloo_net::http::{Request, RequestBuilder, Response};
-use kiln_shared::protocol::ApiErrorBody;
-use kiln_shared::spec::FieldError;
+use kiln_proto::protocol::ApiErrorBody;
+use kiln_proto::spec::FieldError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

@@ -11,7 +11,7 @@ use futures::channel::mpsc::{UnboundedSender, unbounded};
 use futures::{SinkExt, StreamExt};
 use gloo_net::websocket::Message;
 use gloo_net::websocket::futures::WebSocket;
-use kiln_shared::protocol::{ClientMessage, JobId, PROTOCOL_VERSION, ServerEvent};
+use kiln_proto::protocol::{ClientMessage, JobId, PROTOCOL_VERSION, ServerEvent};
 use leptos::task::spawn_local;
 
 type Listener = Rc<dyn Fn(&ServerEvent)>;

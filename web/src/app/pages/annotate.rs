@@ -1,7 +1,7 @@
 //! A run's tags and notes on its job page: add and remove tags, write notes. Saved with
 //! `PATCH /api/jobs/{id}`; the coordinator's answer (and any newer job event) is what shows.
 
-use kiln_shared::protocol::{JobId, JobInfo, JobPatch, check_tag};
+use kiln_proto::protocol::{JobId, JobInfo, JobPatch, check_tag};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 

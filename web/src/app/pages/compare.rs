@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use kiln_shared::protocol::{JobId, JobInfo, JobPage, MetricPoint};
+use kiln_proto::protocol::{JobId, JobInfo, JobPage, MetricPoint};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::components::A;
@@ -122,7 +122,7 @@ pub fn ComparePage() -> impl IntoView {
 
     let table = move || {
         runs.with(|r| {
-            let specs: Vec<&kiln_shared::JobSpec> = r.iter().map(|(j, _)| &j.spec).collect();
+            let specs: Vec<&kiln_proto::JobSpec> = r.iter().map(|(j, _)| &j.spec).collect();
             let diff = if specs.len() >= 2 { differing_fields(&specs) } else { Vec::new() };
             let finals = |q: Quantity| {
                 r.iter()

@@ -1,8 +1,8 @@
 //! One run: live charts, final metrics, log tail, spec, artifacts, attempts, share links;
 //! cancel and retry. `?from=&to=` in the URL is the zoomed step range.
 
-use kiln_shared::downsample::downsample;
-use kiln_shared::protocol::{
+use kiln_proto::downsample::downsample;
+use kiln_proto::protocol::{
     ArtifactInfo, AttemptInfo, JobId, JobInfo, JobState, LogEntry, MetricPoint, NewShare,
     ServerEvent, ShareInfo, WorkerInfo,
 };

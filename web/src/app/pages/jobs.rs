@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use kiln_shared::protocol::{JobInfo, JobPage, JobState, ServerEvent, WorkerInfo};
+use kiln_proto::protocol::{JobInfo, JobPage, JobState, ServerEvent, WorkerInfo};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::components::A;

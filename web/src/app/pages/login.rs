@@ -1,6 +1,6 @@
 //! Logging in: paste an API token once; it is kept in this browser's `localStorage`.
 
-use kiln_shared::protocol::JobPage;
+use kiln_proto::protocol::JobPage;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::use_query_map;

@@ -1,6 +1,6 @@
 //! One module per page; small pieces several pages use live here.
 
-use kiln_shared::protocol::JobState;
+use kiln_proto::protocol::JobState;
 use leptos::prelude::*;
 use leptos_router::components::A;
 

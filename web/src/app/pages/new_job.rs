@@ -1,8 +1,8 @@
 //! The new-job form: presets, the inputs of `crate::form`, tags, errors at their fields (the
 //! same `JobSpec::validate` and tag check the coordinator runs, before anything is sent).
 
-use kiln_shared::JobSpec;
-use kiln_shared::protocol::{JobInfo, JobPatch, SubmitJob};
+use kiln_proto::JobSpec;
+use kiln_proto::protocol::{JobInfo, JobPatch, SubmitJob};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::{use_navigate, use_query_map};

@@ -1,7 +1,7 @@
 //! `/s/<token>`: a run shared read-only. Opens without a token and shows that run — charts,
 //! spec, final metrics — and nothing else; a revoked or unknown link shows a not-found page.
 
-use kiln_shared::protocol::{JobInfo, MetricPoint, SharedRun};
+use kiln_proto::protocol::{JobInfo, MetricPoint, SharedRun};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};

@@ -1,9 +1,9 @@
 //! The sweep form: a base spec (TOML, from a preset) and grid axes, one job per combination,
-//! grouped. Expansion is `kiln_shared::sweep`, the same as `kiln sweep --grid`.
+//! grouped. Expansion is `kiln_proto::sweep`, the same as `kiln sweep --grid`.
 
-use kiln_shared::JobSpec;
-use kiln_shared::protocol::{JobInfo, SubmitJob};
-use kiln_shared::sweep::{Axis, expand};
+use kiln_proto::JobSpec;
+use kiln_proto::protocol::{JobInfo, SubmitJob};
+use kiln_proto::sweep::{Axis, expand};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::use_navigate;

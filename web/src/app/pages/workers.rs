@@ -1,6 +1,6 @@
 //! Workers: who is connected, with which devices, running what; drain one.
 
-use kiln_shared::protocol::{ServerEvent, WorkerInfo};
+use kiln_proto::protocol::{ServerEvent, WorkerInfo};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::components::A;

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelConfig;
-use crate::spec::JobSpec;
+use kiln_proto::spec::JobSpec;
 
 const MAGIC: &[u8; 8] = b"KILNCKPT";
 pub const CHECKPOINT_FORMAT: u32 = 1;

@@ -4,7 +4,7 @@ use burn::tensor::Device;
 
 use super::*;
 use crate::data::{MemorySource, load};
-use crate::spec::JobSpec;
+use kiln_proto::spec::JobSpec;
 
 fn spec(extra_training: &str, model: &str) -> JobSpec {
     let text = format!(

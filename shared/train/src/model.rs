@@ -18,7 +18,7 @@ pub use cnn::{Cnn, CnnConfig};
 pub use mlp::{Mlp, MlpConfig};
 
 use crate::data::{DataInfo, Dataset, Inputs, Targets, Task};
-use crate::spec::{Activation, ModelSpec};
+use kiln_proto::spec::{Activation, ModelSpec};
 
 /// Why a model could not be built for the data.
 #[derive(Debug, thiserror::Error)]

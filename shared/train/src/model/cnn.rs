@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ModelError, StepOutput, TrainModel, activate, dense_inputs, supervised_output};
 use crate::data::Dataset;
-use crate::spec::{Activation, ConvSpec};
+use kiln_proto::spec::{Activation, ConvSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CnnConfig {

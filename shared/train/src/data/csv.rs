@@ -2,7 +2,7 @@
 //! Features are standardised (zero mean, unit variance per column).
 
 use super::{DataError, DataInfo, DataSource, Dataset, Inputs, Targets, Task};
-use crate::spec::CsvTask;
+use kiln_proto::spec::CsvTask;
 
 pub(super) fn load(
     source: &dyn DataSource,

@@ -1,7 +1,7 @@
 use burn::tensor::{Device, Int, Tensor};
 
 use super::*;
-use crate::spec::ConvSpec;
+use kiln_proto::spec::ConvSpec;
 
 fn conv(channels: usize, kernel: usize, pool: usize) -> ConvSpec {
     ConvSpec {

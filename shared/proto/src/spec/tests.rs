@@ -205,7 +205,7 @@ fn cnn_layer_errors_carry_their_index() {
 #[test]
 fn toml_and_json_round_trip() {
     for example in ["mnist-mlp.toml", "mnist-cnn.toml", "charlm.toml"] {
-        let path = format!("{}/../examples/{example}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!("{}/../../examples/{example}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).expect("example exists");
         let spec = JobSpec::from_toml_str(&text).expect("example is valid");
         let json = serde_json::to_string(&spec).expect("json");

@@ -3,10 +3,11 @@
 //! backend and once on WebGPU (Chromium's SwiftShader adapter in CI).
 #![cfg(target_arch = "wasm32")]
 
-use kiln_shared::data::{self, MemorySource};
-use kiln_shared::device::resolve_browser;
-use kiln_shared::spec::{DeviceRequest, JobSpec};
-use kiln_shared::train::{Split, TrainEvent, TrainRun, train};
+use kiln_proto::metric::Split;
+use kiln_proto::spec::{DeviceRequest, JobSpec};
+use kiln_train::data::{self, MemorySource};
+use kiln_train::device::resolve_browser;
+use kiln_train::train::{TrainEvent, TrainRun, train};
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -15,11 +16,11 @@ fn mnist_subset() -> MemorySource {
     MemorySource::default()
         .with(
             "mnist/train-images-idx3-ubyte.gz",
-            include_bytes!("../../data/mnist/train-images-idx3-ubyte.gz").to_vec(),
+            include_bytes!("../../../data/mnist/train-images-idx3-ubyte.gz").to_vec(),
         )
         .with(
             "mnist/train-labels-idx1-ubyte.gz",
-            include_bytes!("../../data/mnist/train-labels-idx1-ubyte.gz").to_vec(),
+            include_bytes!("../../../data/mnist/train-labels-idx1-ubyte.gz").to_vec(),
         )
 }
 

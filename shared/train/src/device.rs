@@ -9,7 +9,7 @@ use burn::tensor::Device;
 #[cfg(not(target_arch = "wasm32"))]
 use burn::tensor::DeviceKind;
 
-use crate::spec::DeviceRequest;
+use kiln_proto::spec::DeviceRequest;
 
 /// A device ready to train on.
 #[derive(Debug, Clone)]

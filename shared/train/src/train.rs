@@ -22,14 +22,14 @@ use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Int, Tensor};
 use web_time::Instant;
 
-pub use crate::metric::{Metric, Split};
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointError, TrainState};
 pub use hook::{GradientHook, HookError};
+use kiln_proto::metric::{Metric, Split};
 pub use schedule::learning_rate;
 
 use crate::data::{self, Dataset, Splits};
 use crate::model::{CharLm, Cnn, Mlp, ModelConfig, ModelError, TrainModel};
-use crate::spec::{GradClip, JobSpec, ModelSpec, OptimizerKind, OptimizerSpec};
+use kiln_proto::spec::{GradClip, JobSpec, ModelSpec, OptimizerKind, OptimizerSpec};
 
 /// What the loop reports while it runs.
 #[derive(Debug, Clone)]

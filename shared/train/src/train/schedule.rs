@@ -1,6 +1,6 @@
 //! Learning rate as a pure function of the step, so a resumed run gets the same rates.
 
-use crate::spec::ScheduleSpec;
+use kiln_proto::spec::ScheduleSpec;
 
 /// The learning rate for optimizer step `step` (0-based) of `total` steps.
 pub fn learning_rate(schedule: &ScheduleSpec, peak: f64, step: u64, total: u64) -> f64 {

@@ -1,7 +1,7 @@
 use std::io::Write;
 
 use super::*;
-use crate::spec::DatasetSpec;
+use kiln_proto::spec::DatasetSpec;
 
 fn idx_bytes(kind_dims: &[usize], data: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 0x08, kind_dims.len() as u8];
@@ -140,7 +140,7 @@ fn epoch_order_is_a_seeded_permutation() {
     assert_ne!(o, epoch_order(100, 4, 0));
 }
 
-fn csv_spec(label: &str, task: crate::spec::CsvTask) -> DatasetSpec {
+fn csv_spec(label: &str, task: kiln_proto::spec::CsvTask) -> DatasetSpec {
     DatasetSpec::Csv {
         path: "t.csv".into(),
         label_column: label.into(),
@@ -154,7 +154,7 @@ fn csv_classification_and_regression() {
     let text = "a,b,species\n1,2,cat\n3,4,dog\n5,6,cat\n7,8,emu\n";
     let source = MemorySource::default().with("t.csv", text.as_bytes().to_vec());
     let d = load(
-        &csv_spec("species", crate::spec::CsvTask::Classification),
+        &csv_spec("species", kiln_proto::spec::CsvTask::Classification),
         1,
         &source,
     )
@@ -163,7 +163,7 @@ fn csv_classification_and_regression() {
     assert_eq!(d.info.labels, vec!["cat", "dog", "emu"]);
     assert_eq!(d.train.targets, Targets::Class(vec![0, 1, 0, 2]));
     let d = load(
-        &csv_spec("b", crate::spec::CsvTask::Regression),
+        &csv_spec("b", kiln_proto::spec::CsvTask::Regression),
         1,
         &MemorySource::default().with("t.csv", b"a,b\n1,2\n3,4.5\n".to_vec()),
     )
@@ -173,8 +173,8 @@ fn csv_classification_and_regression() {
 
 #[test]
 fn bad_csv_gives_clear_errors() {
-    use crate::spec::CsvTask::*;
-    let cases: &[(&str, &str, crate::spec::CsvTask, &str)] = &[
+    use kiln_proto::spec::CsvTask::*;
+    let cases: &[(&str, &str, kiln_proto::spec::CsvTask, &str)] = &[
         (
             "a,b\n1,x\n2,y\n",
             "label",
@@ -284,7 +284,7 @@ fn synthetic_is_seeded() {
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
 fn committed_mnist_subset_loads() {
-    let dir = format!("{}/../data/mnist", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!("{}/../../data/mnist", env!("CARGO_MANIFEST_DIR"));
     let spec = DatasetSpec::Idx {
         path: dir,
         validation_fraction: 0.1,

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{CsvTask, DatasetSpec};
+use kiln_proto::spec::{CsvTask, DatasetSpec};
 
 pub use idx::{IdxArray, parse_idx};
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{StepOutput, TrainModel, activate, dense_inputs, supervised_output};
 use crate::data::Dataset;
-use crate::spec::Activation;
+use kiln_proto::spec::Activation;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MlpConfig {

@@ -1,0 +1,21 @@
+//! kiln-proto: the contract every part of Kiln agrees on.
+//!
+//! - [`spec`]: the job spec (TOML/JSON) and its validation.
+//! - [`protocol`]: every wire type (REST bodies, WebSocket messages, `PROTOCOL_VERSION`).
+//! - [`metric`]: metrics as they travel (`metrics.jsonl`, the wire, the store).
+//! - [`sweep`]: grid sweeps over spec fields.
+//! - [`fmt`]: human-readable values (ages) for the CLI and the dashboard.
+//! - [`downsample`]: LTTB for metric charts (the coordinator's range queries, the dashboard).
+//!
+//! No Burn, no tokio, no I/O: this crate compiles for native targets and for
+//! `wasm32-unknown-unknown`, so the coordinator, the dashboard bundle, workers and the CLI
+//! share it without pulling in the training core.
+
+pub mod downsample;
+pub mod fmt;
+pub mod metric;
+pub mod protocol;
+pub mod spec;
+pub mod sweep;
+
+pub use spec::JobSpec;

@@ -1,0 +1,15 @@
+//! kiln-train: Kiln's training core, on Burn.
+//!
+//! - [`data`]: datasets (IDX, CSV, text, synthetic), splits and data order.
+//! - [`model`]: the model zoo (`mlp`, `cnn`, `charlm`).
+//! - [`train`]: the training loop, checkpoints and the gradient hook.
+//! - [`device`]: turning a [`kiln_proto::spec::DeviceRequest`] into a Burn device.
+//!
+//! The job spec and the metric types it consumes and produces live in `kiln-proto`.
+//! This crate compiles for native targets and for `wasm32-unknown-unknown`; it knows nothing
+//! about tokio, axum, sqlx or the file system beyond [`data::FsSource`].
+
+pub mod data;
+pub mod device;
+pub mod model;
+pub mod train;
