@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_coordinator::client::{Client, JobFilter, MetricQuery};
+use kiln_client::{Client, JobFilter, MetricQuery};
 use kiln_proto::metric::Split;
 use kiln_proto::protocol::{JobId, JobInfo, JobPatch, JobState, SubmitJob};
 use kiln_proto::spec::JobSpec;

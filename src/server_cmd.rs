@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use kiln_coordinator::client::Client;
+use kiln_client::Client;
 use kiln_coordinator::{Coordinator, CoordinatorConfig};
 use kiln_proto::protocol::SubmitJob;
 use kiln_proto::spec::{DeviceRequest, JobSpec};

@@ -3,7 +3,7 @@
 //! An axum HTTP + WebSocket server over a SQLite store. Clients submit job specs over REST
 //! (`routes`); workers connect over `/ws/worker` (`ws::worker`) and get jobs from the
 //! `scheduler`; dashboards follow along over `/ws/events` (`ws::events`). Only `store` talks
-//! SQL. The `client` module is a typed client for the REST API, for the CLI, workers and tests.
+//! SQL. The typed client for the REST API (CLI, workers, tests) is the `kiln-client` crate.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -27,7 +27,6 @@ use kiln_proto::protocol::{CloseReason, ServerEvent};
 
 pub mod artifact;
 pub mod auth;
-pub mod client;
 pub mod error;
 pub mod openapi;
 pub mod registry;

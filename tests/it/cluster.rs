@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_coordinator::client::{Client, JobFilter, MetricQuery};
+use kiln_client::{Client, JobFilter, MetricQuery};
 use kiln_proto::protocol::{JobId, JobInfo, JobState, SubmitJob};
 use kiln_proto::spec::JobSpec;
 

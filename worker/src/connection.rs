@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use futures_util::{SinkExt, StreamExt};
-use kiln_coordinator::client::Client;
+use kiln_client::Client;
 use kiln_proto::metric::Metric;
 use kiln_proto::protocol::{
     AttemptRef, Capabilities, CloseReason, CoordinatorMessage, PROTOCOL_VERSION, WorkerMessage,

@@ -5,8 +5,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use kiln_client::{Client, JobFilter};
 use kiln_coordinator::Coordinator;
-use kiln_coordinator::client::{Client, JobFilter};
 use kiln_proto::protocol::{ApiErrorBody, JobPatch, JobState, SubmitJob};
 
 use crate::support::{self, ADMIN, MAX_ARTIFACT, MAX_BODY};

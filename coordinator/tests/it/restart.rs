@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kiln_coordinator::client::MetricQuery;
+use kiln_client::MetricQuery;
 use kiln_proto::metric::{Metric, Split};
 use kiln_proto::protocol::{CloseReason, CoordinatorMessage, JobState, WorkerMessage};
 

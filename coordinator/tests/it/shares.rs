@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 
-use kiln_coordinator::client::{Client, MetricQuery};
+use kiln_client::{Client, MetricQuery};
 use kiln_proto::metric::{Metric, Split};
 use kiln_proto::protocol::{JobState, WorkerMessage};
 

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use kiln_coordinator::client::Client;
+use kiln_client::Client;
 use kiln_coordinator::{Coordinator, CoordinatorConfig};
 use kiln_proto::JobSpec;
 use kiln_proto::protocol::{

@@ -6,7 +6,7 @@ use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use kiln_coordinator::client::{Client, MetricQuery};
+use kiln_client::{Client, MetricQuery};
 use kiln_proto::metric::{Metric, Split};
 use kiln_proto::protocol::{
     AttemptOutcome, AttemptRef, ClientMessage, CloseReason, CoordinatorMessage, JobState, LogLine,

@@ -1,8 +1,13 @@
-//! A typed async client for the coordinator's REST API (the CLI, workers and tests use it).
+//! kiln-client: a typed async client for the coordinator's REST API (the CLI, workers and
+//! tests use it).
+//!
+//! It compiles for native targets (reqwest over hyper with rustls) and for
+//! `wasm32-unknown-unknown` (reqwest over the browser's `fetch`); every call used here exists
+//! on both, so nothing is gated by target.
 //!
 //! ```no_run
-//! # async fn demo(spec: kiln_proto::JobSpec) -> Result<(), kiln_coordinator::client::ClientError> {
-//! use kiln_coordinator::client::Client;
+//! # async fn demo(spec: kiln_proto::JobSpec) -> Result<(), kiln_client::ClientError> {
+//! use kiln_client::Client;
 //! let client = Client::new("http://127.0.0.1:7070", Some("kiln_…".into()))?;
 //! let job = client.submit(&kiln_proto::protocol::SubmitJob { spec, group: None, tags: Vec::new() }).await?;
 //! println!("job {} is {}", job.id, job.state.as_str());
