@@ -479,7 +479,7 @@ fn handle_exec_event(state: &mut State, attempt: AttemptRef, event: ExecEvent) {
         ExecEvent::Checkpoint { step, bytes } => {
             // Metrics up to the checkpoint go out first, so none before it can be lost.
             flush_metrics(state);
-            let name = format!("checkpoint-{step:010}.ckpt");
+            let name = kiln_proto::artifact::checkpoint_name(step);
             let _ = state.uploads.send(Upload {
                 attempt,
                 files: vec![(name.clone(), bytes)],

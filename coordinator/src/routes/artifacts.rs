@@ -11,9 +11,10 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 use tracing::info;
 
+use kiln_proto::artifact::check_name;
 use kiln_proto::protocol::ArtifactInfo;
 
-use crate::artifact::{WriteError, check_name};
+use crate::artifact::WriteError;
 use crate::error::ApiError;
 use crate::openapi::{ApiErrorDoc, ArtifactInfoDoc};
 use crate::routes::jobs::job_id;

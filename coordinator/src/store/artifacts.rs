@@ -2,10 +2,10 @@
 
 use sqlx::{Row, SqliteConnection};
 
+use kiln_proto::artifact::checkpoint_step;
 use kiln_proto::protocol::{ArtifactInfo, JobId};
 
 use super::{Store, StoreResult, from_u64, now_ms, to_u64};
-use crate::artifact::checkpoint_step;
 
 /// The job's checkpoint with the highest step, with that step.
 pub(super) async fn newest_checkpoint(

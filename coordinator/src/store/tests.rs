@@ -83,7 +83,7 @@ async fn cancel_requested_wins_over_requeue_and_resume_picks_the_newest_checkpoi
     assert_eq!(a.resume, None);
     for step in [9, 10, 2] {
         store
-            .upsert_artifact(job.id, &crate::artifact::checkpoint_name(step), 1)
+            .upsert_artifact(job.id, &kiln_proto::artifact::checkpoint_name(step), 1)
             .await
             .expect("artifact");
     }

@@ -101,7 +101,7 @@ async fn a_job_runs_on_a_fake_worker() {
         },
     )
     .await;
-    let ckpt = kiln_coordinator::artifact::checkpoint_name(4);
+    let ckpt = kiln_proto::artifact::checkpoint_name(4);
     worker_client
         .upload_artifact(job.id, &ckpt, b"ckpt".to_vec())
         .await
@@ -311,13 +311,9 @@ async fn a_silent_worker_is_lost_and_the_job_resumes_elsewhere() {
         },
     )
     .await;
-    let ckpt = kiln_coordinator::artifact::checkpoint_name(10);
+    let ckpt = kiln_proto::artifact::checkpoint_name(10);
     client
-        .upload_artifact(
-            job.id,
-            &kiln_coordinator::artifact::checkpoint_name(5),
-            vec![5],
-        )
+        .upload_artifact(job.id, &kiln_proto::artifact::checkpoint_name(5), vec![5])
         .await
         .expect("upload");
     client

@@ -2,6 +2,7 @@
 //!
 //! - [`spec`]: the job spec (TOML/JSON) and its validation.
 //! - [`protocol`]: every wire type (REST bodies, WebSocket messages, `PROTOCOL_VERSION`).
+//! - [`artifact`]: artifact names (the upload rule, checkpoint names).
 //! - [`metric`]: metrics as they travel (`metrics.jsonl`, the wire, the store).
 //! - [`sweep`]: grid sweeps over spec fields.
 //! - [`fmt`]: human-readable values (ages) for the CLI and the dashboard.
@@ -11,6 +12,7 @@
 //! `wasm32-unknown-unknown`, so the coordinator, the dashboard bundle, workers and the CLI
 //! share it without pulling in the training core.
 
+pub mod artifact;
 pub mod downsample;
 pub mod fmt;
 pub mod metric;
