@@ -5,7 +5,6 @@
 
 use std::borrow::Cow;
 
-use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
@@ -93,13 +92,16 @@ wire_schema!(
     "Every 4xx/5xx body: `error`, and `fields` for an invalid spec."
 );
 
+// The schema of `kiln_proto::protocol::Health`, here because kiln-proto does not depend on
+// utoipa. Its doc comment is the schema's description.
 /// `GET /api/health`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Health {
+#[derive(ToSchema)]
+#[schema(as = Health)]
+pub struct HealthDoc {
     /// Always `ok`.
-    pub status: &'static str,
+    pub status: String,
     /// Coordinator version.
-    pub version: &'static str,
+    pub version: String,
 }
 
 struct BearerAuth;
@@ -145,7 +147,7 @@ impl Modify for BearerAuth {
     components(schemas(
         JobInfoDoc, JobPageDoc, JobPatchDoc, SubmitJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
         ArtifactInfoDoc, WorkerInfoDoc, ShareInfoDoc, NewShareDoc, SharedRunDoc, ApiErrorDoc,
-        Health
+        HealthDoc
     )),
     modifiers(&BearerAuth)
 )]

@@ -15,9 +15,11 @@ use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
+use kiln_proto::protocol::Health;
+
 use crate::auth::{require_admin, require_token};
 use crate::error::ApiError;
-use crate::openapi::{ApiDoc, Health};
+use crate::openapi::{ApiDoc, HealthDoc};
 use crate::state::AppState;
 
 pub mod artifacts;
@@ -103,11 +105,11 @@ async fn api_not_found(req: Request) -> ApiError {
 }
 
 #[utoipa::path(get, path = "/api/health", tag = "meta",
-    responses((status = 200, body = Health)))]
+    responses((status = 200, body = HealthDoc)))]
 pub async fn health() -> Json<Health> {
     Json(Health {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
+        status: "ok".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
     })
 }
 

@@ -20,8 +20,8 @@ use serde::de::DeserializeOwned;
 
 use kiln_proto::metric::Split;
 use kiln_proto::protocol::{
-    ApiErrorBody, ArtifactInfo, AttemptInfo, JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry,
-    MetricPoint, NewShare, ShareInfo, SharedRun, SubmitJob, WorkerInfo,
+    ApiErrorBody, ArtifactInfo, AttemptInfo, Health, JobId, JobInfo, JobPage, JobPatch, JobState,
+    LogEntry, MetricPoint, NewShare, ShareInfo, SharedRun, SubmitJob, WorkerInfo,
 };
 use kiln_proto::spec::FieldError;
 
@@ -104,13 +104,6 @@ impl MetricQuery {
         }
         q
     }
-}
-
-/// The health answer.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct Health {
-    pub status: String,
-    pub version: String,
 }
 
 /// A REST client; cheap to clone.

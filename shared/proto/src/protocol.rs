@@ -511,6 +511,15 @@ impl SharedRun {
     }
 }
 
+/// `GET /api/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    /// Coordinator version.
+    pub version: String,
+}
+
 /// Every 4xx/5xx body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiErrorBody {

@@ -368,6 +368,13 @@ fn rest_types() {
         r#"{"jobs":[],"total":0,"revision":9}"#,
     );
     check(
+        Health {
+            status: "ok".into(),
+            version: "0.1.0".into(),
+        },
+        r#"{"status":"ok","version":"0.1.0"}"#,
+    );
+    check(
         ApiErrorBody {
             error: "bad".into(),
             fields: vec![FieldError {
