@@ -3,6 +3,7 @@
 //! kiln-worker.
 
 mod client_cmd;
+mod devices_cmd;
 mod server_cmd;
 mod train_cmd;
 
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Train a job spec locally, with a progress bar; writes a run folder.
     Train(train_cmd::TrainArgs),
+    /// List the devices this kiln can train on here (cpu, wgpu, cuda), trying each one.
+    Devices(devices_cmd::DevicesArgs),
     /// Check a job spec and print it with every default filled in.
     Check {
         /// Job spec (TOML, or JSON if it ends in .json).
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train_cmd::run(args),
+        Command::Devices(args) => devices_cmd::run(args),
         Command::Check { spec } => train_cmd::read_spec(&spec).map(|s| {
             print!("{}", s.to_toml_string());
             ExitCode::SUCCESS

@@ -80,6 +80,58 @@ pub fn resolve(requested: DeviceRequest) -> Result<ResolvedDevice, DeviceError> 
     Ok(remember(requested, resolved))
 }
 
+/// One kind of device this build can train on, as found by [`probe`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeviceProbe {
+    pub kind: DeviceRequest,
+    pub available: bool,
+    /// The device found (backend and adapter), or why there is none.
+    pub detail: String,
+}
+
+/// Try every native device kind once: `kiln devices`, and the explicit gate of the GPU tests.
+/// Initialises what it finds (kept for this process, like [`resolve`]).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn probe() -> Vec<DeviceProbe> {
+    [DeviceRequest::Cpu, DeviceRequest::Wgpu, DeviceRequest::Cuda]
+        .into_iter()
+        .map(
+            |kind| match resolve(kind).map(|d| (smoke_test(&d.device), d)) {
+                Ok((Ok(()), d)) => DeviceProbe {
+                    kind,
+                    available: true,
+                    detail: d.description,
+                },
+                Ok((Err(e), d)) => DeviceProbe {
+                    kind,
+                    available: false,
+                    detail: format!("{} opened, but a kernel on it failed: {e}", d.description),
+                },
+                Err(e) => DeviceProbe {
+                    kind,
+                    available: false,
+                    detail: e.message,
+                },
+            },
+        )
+        .collect()
+}
+
+/// A device counts as usable once a kernel ran on it and gave the right answer (opening an
+/// adapter alone proves little).
+#[cfg(not(target_arch = "wasm32"))]
+fn smoke_test(device: &Device) -> Result<(), String> {
+    use burn::tensor::{Tensor, TensorData};
+    let t = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.5], [3]), device);
+    let sum =
+        pollster::block_on(t.sum().into_scalar_async::<f32>()).map_err(|e| format!("{e:?}"))?;
+    if sum == 6.5 {
+        Ok(())
+    } else {
+        Err(format!("1 + 2 + 3.5 gave {sum}"))
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 fn wgpu(kind: Option<DeviceKind>) -> Result<ResolvedDevice, String> {
     let mut options = Device::wgpu_options();
