@@ -295,6 +295,11 @@ impl WorkerSession {
         self.actions.pop_front()
     }
 
+    /// Whether [`WorkerSession::poll_action`] has something.
+    pub fn has_actions(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// The next message to write on the open socket, if any; report the write with
     /// [`Input::Sent`]. Before the welcome that is only the hello.
     pub fn poll_transmit(&self) -> Option<&WorkerMessage> {
