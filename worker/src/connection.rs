@@ -1,74 +1,45 @@
-//! The worker's side of `/ws/worker`: connect, hello, heartbeats, assignments, and the stream
-//! of messages from the running job. Reconnects with exponential backoff; a job keeps running
-//! while the socket is down and its messages wait in an outbox.
+//! The tokio driver of the worker's protocol: it owns the socket, the timers, the job thread,
+//! uploads and the resume download, and hands everything that happens to
+//! [`kiln_proto::worker_session::WorkerSession`], which decides what to send and do (hello,
+//! heartbeats, the outbox, metric batches, upload-then-notify, refusals, cancels, fatal close
+//! reasons, reconnect backoff). Uploads and the resume download run on their own tasks, so
+//! the socket loop keeps heartbeating while they take their time; a job keeps running while
+//! the socket is down and its messages wait in the session's outbox.
 
-use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use kiln_client::Client;
-use kiln_proto::metric::Metric;
-use kiln_proto::protocol::{
-    AttemptRef, Capabilities, CloseReason, CoordinatorMessage, PROTOCOL_VERSION, WorkerMessage,
-};
+use kiln_proto::protocol::{AttemptRef, Capabilities, CoordinatorMessage};
 use kiln_proto::spec::DeviceRequest;
+use kiln_proto::worker_session::{
+    Action, Artifact, Fatal, Input, JobEvent, SessionConfig, WorkerSession,
+};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::WorkerConfig;
-use crate::executor::{self, ExecEvent, RunningJob, log_line};
+use crate::executor::{self, RunningJob};
 
-/// Metrics are flushed at least this often while a job runs.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+type Dial = Pin<Box<dyn Future<Output = Result<Socket, String>> + Send>>;
 
 /// Why the worker stopped for good.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    #[error(
-        "the coordinator speaks protocol {expected}, this worker {got}: upgrade the older side"
-    )]
-    ProtocolVersion { expected: u32, got: u32 },
-    #[error("another worker connected with the same id ({0})")]
-    Superseded(String),
+    /// The coordinator refused this worker (protocol version, superseded).
+    #[error(transparent)]
+    Refused(#[from] Fatal),
     #[error("bad server URL {url:?}: {message}")]
     Url { url: String, message: String },
-}
-
-struct State {
-    config: WorkerConfig,
-    client: Client,
-    capabilities: Capabilities,
-    running: Option<RunningJob>,
-    /// Messages not yet written to a socket.
-    outbox: VecDeque<WorkerMessage>,
-    /// Metrics waiting for the next flush.
-    pending: Vec<Metric>,
-    events: UnboundedReceiver<(AttemptRef, ExecEvent)>,
-    events_tx: tokio::sync::mpsc::UnboundedSender<(AttemptRef, ExecEvent)>,
-    /// Uploads run on their own task, in order, so the socket loop keeps heartbeating.
-    uploads: UnboundedSender<Upload>,
-    /// Messages whose uploads are done, and attempts whose last message went out.
-    delivered: UnboundedReceiver<Delivery>,
-}
-
-/// Files to upload for an attempt, then a message to send once they are stored.
-struct Upload {
-    attempt: AttemptRef,
-    files: Vec<(String, Vec<u8>)>,
-    then: WorkerMessage,
-    /// The attempt's last message: the job slot frees when it is delivered.
-    last: bool,
-}
-
-enum Delivery {
-    Message(WorkerMessage),
-    /// The attempt's last message: queue it and free the job slot in one step, so a new
-    /// assignment can never find the worker still busy.
-    Last(AttemptRef, WorkerMessage),
 }
 
 fn ws_url(server: &str) -> Result<String, WorkerError> {
@@ -142,397 +113,75 @@ async fn run_worker(
     let url = ws_url(&config.server)?;
     let capabilities = capabilities(config.device);
     info!(devices = ?capabilities.devices, "worker starting");
-    let (events_tx, events) = unbounded_channel();
-    let (uploads, upload_rx) = unbounded_channel();
-    let (deliver_tx, delivered) = unbounded_channel();
-    let uploader_client =
+    let client =
         Client::new(&config.server, Some(config.token.clone())).map_err(|e| WorkerError::Url {
             url: config.server.clone(),
             message: e.to_string(),
         })?;
-    tokio::spawn(uploader(uploader_client, upload_rx, deliver_tx).in_current_span());
-    let mut state = State {
-        client: Client::new(&config.server, Some(config.token.clone())).map_err(|e| {
-            WorkerError::Url {
-                url: config.server.clone(),
-                message: e.to_string(),
-            }
-        })?,
-        config,
+    let (events_tx, events) = unbounded_channel();
+    let (results_tx, results) = unbounded_channel();
+    let (uploads, upload_rx) = unbounded_channel();
+    tokio::spawn(uploader(client.clone(), upload_rx, results_tx.clone()).in_current_span());
+    let session = WorkerSession::new(SessionConfig {
+        worker_id: config.worker_id.clone(),
+        name: config.name.clone(),
         capabilities,
-        running: None,
-        outbox: VecDeque::new(),
-        pending: Vec::new(),
-        events,
+        max_backoff_ms: u64::try_from(config.max_backoff.as_millis()).unwrap_or(u64::MAX),
+        seed: seed(),
+    });
+    let mut driver = Driver {
+        config,
+        url,
+        client,
+        session,
+        clock: Instant::now(),
+        job: None,
+        download: None,
         events_tx,
+        events,
+        results_tx,
+        results,
         uploads,
-        delivered,
+        dialing: None,
+        sink: None,
+        stream: None,
     };
-    tokio::pin!(shutdown);
-    let max_backoff = state.config.max_backoff;
-    let mut backoff = new_backoff(max_backoff);
-    loop {
-        let result = tokio::select! {
-            r = session(&mut state, &url) => r,
-            () = &mut shutdown => {
-                if let Some(job) = &state.running {
-                    job.cancel.cancel();
-                }
-                return Ok(());
-            }
-        };
-        match result {
-            Ok(Connected::Yes) => backoff = new_backoff(max_backoff),
-            Ok(Connected::No) => {}
-            Err(fatal) => return Err(fatal),
-        }
-        let wait = backoff.next().unwrap_or(max_backoff);
-        warn!(?wait, "disconnected from the coordinator; reconnecting");
-        // Keep the job's events flowing into the outbox while we wait.
-        let sleep = tokio::time::sleep(wait);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                () = &mut sleep => break,
-                () = &mut shutdown => return Ok(()),
-                Some((attempt, event)) = state.events.recv() => {
-                    handle_exec_event(&mut state, attempt, event);
-                }
-                Some(delivery) = state.delivered.recv() => deliver(&mut state, delivery),
-            }
-        }
-    }
+    driver.run(shutdown).await
 }
 
-fn deliver(state: &mut State, delivery: Delivery) {
-    match delivery {
-        Delivery::Message(msg) => state.outbox.push_back(msg),
-        Delivery::Last(attempt, msg) => {
-            if state.running.as_ref().is_some_and(|j| j.attempt == attempt)
-                && let Some(job) = state.running.take()
-            {
-                // The thread has sent its last event; joining is immediate.
-                let _ = job.thread.join();
-            }
-            state.outbox.push_back(msg);
-        }
-    }
+/// Any value will do: it only spreads the reconnects of many workers.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
 }
 
-/// Uploads files in order and hands back the message to send after each batch.
+/// Artifacts to store for an attempt, as [`Action::Upload`] `id`.
+struct Upload {
+    id: u64,
+    attempt: AttemptRef,
+    artifacts: Vec<Artifact>,
+}
+
+/// Uploads in order, one batch after the other, and reports each batch as an input.
 async fn uploader(
     client: Client,
     mut jobs: UnboundedReceiver<Upload>,
-    done: UnboundedSender<Delivery>,
+    done: UnboundedSender<Input>,
 ) {
     while let Some(job) = jobs.recv().await {
         let mut ok = true;
-        for (name, bytes) in job.files {
-            ok &= upload(&client, job.attempt, &name, bytes).await;
+        for artifact in job.artifacts {
+            ok &= upload(&client, job.attempt, &artifact.name, artifact.bytes).await;
         }
-        // A checkpoint notice only for a stored checkpoint; a finish notice always.
-        let delivery = if job.last {
-            Delivery::Last(job.attempt, job.then)
-        } else if ok {
-            Delivery::Message(job.then)
+        let input = if ok {
+            Input::Uploaded { id: job.id }
         } else {
-            continue;
+            Input::UploadFailed { id: job.id }
         };
-        let _ = done.send(delivery);
-    }
-}
-
-fn new_backoff(max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-enum Connected {
-    Yes,
-    No,
-}
-
-/// One connection, from dial to drop.
-async fn session(state: &mut State, url: &str) -> Result<Connected, WorkerError> {
-    let mut request = url.into_client_request().map_err(|e| WorkerError::Url {
-        url: url.to_string(),
-        message: e.to_string(),
-    })?;
-    let bearer = format!("Bearer {}", state.config.token);
-    if let Ok(value) = bearer.parse() {
-        request.headers_mut().insert("authorization", value);
-    }
-    // TCP_NODELAY: metric batches are small and latency-sensitive.
-    let socket = match tokio_tungstenite::connect_async_with_config(request, None, true).await {
-        Ok((socket, _)) => socket,
-        Err(e) => {
-            warn!("cannot connect to {url}: {e}");
-            return Ok(Connected::No);
-        }
-    };
-    let (mut sink, mut stream) = socket.split();
-    let hello = WorkerMessage::Hello {
-        protocol_version: PROTOCOL_VERSION,
-        worker_id: state.config.worker_id.clone(),
-        name: state.config.name.clone(),
-        capabilities: state.capabilities.clone(),
-        running: state.running.iter().map(|j| j.attempt).collect(),
-    };
-    if send(&mut sink, &hello).await.is_err() {
-        return Ok(Connected::No);
-    }
-    let heartbeat = loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
-                Ok(CoordinatorMessage::Welcome {
-                    heartbeat_interval_ms,
-                    ..
-                }) => break Duration::from_millis(heartbeat_interval_ms.max(10)),
-                Ok(CoordinatorMessage::Goodbye { reason }) => return Err(fatal(reason, state)),
-                _ => continue,
-            },
-            Some(Ok(Message::Close(frame))) => {
-                if let Some(reason) = frame.and_then(|f| serde_json::from_str(&f.reason).ok()) {
-                    return Err(fatal(reason, state));
-                }
-                return Ok(Connected::No);
-            }
-            Some(Ok(_)) => continue,
-            _ => return Ok(Connected::No),
-        }
-    };
-    info!("connected to {url}");
-    let mut heartbeat_tick = tokio::time::interval(heartbeat);
-    let mut flush_tick = tokio::time::interval(FLUSH_EVERY);
-    loop {
-        // Drain the outbox first; a failed write keeps the message for the next connection.
-        while let Some(msg) = state.outbox.front() {
-            if send(&mut sink, msg).await.is_err() {
-                return Ok(Connected::Yes);
-            }
-            state.outbox.pop_front();
-        }
-        tokio::select! {
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(text))) => match serde_json::from_str::<CoordinatorMessage>(&text) {
-                    Ok(msg) => handle_coordinator_message(state, msg).await?,
-                    Err(e) => warn!("ignoring a message that does not parse: {e}"),
-                },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(Connected::Yes),
-                Some(Ok(_)) => {}
-            },
-            Some((attempt, event)) = state.events.recv() => {
-                handle_exec_event(state, attempt, event);
-            }
-            Some(delivery) = state.delivered.recv() => deliver(state, delivery),
-            _ = flush_tick.tick() => flush_metrics(state),
-            _ = heartbeat_tick.tick() => {
-                let running = state.running.iter().map(|j| j.attempt).collect();
-                state.outbox.push_back(WorkerMessage::Heartbeat { running });
-            }
-        }
-    }
-}
-
-fn fatal(reason: CloseReason, state: &State) -> WorkerError {
-    match reason {
-        CloseReason::ProtocolVersion { expected, got } => {
-            WorkerError::ProtocolVersion { expected, got }
-        }
-        other => WorkerError::Superseded(format!("{} ({other:?})", state.config.worker_id)),
-    }
-}
-
-async fn send<S>(sink: &mut S, msg: &WorkerMessage) -> Result<(), ()>
-where
-    S: futures_util::Sink<Message> + Unpin,
-{
-    let text = serde_json::to_string(msg).map_err(|_| ())?;
-    sink.send(Message::text(text)).await.map_err(|_| ())
-}
-
-fn flush_metrics(state: &mut State) {
-    if state.pending.is_empty() {
-        return;
-    }
-    let Some(job) = &state.running else {
-        state.pending.clear();
-        return;
-    };
-    let points = std::mem::take(&mut state.pending);
-    state.outbox.push_back(WorkerMessage::Metrics {
-        attempt: job.attempt,
-        points,
-    });
-}
-
-async fn handle_coordinator_message(
-    state: &mut State,
-    msg: CoordinatorMessage,
-) -> Result<(), WorkerError> {
-    match msg {
-        CoordinatorMessage::Assign {
-            attempt,
-            spec,
-            resume,
-        } => {
-            if let Some(job) = &state.running {
-                if job.attempt == attempt {
-                    return Ok(()); // already running it (re-sent after a reconnect)
-                }
-                warn!(?attempt, running = ?job.attempt, "assigned a job while busy; refusing");
-                // Say what runs first, so the coordinator does not pick this worker again
-                // until it is free.
-                state.outbox.push_back(WorkerMessage::Heartbeat {
-                    running: vec![job.attempt],
-                });
-                state.outbox.push_back(WorkerMessage::Finished {
-                    attempt,
-                    outcome: kiln_proto::protocol::AttemptOutcome::Failed,
-                    error: Some("worker is busy with another job".to_string()),
-                    steps: 0,
-                });
-                return Ok(());
-            }
-            info!(
-                job_id = attempt.job_id,
-                attempt = attempt.attempt,
-                "assigned {}",
-                spec.name
-            );
-            let resume_bytes = match &resume {
-                Some(name) => {
-                    let fetch = || state.client.download_artifact(attempt.job_id, name);
-                    match fetch
-                        .retry(ExponentialBuilder::default().with_max_times(5))
-                        .await
-                    {
-                        Ok(bytes) => Some(bytes),
-                        Err(e) => {
-                            state.outbox.push_back(WorkerMessage::Finished {
-                                attempt,
-                                outcome: kiln_proto::protocol::AttemptOutcome::Failed,
-                                error: Some(format!("cannot download checkpoint {name}: {e}")),
-                                steps: 0,
-                            });
-                            return Ok(());
-                        }
-                    }
-                }
-                None => None,
-            };
-            match executor::spawn(
-                attempt,
-                spec,
-                resume_bytes,
-                state.config.device,
-                &state.config.data_root,
-                state.events_tx.clone(),
-            ) {
-                Ok(job) => state.running = Some(job),
-                Err(e) => state.outbox.push_back(WorkerMessage::Finished {
-                    attempt,
-                    outcome: kiln_proto::protocol::AttemptOutcome::Failed,
-                    error: Some(format!("cannot start the job thread: {e}")),
-                    steps: 0,
-                }),
-            }
-        }
-        CoordinatorMessage::Cancel { attempt } => {
-            if let Some(job) = &state.running
-                && job.attempt.job_id == attempt.job_id
-            {
-                info!(job_id = attempt.job_id, "cancel requested");
-                job.cancel.cancel();
-            }
-        }
-        CoordinatorMessage::Goodbye { reason } => match reason {
-            CloseReason::ShuttingDown | CloseReason::BadMessage { .. } => {}
-            other => return Err(fatal(other, state)),
-        },
-        CoordinatorMessage::Welcome { .. } => {}
-    }
-    Ok(())
-}
-
-fn handle_exec_event(state: &mut State, attempt: AttemptRef, event: ExecEvent) {
-    match event {
-        ExecEvent::Started {
-            device,
-            total_steps,
-            start_step,
-        } => state.outbox.push_back(WorkerMessage::Started {
-            attempt,
-            device,
-            total_steps,
-            start_step,
-        }),
-        ExecEvent::Metric(m) => state.pending.push(m),
-        ExecEvent::Log(text) => state.outbox.push_back(WorkerMessage::Logs {
-            attempt,
-            lines: vec![log_line(text)],
-        }),
-        ExecEvent::Checkpoint { step, bytes } => {
-            // Metrics up to the checkpoint go out first, so none before it can be lost.
-            flush_metrics(state);
-            let name = kiln_proto::artifact::checkpoint_name(step);
-            let _ = state.uploads.send(Upload {
-                attempt,
-                files: vec![(name.clone(), bytes)],
-                then: WorkerMessage::Checkpoint {
-                    attempt,
-                    step,
-                    artifact: name,
-                },
-                last: false,
-            });
-        }
-        ExecEvent::Finished {
-            outcome,
-            error,
-            steps,
-            model,
-            summary,
-        } => {
-            flush_metrics(state);
-            if let Some(error) = &error {
-                state.outbox.push_back(WorkerMessage::Logs {
-                    attempt,
-                    lines: vec![log_line(format!("error: {error}"))],
-                });
-            }
-            let mut files = Vec::new();
-            if let Some((config, weights)) = model {
-                match kiln_train::train::export_safetensors(&config, &weights) {
-                    Ok(bytes) => files.push(("model.safetensors".to_string(), bytes)),
-                    Err(e) => warn!("safetensors export failed: {e}"),
-                }
-                files.push(("model.bpk".to_string(), weights));
-                if let Ok(json) = serde_json::to_vec_pretty(&config) {
-                    files.push(("model.json".to_string(), json));
-                }
-            }
-            if let Some(summary) = summary
-                && let Ok(json) = serde_json::to_vec_pretty(&summary)
-            {
-                files.push(("summary.json".to_string(), json));
-            }
-            let _ = state.uploads.send(Upload {
-                attempt,
-                files,
-                then: WorkerMessage::Finished {
-                    attempt,
-                    outcome,
-                    error,
-                    steps,
-                },
-                last: true,
-            });
-        }
+        let _ = done.send(input);
     }
 }
 
@@ -549,5 +198,301 @@ async fn upload(client: &Client, attempt: AttemptRef, name: &str, bytes: Vec<u8>
             warn!(job_id = attempt.job_id, "upload of {name} failed: {e}");
             false
         }
+    }
+}
+
+struct Driver {
+    config: WorkerConfig,
+    url: String,
+    /// For the resume downloads.
+    client: Client,
+    session: WorkerSession,
+    /// Time zero of the session's milliseconds.
+    clock: Instant,
+    job: Option<RunningJob>,
+    download: Option<(AttemptRef, tokio::task::JoinHandle<()>)>,
+    events_tx: UnboundedSender<(AttemptRef, JobEvent)>,
+    /// The job thread's events.
+    events: UnboundedReceiver<(AttemptRef, JobEvent)>,
+    results_tx: UnboundedSender<Input>,
+    /// Upload and download results.
+    results: UnboundedReceiver<Input>,
+    uploads: UnboundedSender<Upload>,
+    dialing: Option<Dial>,
+    sink: Option<SplitSink<Socket, Message>>,
+    stream: Option<SplitStream<Socket>>,
+}
+
+impl Driver {
+    async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        tokio::pin!(shutdown);
+        loop {
+            self.perform()?;
+            self.transmit().await;
+            if self.session.has_actions() {
+                continue;
+            }
+            let deadline = self
+                .session
+                .poll_timeout()
+                .map(|ms| self.clock + Duration::from_millis(ms));
+            tokio::select! {
+                dialed = poll_option(&mut self.dialing) => {
+                    self.dialing = None;
+                    match dialed {
+                        Ok(socket) => {
+                            let (sink, stream) = socket.split();
+                            self.sink = Some(sink);
+                            self.stream = Some(stream);
+                            self.input(Input::Connected);
+                        }
+                        Err(e) => {
+                            warn!("cannot connect to {}: {e}", self.url);
+                            self.input(Input::ConnectFailed);
+                            self.log_reconnect();
+                        }
+                    }
+                }
+                frame = next_frame(&mut self.stream) => self.frame(frame),
+                Some((attempt, event)) = self.events.recv() => self.job_event(attempt, event),
+                Some(input) = self.results.recv() => {
+                    if let Input::ResumeDownloaded { attempt, .. } | Input::ResumeFailed { attempt, .. } = &input
+                        && self.download.as_ref().is_some_and(|(a, _)| a == attempt)
+                    {
+                        self.download = None;
+                    }
+                    self.input(input);
+                }
+                () = sleep_until(deadline) => self.input(Input::Tick),
+                () = &mut shutdown => {
+                    if let Some(job) = &self.job {
+                        job.cancel.cancel();
+                    }
+                    if let Some((_, download)) = &self.download {
+                        download.abort();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now_ms();
+        self.session.handle(now, input);
+    }
+
+    /// Does what the session asks for.
+    fn perform(&mut self) -> Result<(), WorkerError> {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Connect => self.dialing = Some(self.dial()?),
+                Action::StartJob {
+                    attempt,
+                    spec,
+                    resume,
+                } => {
+                    info!(
+                        job_id = attempt.job_id,
+                        attempt = attempt.attempt,
+                        "assigned {}",
+                        spec.name
+                    );
+                    match executor::spawn(
+                        attempt,
+                        spec,
+                        resume,
+                        self.config.device,
+                        &self.config.data_root,
+                        self.events_tx.clone(),
+                    ) {
+                        Ok(job) => self.job = Some(job),
+                        Err(e) => self.input(Input::StartFailed {
+                            attempt,
+                            error: format!("cannot start the job thread: {e}"),
+                        }),
+                    }
+                }
+                Action::CancelJob { attempt } => {
+                    if let Some(job) = &self.job
+                        && job.attempt == attempt
+                    {
+                        info!(job_id = attempt.job_id, "cancel requested");
+                        job.cancel.cancel();
+                    }
+                }
+                Action::DownloadResume { attempt, artifact } => {
+                    info!(
+                        job_id = attempt.job_id,
+                        attempt = attempt.attempt,
+                        "downloading {artifact} to resume from"
+                    );
+                    let client = self.client.clone();
+                    let results = self.results_tx.clone();
+                    let task = async move {
+                        let fetch = || client.download_artifact(attempt.job_id, &artifact);
+                        let input = match fetch
+                            .retry(ExponentialBuilder::default().with_max_times(5))
+                            .await
+                        {
+                            Ok(bytes) => Input::ResumeDownloaded { attempt, bytes },
+                            Err(e) => Input::ResumeFailed {
+                                attempt,
+                                error: e.to_string(),
+                            },
+                        };
+                        let _ = results.send(input);
+                    };
+                    let handle = tokio::spawn(task.in_current_span());
+                    self.download = Some((attempt, handle));
+                }
+                Action::AbortDownload { attempt } => {
+                    if let Some((a, download)) = &self.download
+                        && *a == attempt
+                    {
+                        info!(job_id = attempt.job_id, "cancelled before it started");
+                        download.abort();
+                        self.download = None;
+                    }
+                }
+                Action::Upload {
+                    id,
+                    attempt,
+                    artifacts,
+                } => {
+                    let _ = self.uploads.send(Upload {
+                        id,
+                        attempt,
+                        artifacts,
+                    });
+                }
+                Action::Warn(message) => warn!("{message}"),
+                Action::Fatal(fatal) => return Err(fatal.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn dial(&self) -> Result<Dial, WorkerError> {
+        let mut request =
+            self.url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| WorkerError::Url {
+                    url: self.url.clone(),
+                    message: e.to_string(),
+                })?;
+        let bearer = format!("Bearer {}", self.config.token);
+        if let Ok(value) = bearer.parse() {
+            request.headers_mut().insert("authorization", value);
+        }
+        Ok(Box::pin(async move {
+            // TCP_NODELAY: metric batches are small and latency-sensitive.
+            tokio_tungstenite::connect_async_with_config(request, None, true)
+                .await
+                .map(|(socket, _)| socket)
+                .map_err(|e| e.to_string())
+        }))
+    }
+
+    /// Writes what the session has to send; a failed write drops the socket and keeps the
+    /// message for the next one.
+    async fn transmit(&mut self) {
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        while let Some(msg) = self.session.poll_transmit() {
+            let written = match serde_json::to_string(msg) {
+                Ok(text) => sink.send(Message::text(text)).await.is_ok(),
+                Err(e) => {
+                    warn!("dropping a message that does not serialize: {e}");
+                    true
+                }
+            };
+            let now = u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if written {
+                self.session.handle(now, Input::Sent);
+            } else {
+                self.link_down(None);
+                return;
+            }
+        }
+    }
+
+    fn frame(&mut self, frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                match serde_json::from_str::<CoordinatorMessage>(&text) {
+                    Ok(msg) => {
+                        let was_connected = self.session.is_connected();
+                        self.input(Input::Frame(msg));
+                        if !was_connected && self.session.is_connected() {
+                            info!("connected to {}", self.url);
+                        }
+                    }
+                    Err(e) => warn!("ignoring a message that does not parse: {e}"),
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let reason = frame.and_then(|f| serde_json::from_str(&f.reason).ok());
+                self.link_down(reason);
+            }
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => self.link_down(None),
+        }
+    }
+
+    /// The socket is gone.
+    fn link_down(&mut self, reason: Option<kiln_proto::protocol::CloseReason>) {
+        self.sink = None;
+        self.stream = None;
+        self.input(Input::Disconnected { reason });
+        self.log_reconnect();
+    }
+
+    fn log_reconnect(&self) {
+        if let Some(at) = self.session.poll_timeout() {
+            let wait = Duration::from_millis(at.saturating_sub(self.now_ms()));
+            warn!(?wait, "disconnected from the coordinator; reconnecting");
+        }
+    }
+
+    fn job_event(&mut self, attempt: AttemptRef, event: JobEvent) {
+        if matches!(event, JobEvent::Finished { .. })
+            && self.job.as_ref().is_some_and(|j| j.attempt == attempt)
+            && let Some(job) = self.job.take()
+        {
+            // The thread has sent its last event; joining is immediate.
+            let _ = job.thread.join();
+        }
+        self.input(Input::Job { attempt, event });
+    }
+}
+
+/// The output of an optional future; never, without one.
+async fn poll_option<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
+    match future {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_frame(
+    stream: &mut Option<SplitStream<Socket>>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

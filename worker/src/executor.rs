@@ -1,43 +1,22 @@
 //! One job on one OS thread: resolve the device, load data, train with the core, report.
 //!
-//! The thread talks to the async side only through a channel of [`ExecEvent`]s; it never
-//! touches the socket.
+//! The thread talks to the async side only through a channel of `kiln_proto`'s
+//! [`JobEvent`]s, which the driver hands to the protocol state machine; it never touches the
+//! socket. The final model's files (burnpack, safetensors, config, summary) are made here, so
+//! the state machine only sees bytes.
 
 use std::path::Path;
 use std::thread::JoinHandle;
 
-use kiln_proto::metric::Metric;
 use kiln_proto::protocol::{AttemptOutcome, AttemptRef, LogLine};
 use kiln_proto::spec::{DatasetSpec, DeviceRequest, JobSpec};
+use kiln_proto::worker_session::{Artifact, JobEvent};
 use kiln_train::data::{self, FsSource};
 use kiln_train::device;
 use kiln_train::model::ModelConfig;
 use kiln_train::train::{self, CancelToken, Checkpoint, Outcome, TrainEvent, TrainRun};
 use tokio::sync::mpsc::UnboundedSender;
-
-/// What a running job reports.
-#[derive(Debug)]
-pub(crate) enum ExecEvent {
-    Started {
-        device: String,
-        total_steps: u64,
-        start_step: u64,
-    },
-    Metric(Metric),
-    Log(String),
-    Checkpoint {
-        step: u64,
-        bytes: Vec<u8>,
-    },
-    Finished {
-        outcome: AttemptOutcome,
-        error: Option<String>,
-        steps: u64,
-        /// Final weights and the config to re-create the model (for the safetensors export).
-        model: Option<(ModelConfig, Vec<u8>)>,
-        summary: Option<serde_json::Value>,
-    },
-}
+use tracing::warn;
 
 pub(crate) struct RunningJob {
     pub attempt: AttemptRef,
@@ -45,18 +24,18 @@ pub(crate) struct RunningJob {
     pub thread: JoinHandle<()>,
 }
 
-pub(crate) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-pub(crate) fn log_line(text: String) -> LogLine {
-    LogLine {
+fn log(text: String) -> JobEvent {
+    JobEvent::Log(LogLine {
         ts_ms: now_ms(),
         text,
-    }
+    })
 }
 
 /// The device a job gets on this worker: the job's explicit request, else the worker's.
@@ -84,7 +63,7 @@ pub(crate) fn spawn(
     resume: Option<Vec<u8>>,
     worker_device: DeviceRequest,
     data_root: &Path,
-    tx: UnboundedSender<(AttemptRef, ExecEvent)>,
+    tx: UnboundedSender<(AttemptRef, JobEvent)>,
 ) -> std::io::Result<RunningJob> {
     resolve_dataset(&mut spec, data_root);
     let cancel = CancelToken::default();
@@ -92,17 +71,17 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("job-{}-{}", attempt.job_id, attempt.attempt))
         .spawn(move || {
-            let send = |e: ExecEvent| {
+            let send = |e: JobEvent| {
                 let _ = tx.send((attempt, e));
             };
             let finished = match run_job(spec, resume, worker_device, token, &send) {
                 Ok(f) => f,
-                Err(error) => ExecEvent::Finished {
+                Err(error) => JobEvent::Finished {
                     outcome: AttemptOutcome::Failed,
                     error: Some(error),
                     steps: 0,
-                    model: None,
-                    summary: None,
+                    artifacts: Vec::new(),
+                    ts_ms: now_ms(),
                 },
             };
             send(finished);
@@ -119,12 +98,12 @@ fn run_job(
     resume: Option<Vec<u8>>,
     worker_device: DeviceRequest,
     cancel: CancelToken,
-    send: &dyn Fn(ExecEvent),
-) -> Result<ExecEvent, String> {
+    send: &dyn Fn(JobEvent),
+) -> Result<JobEvent, String> {
     let resume = match resume {
         Some(bytes) => {
             let ckpt = Checkpoint::decode(&bytes).map_err(|e| format!("checkpoint: {e}"))?;
-            send(ExecEvent::Log(format!(
+            send(log(format!(
                 "resuming from the checkpoint at step {}",
                 ckpt.state.step
             )));
@@ -133,12 +112,12 @@ fn run_job(
         None => None,
     };
     let resolved = device::resolve(device_for(&spec, worker_device)).map_err(|e| e.to_string())?;
-    send(ExecEvent::Log(format!(
+    send(log(format!(
         "loading dataset {}",
         spec.dataset.path().unwrap_or("(synthetic)")
     )));
     let splits = data::load(&spec.dataset, spec.seed, &FsSource).map_err(|e| e.to_string())?;
-    send(ExecEvent::Log(format!(
+    send(log(format!(
         "training {} on {} ({} training examples)",
         spec.model.kind(),
         resolved.description,
@@ -152,17 +131,17 @@ fn run_job(
             parameters,
             ..
         } => {
-            send(ExecEvent::Log(format!(
+            send(log(format!(
                 "model has {parameters} parameters; steps {start_step}..{total_steps}"
             )));
-            send(ExecEvent::Started {
+            send(JobEvent::Started {
                 device: description.clone(),
                 total_steps,
                 start_step,
             });
         }
-        TrainEvent::Metric(m) => send(ExecEvent::Metric(m)),
-        TrainEvent::Checkpoint(c) => send(ExecEvent::Checkpoint {
+        TrainEvent::Metric(m) => send(JobEvent::Metric(m)),
+        TrainEvent::Checkpoint(c) => send(JobEvent::Checkpoint {
             step: c.state.step,
             bytes: c.encode(),
         }),
@@ -176,11 +155,38 @@ fn run_job(
         Outcome::Cancelled => AttemptOutcome::Cancelled,
     };
     let report = summary.report(&spec.name, resolved.kind.as_str());
-    Ok(ExecEvent::Finished {
+    let model = summary.weights.map(|w| (summary.model.clone(), w));
+    Ok(JobEvent::Finished {
         outcome,
         error: None,
         steps: summary.steps,
-        model: summary.weights.map(|w| (summary.model.clone(), w)),
-        summary: Some(report),
+        artifacts: artifacts(model, &report),
+        ts_ms: now_ms(),
     })
+}
+
+/// The files a finished job leaves: the final weights (burnpack and safetensors) with the
+/// config to re-create the model, and the summary.
+fn artifacts(model: Option<(ModelConfig, Vec<u8>)>, summary: &serde_json::Value) -> Vec<Artifact> {
+    let mut files = Vec::new();
+    let mut add = |name: &str, bytes: Vec<u8>| {
+        files.push(Artifact {
+            name: name.to_string(),
+            bytes,
+        })
+    };
+    if let Some((config, weights)) = model {
+        match train::export_safetensors(&config, &weights) {
+            Ok(bytes) => add("model.safetensors", bytes),
+            Err(e) => warn!("safetensors export failed: {e}"),
+        }
+        add("model.bpk", weights);
+        if let Ok(json) = serde_json::to_vec_pretty(&config) {
+            add("model.json", json);
+        }
+    }
+    if let Ok(json) = serde_json::to_vec_pretty(summary) {
+        add("summary.json", json);
+    }
+    files
 }

@@ -7,8 +7,9 @@
 //! drops the job keeps training; the worker reconnects with backoff, re-announces the running
 //! attempt and sends what it buffered.
 //!
-//! - `connection`: the socket loop, reconnects, heartbeats.
-//! - `executor`: one job on one thread: data, resume, training, uploads.
+//! - `connection`: the tokio driver of `kiln_proto::worker_session` (socket, timers, uploads,
+//!   the resume download); the protocol's decisions are the session's.
+//! - `executor`: one job on one thread: data, resume, training, the final model's files.
 
 mod connection;
 mod executor;

@@ -7,6 +7,8 @@
 //! - [`sweep`]: grid sweeps over spec fields.
 //! - [`fmt`]: human-readable values (ages) for the CLI and the dashboard.
 //! - [`downsample`]: LTTB for metric charts (the coordinator's range queries, the dashboard).
+//! - [`worker_session`]: the worker's protocol logic as a state machine without I/O (driven by
+//!   tokio in `kiln worker`, later by a browser tab).
 //!
 //! No Burn, no tokio, no I/O: this crate compiles for native targets and for
 //! `wasm32-unknown-unknown`, so the coordinator, the dashboard bundle, workers and the CLI
@@ -19,5 +21,6 @@ pub mod metric;
 pub mod protocol;
 pub mod spec;
 pub mod sweep;
+pub mod worker_session;
 
 pub use spec::JobSpec;
