@@ -395,6 +395,7 @@ async fn handle_coordinator_message(
                     outcome: kiln_proto::protocol::AttemptOutcome::Failed,
                     error: Some("worker is busy with another job".to_string()),
                     steps: 0,
+                    retryable: Some(true),
                 });
                 return Ok(());
             }
@@ -418,6 +419,7 @@ async fn handle_coordinator_message(
                                 outcome: kiln_proto::protocol::AttemptOutcome::Failed,
                                 error: Some(format!("cannot download checkpoint {name}: {e}")),
                                 steps: 0,
+                                retryable: Some(true),
                             });
                             return Ok(());
                         }
@@ -439,6 +441,7 @@ async fn handle_coordinator_message(
                     outcome: kiln_proto::protocol::AttemptOutcome::Failed,
                     error: Some(format!("cannot start the job thread: {e}")),
                     steps: 0,
+                    retryable: Some(true),
                 }),
             }
         }
@@ -494,6 +497,7 @@ fn handle_exec_event(state: &mut State, attempt: AttemptRef, event: ExecEvent) {
         ExecEvent::Finished {
             outcome,
             error,
+            retryable,
             steps,
             model,
             summary,
@@ -529,6 +533,7 @@ fn handle_exec_event(state: &mut State, attempt: AttemptRef, event: ExecEvent) {
                     outcome,
                     error,
                     steps,
+                    retryable,
                 },
                 last: true,
             });

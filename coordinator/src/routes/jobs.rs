@@ -196,6 +196,7 @@ pub async fn cancel(
                         kiln_proto::protocol::AttemptOutcome::Cancelled,
                         Some("cancelled while its worker was disconnected"),
                         None,
+                        true,
                     )
                     .await?
                     .unwrap_or(job)
