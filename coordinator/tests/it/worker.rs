@@ -461,8 +461,8 @@ async fn cancel_retry_and_drain() {
     assert_eq!(job.worker_id.as_deref(), Some("other"));
 
     // A device nobody offers stays queued.
-    let mut spec = support::spec("webgpu-only");
-    spec.device = kiln_proto::spec::DeviceRequest::Webgpu;
+    let mut spec = support::spec("cuda-only");
+    spec.device = kiln_proto::spec::DeviceRequest::Cuda;
     let web = client
         .submit(&kiln_proto::protocol::SubmitJob {
             spec,
