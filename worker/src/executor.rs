@@ -96,7 +96,13 @@ impl Failure {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "no message".to_string());
-        TrainError::device("the training thread panicked", &what).into()
+        match TrainError::device("the training thread panicked", &what) {
+            oom @ TrainError::OutOfMemory(_) => oom.into(),
+            _ => Failure {
+                message: format!("the training thread panicked: {what}"),
+                retryable: true,
+            },
+        }
     }
 
     fn finished(self) -> ExecEvent {
