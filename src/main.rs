@@ -47,6 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     set_burn_default_device();
+    set_runtime_dir();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -88,3 +89,35 @@ fn set_burn_default_device() {
         };
     }
 }
+
+/// wgpu's adapter search (`device = "auto"` or `wgpu`) loads Mesa, whose Wayland client prints
+/// "error: XDG_RUNTIME_DIR is invalid or not set in the environment." once per probe when the
+/// variable is unset or not an absolute path: harmless, but it reads as Kiln's error. Like
+/// `scripts/env.sh`, point it at `<tmp>/kiln-xdg` — only if that is a directory of this user
+/// (not a link), made private (0700) as the XDG spec asks of it.
+#[cfg(target_os = "linux")]
+fn set_runtime_dir() {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_absolute()) {
+        return;
+    }
+    let dir = std::env::temp_dir().join("kiln-xdg");
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    // Ours and a real directory (not a link); then private, as `scripts/env.sh` makes it.
+    let ours = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+    if ours && std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_ok() {
+        // SAFETY: called first thing in `main` (right after `set_burn_default_device`), before
+        // any other thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("XDG_RUNTIME_DIR", &dir)
+        };
+    }
+}
+
+/// Only Linux loads Mesa's Wayland client.
+#[cfg(not(target_os = "linux"))]
+fn set_runtime_dir() {}

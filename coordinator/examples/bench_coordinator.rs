@@ -170,6 +170,7 @@ impl Bench<'_> {
             outcome: AttemptOutcome::Succeeded,
             error: None,
             steps: 0,
+            retryable: None,
         };
         send_json(worker, &finished).await?;
         let deadline = Instant::now() + WAIT;

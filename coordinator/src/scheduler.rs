@@ -77,6 +77,7 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
                     AttemptOutcome::Failed,
                     Some(WORKER_LOST),
                     None,
+                    true,
                 )
                 .await?;
             if let Some(job) = job {

@@ -484,6 +484,64 @@ fn restarting_the_coordinator_mid_job_loses_nothing() {
     assert_eq!(page.total, 2);
 }
 
+/// Bad data and a diverging loss fail the same way on every machine: the job fails after one
+/// attempt, though it has three, and its error says why it was not retried.
+#[test]
+fn a_job_that_cannot_succeed_fails_after_one_attempt_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("w1");
+    let garbage = dir.path().join("garbage.csv");
+    std::fs::write(&garbage, "x,y\n1,a\nnot a number,b\n3,a\n").unwrap();
+    // Regression targets of 1e20: the squared error overflows at the first step.
+    let huge = dir.path().join("huge.csv");
+    std::fs::write(&huge, "x,y\n1,1e20\n2,-1e20\n3,1e20\n4,-1e20\n5,1e20\n").unwrap();
+    let csv_spec = |name: &str, path: &Path, task: &str| {
+        format!(
+            r#"
+name = "{name}"
+device = "cpu"
+max_attempts = 3
+[model]
+kind = "mlp"
+hidden = [4]
+[dataset]
+kind = "csv"
+path = "{}"
+label_column = "y"
+task = "{task}"
+[training]
+batch_size = 2
+max_steps = 5
+log_every = 1
+"#,
+            path.to_str().expect("utf-8 temp path")
+        )
+    };
+    for (spec, reason) in [
+        (
+            csv_spec("bad-data", &garbage, "classification"),
+            "line 3, column \"x\": \"not a number\" is not a number",
+        ),
+        (
+            csv_spec("diverges", &huge, "regression"),
+            "the loss became inf at step 1",
+        ),
+    ] {
+        let job = c.submit(&spec);
+        let job = c.wait_job(job.id, 60, "terminal", |j| j.state.is_terminal());
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        assert_eq!((job.attempts, job.max_attempts), (1, 3), "{job:?}");
+        let error = job.error.clone().unwrap_or_default();
+        assert!(error.starts_with("not retried: "), "{error}");
+        assert!(error.contains(reason), "expected {reason:?} in {error}");
+        let attempts =
+            c.rt.block_on(c.client().attempts(job.id))
+                .expect("attempts");
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+    }
+}
+
 #[test]
 fn bad_input_over_the_api_is_rejected_clearly() {
     let dir = tempfile::tempdir().unwrap();

@@ -117,6 +117,27 @@ fn bad_spec_is_rejected_with_every_field_named() {
     );
 }
 
+/// Outside the scripts XDG_RUNTIME_DIR may be unset; wgpu's adapter search (`auto`) must not
+/// make Mesa print "error: XDG_RUNTIME_DIR is invalid or not set" as if Kiln had failed.
+#[test]
+fn auto_device_prints_no_runtime_dir_error_without_xdg_runtime_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let o = run(kiln()
+        .args([
+            "train",
+            "examples/synthetic.toml",
+            "--device",
+            "auto",
+            "--max-steps",
+            "2",
+            "--out",
+        ])
+        .arg(dir.path().join("run"))
+        .env_remove("XDG_RUNTIME_DIR"));
+    assert!(o.status.success(), "kiln train failed: {}", stderr(&o));
+    assert!(!stderr(&o).contains("XDG_RUNTIME_DIR"), "{}", stderr(&o));
+}
+
 #[test]
 fn bad_data_gives_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

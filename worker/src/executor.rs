@@ -12,11 +12,87 @@ use kiln_proto::protocol::{AttemptOutcome, AttemptRef, LogLine};
 use kiln_proto::spec::{DatasetSpec, DeviceRequest, JobSpec};
 use kiln_proto::worker_session::{Artifact, JobEvent};
 use kiln_train::data::{self, FsSource};
-use kiln_train::device;
+use kiln_train::device::{self, DeviceError};
 use kiln_train::model::ModelConfig;
-use kiln_train::train::{self, CancelToken, Checkpoint, Outcome, TrainEvent, TrainRun};
+use kiln_train::train::{
+    self, CancelToken, Checkpoint, CheckpointError, Outcome, TrainError, TrainEvent, TrainRun,
+};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
+
+/// Why a job failed on this worker, and whether another attempt can end differently. The
+/// training core classifies its own errors ([`TrainError::is_retryable`]); what fails around
+/// it is classified here.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    message: String,
+    retryable: bool,
+}
+
+impl From<TrainError> for Failure {
+    fn from(e: TrainError) -> Self {
+        Failure {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<data::DataError> for Failure {
+    fn from(e: data::DataError) -> Self {
+        TrainError::from(e).into()
+    }
+}
+
+impl From<DeviceError> for Failure {
+    /// The worker offered a device it cannot open: this machine's problem, not the job's.
+    fn from(e: DeviceError) -> Self {
+        Failure {
+            message: e.to_string(),
+            retryable: true,
+        }
+    }
+}
+
+impl From<CheckpointError> for Failure {
+    /// Another attempt resumes from the same (newest) checkpoint and fails the same way.
+    fn from(e: CheckpointError) -> Self {
+        Failure {
+            message: format!("the checkpoint to resume from cannot be read: {e}"),
+            retryable: false,
+        }
+    }
+}
+
+impl Failure {
+    /// The training thread panicked: a bug or a device fault, which another attempt may not
+    /// meet, unless the device ran out of memory (Burn panics on some allocation failures).
+    fn panicked(payload: &(dyn std::any::Any + Send)) -> Self {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_string());
+        match TrainError::device("the training thread panicked", &what) {
+            oom @ TrainError::OutOfMemory(_) => oom.into(),
+            _ => Failure {
+                message: format!("the training thread panicked: {what}"),
+                retryable: true,
+            },
+        }
+    }
+
+    fn finished(self) -> JobEvent {
+        JobEvent::Finished {
+            outcome: AttemptOutcome::Failed,
+            error: Some(self.message),
+            retryable: Some(self.retryable),
+            steps: 0,
+            artifacts: Vec::new(),
+            ts_ms: now_ms(),
+        }
+    }
+}
 
 pub(crate) struct RunningJob {
     pub attempt: AttemptRef,
@@ -74,15 +150,12 @@ pub(crate) fn spawn(
             let send = |e: JobEvent| {
                 let _ = tx.send((attempt, e));
             };
-            let finished = match run_job(spec, resume, worker_device, token, &send) {
-                Ok(f) => f,
-                Err(error) => JobEvent::Finished {
-                    outcome: AttemptOutcome::Failed,
-                    error: Some(error),
-                    steps: 0,
-                    artifacts: Vec::new(),
-                    ts_ms: now_ms(),
-                },
+            let run =
+                std::panic::AssertUnwindSafe(|| run_job(spec, resume, worker_device, token, &send));
+            let finished = match std::panic::catch_unwind(run) {
+                Ok(Ok(f)) => f,
+                Ok(Err(failure)) => failure.finished(),
+                Err(payload) => Failure::panicked(payload.as_ref()).finished(),
             };
             send(finished);
         })?;
@@ -99,10 +172,10 @@ fn run_job(
     worker_device: DeviceRequest,
     cancel: CancelToken,
     send: &dyn Fn(JobEvent),
-) -> Result<JobEvent, String> {
+) -> Result<JobEvent, Failure> {
     let resume = match resume {
         Some(bytes) => {
-            let ckpt = Checkpoint::decode(&bytes).map_err(|e| format!("checkpoint: {e}"))?;
+            let ckpt = Checkpoint::decode(&bytes)?;
             send(log(format!(
                 "resuming from the checkpoint at step {}",
                 ckpt.state.step
@@ -111,12 +184,12 @@ fn run_job(
         }
         None => None,
     };
-    let resolved = device::resolve(device_for(&spec, worker_device)).map_err(|e| e.to_string())?;
+    let resolved = device::resolve(device_for(&spec, worker_device))?;
     send(log(format!(
         "loading dataset {}",
         spec.dataset.path().unwrap_or("(synthetic)")
     )));
-    let splits = data::load(&spec.dataset, spec.seed, &FsSource).map_err(|e| e.to_string())?;
+    let splits = data::load(&spec.dataset, spec.seed, &FsSource)?;
     send(log(format!(
         "training {} on {} ({} training examples)",
         spec.model.kind(),
@@ -149,7 +222,7 @@ fn run_job(
     let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);
     run.resume = resume;
     run.cancel = cancel;
-    let summary = pollster::block_on(train::train(run)).map_err(|e| e.to_string())?;
+    let summary = pollster::block_on(train::train(run))?;
     let outcome = match summary.outcome {
         Outcome::Completed => AttemptOutcome::Succeeded,
         Outcome::Cancelled => AttemptOutcome::Cancelled,
@@ -159,6 +232,7 @@ fn run_job(
     Ok(JobEvent::Finished {
         outcome,
         error: None,
+        retryable: None,
         steps: summary.steps,
         artifacts: artifacts(model, &report),
         ts_ms: now_ms(),

@@ -24,6 +24,7 @@ use crate::registry::Outbound;
 use crate::state::AppState;
 use crate::store::{CancelOutcome, JobFilter, MetricRange, parse_split};
 use kiln_proto::downsample::downsample;
+use kiln_proto::spec::{DeviceRequest, FieldError, JobSpec};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;
@@ -50,6 +51,19 @@ pub fn job_id(raw: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("invalid job id `{raw}`: expected an integer")))
 }
 
+/// A device the spec may name but no worker of this coordinator can offer: `webgpu` is a
+/// browser's, and browser workers do not exist yet. Not part of `JobSpec::validate`, which the
+/// in-browser trainer will run on its own `webgpu` specs.
+fn unservable_device(spec: &JobSpec) -> Option<FieldError> {
+    (spec.device == DeviceRequest::Webgpu).then(|| FieldError {
+        field: "device".into(),
+        value: spec.device.as_str().into(),
+        allowed: "auto, cpu, wgpu, cuda (webgpu runs only in a browser, and no browser worker \
+                  exists yet)"
+            .into(),
+    })
+}
+
 #[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = SubmitJobDoc,
     responses((status = 201, body = JobInfoDoc), (status = 400, body = ApiErrorDoc)),
     security(("bearer" = [])))]
@@ -57,7 +71,11 @@ pub async fn submit(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SubmitJob>,
 ) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
-    body.spec.validate().map_err(ApiError::InvalidSpec)?;
+    let mut problems = body.spec.validate().err().unwrap_or_default();
+    problems.extend(unservable_device(&body.spec));
+    if !problems.is_empty() {
+        return Err(ApiError::InvalidSpec(problems));
+    }
     if let Some(group) = &body.group
         && (group.is_empty() || group.len() > MAX_GROUP_LEN)
     {
@@ -196,6 +214,7 @@ pub async fn cancel(
                         kiln_proto::protocol::AttemptOutcome::Cancelled,
                         Some("cancelled while its worker was disconnected"),
                         None,
+                        true,
                     )
                     .await?
                     .unwrap_or(job)

@@ -381,12 +381,17 @@ impl Store {
 
     /// The attempt ended on its worker. `None` if the attempt is not current (a late message
     /// from an attempt already declared lost).
+    ///
+    /// A failure is retried while attempts are left, unless it is not `retryable` (invalid
+    /// data or spec, a diverging loss, out of memory: the same every time): then the job fails
+    /// at once and its error starts with "not retried: ".
     pub async fn finish_attempt(
         &self,
         attempt: AttemptRef,
         outcome: AttemptOutcome,
         error: Option<&str>,
         steps: Option<u64>,
+        retryable: bool,
     ) -> StoreResult<Option<JobInfo>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (job, cancel_requested) = load_job_for_update(&mut tx, attempt.job_id).await?;
@@ -414,8 +419,17 @@ impl Store {
             AttemptOutcome::Succeeded => JobState::Succeeded,
             AttemptOutcome::Cancelled => JobState::Cancelled,
             AttemptOutcome::Failed if cancel_requested => JobState::Cancelled,
-            AttemptOutcome::Failed if job.attempts < job.max_attempts => JobState::Queued,
+            AttemptOutcome::Failed if retryable && job.attempts < job.max_attempts => {
+                JobState::Queued
+            }
             AttemptOutcome::Failed => JobState::Failed,
+        };
+        let job_error = match (next, retryable) {
+            (JobState::Failed, false) => Some(format!(
+                "not retried: {}",
+                error.unwrap_or("the worker gave no reason")
+            )),
+            _ => error.map(str::to_string),
         };
         let finished = next.is_terminal().then_some(now);
         let step = steps.map_or(from_u64(job.step), from_u64);
@@ -426,7 +440,7 @@ impl Store {
         .bind(next.as_str())
         .bind(finished)
         .bind(step)
-        .bind(error)
+        .bind(job_error)
         .bind(next.as_str())
         .bind(attempt.job_id)
         .execute(&mut *tx)

@@ -40,7 +40,13 @@ async fn failures_requeue_until_max_attempts_then_retry_adds_more() {
         assert_eq!(a.attempt.attempt, n);
         assert!(store.is_current(a.attempt).await.expect("query"));
         let after = store
-            .finish_attempt(a.attempt, AttemptOutcome::Failed, Some("boom"), Some(5))
+            .finish_attempt(
+                a.attempt,
+                AttemptOutcome::Failed,
+                Some("boom"),
+                Some(5),
+                true,
+            )
             .await
             .expect("finish")
             .expect("current");
@@ -49,7 +55,7 @@ async fn failures_requeue_until_max_attempts_then_retry_adds_more() {
         // A second report of the same attempt changes nothing.
         assert!(
             store
-                .finish_attempt(a.attempt, AttemptOutcome::Succeeded, None, None)
+                .finish_attempt(a.attempt, AttemptOutcome::Succeeded, None, None, true)
                 .await
                 .expect("finish")
                 .is_none()
@@ -66,6 +72,49 @@ async fn failures_requeue_until_max_attempts_then_retry_adds_more() {
     ));
     let attempts = store.attempts(job.id).await.expect("attempts");
     assert_eq!(attempts.len(), 2);
+}
+
+/// Invalid data, a diverging loss, out of memory: the same on every attempt, so the job fails
+/// at once even with attempts left, and its error says why it was not retried.
+#[tokio::test]
+async fn a_failure_that_is_not_retryable_fails_the_job_with_attempts_left() {
+    let (_dir, store) = store().await;
+    let job = store.insert_job(&spec(3), None, &[]).await.expect("insert");
+    let a = store
+        .assign(job.id, "w")
+        .await
+        .expect("assign")
+        .expect("queued");
+    let why = "the loss became NaN at step 37: lower optimizer.lr or set training.grad_clip";
+    let after = store
+        .finish_attempt(
+            a.attempt,
+            AttemptOutcome::Failed,
+            Some(why),
+            Some(37),
+            false,
+        )
+        .await
+        .expect("finish")
+        .expect("current");
+    assert_eq!(
+        (after.state, after.attempts, after.max_attempts),
+        (JobState::Failed, 1, 3)
+    );
+    assert_eq!(after.error, Some(format!("not retried: {why}")));
+    assert!(after.finished_ms.is_some());
+    let attempts = store.attempts(job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        attempts[0].error.as_deref(),
+        Some(why),
+        "the attempt keeps the cause"
+    );
+    // Nothing to assign: it is not queued.
+    assert!(store.assign(job.id, "w").await.expect("assign").is_none());
+    // A person may still retry it (after fixing the data, say).
+    let retried = store.retry_job(job.id).await.expect("retry");
+    assert_eq!((retried.state, retried.error), (JobState::Queued, None));
 }
 
 #[tokio::test]
@@ -96,7 +145,13 @@ async fn cancel_requested_wins_over_requeue_and_resume_picks_the_newest_checkpoi
         Ok(CancelOutcome::Requested { .. })
     ));
     let after = store
-        .finish_attempt(a.attempt, AttemptOutcome::Failed, Some("interrupted"), None)
+        .finish_attempt(
+            a.attempt,
+            AttemptOutcome::Failed,
+            Some("interrupted"),
+            None,
+            true,
+        )
         .await
         .expect("finish")
         .expect("current");
@@ -159,7 +214,7 @@ async fn metrics_of_stale_attempts_are_dropped_and_batches_are_large() {
     };
     assert_eq!(store.metrics(job.id, val).await.expect("query").len(), 11);
     store
-        .finish_attempt(a.attempt, AttemptOutcome::Failed, None, None)
+        .finish_attempt(a.attempt, AttemptOutcome::Failed, None, None, true)
         .await
         .expect("finish");
     assert!(
@@ -443,7 +498,7 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
     assert!(page.revision >= progressed.revision);
 
     let done = store
-        .finish_attempt(a.attempt, AttemptOutcome::Succeeded, None, Some(100))
+        .finish_attempt(a.attempt, AttemptOutcome::Succeeded, None, Some(100), true)
         .await
         .expect("finish")
         .expect("current");

@@ -378,6 +378,7 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
             kiln_proto::protocol::AttemptOutcome::Failed,
             Some("worker lost"),
             None,
+            true,
         )
         .await
         .expect("declared lost")
@@ -414,6 +415,7 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
             outcome: kiln_proto::protocol::AttemptOutcome::Cancelled,
             error: None,
             steps: 0,
+            retryable: None,
         }))
         .expect("send");
     let assigned = tokio::time::timeout(Duration::from_secs(5), async {

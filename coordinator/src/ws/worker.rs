@@ -196,6 +196,7 @@ async fn reattach(state: &AppState, id: &str, running: &[AttemptRef]) -> anyhow:
                 AttemptOutcome::Failed,
                 Some("worker lost (it reconnected without this attempt)"),
                 None,
+                true,
             )
             .await?
         {
@@ -346,7 +347,13 @@ impl Conn<'_> {
                 outcome,
                 error,
                 steps,
-            } => self.finished(attempt, outcome, error, steps).await,
+                retryable,
+            } => {
+                // Workers older than the field say nothing: retried, as before.
+                let retryable = retryable.unwrap_or(true);
+                self.finished(attempt, outcome, error, steps, retryable)
+                    .await
+            }
         };
         if let Err(e) = result {
             // The store failed, not the worker: log and keep the connection.
@@ -413,12 +420,13 @@ impl Conn<'_> {
         outcome: AttemptOutcome,
         error: Option<String>,
         steps: u64,
+        retryable: bool,
     ) -> anyhow::Result<()> {
         self.state.workers.finished(self.id, self.conn_id, attempt);
         let job = self
             .state
             .store
-            .finish_attempt(attempt, outcome, error.as_deref(), Some(steps))
+            .finish_attempt(attempt, outcome, error.as_deref(), Some(steps), retryable)
             .await?;
         match job {
             Some(job) => {

@@ -103,6 +103,64 @@ async fn submit_valid_and_invalid() {
     c.shutdown().await;
 }
 
+/// `device = "webgpu"` is a valid spec (the in-browser trainer runs such specs), but no worker
+/// of a coordinator can run it yet: refused at submit, as a field error the form shows at its
+/// input, next to any other problem of the spec.
+#[tokio::test]
+async fn webgpu_jobs_are_refused_at_submit_naming_the_field() {
+    let dir = tmp();
+    let c = support::start(dir.path(), HB).await;
+    let client = support::admin(&c);
+    let mut spec = support::spec("in-a-browser");
+    spec.device = kiln_proto::spec::DeviceRequest::Webgpu;
+    assert!(spec.validate().is_ok(), "the spec itself is valid");
+    let err = client
+        .submit(&SubmitJob {
+            spec: spec.clone(),
+            group: None,
+            tags: Vec::new(),
+        })
+        .await
+        .expect_err("webgpu refused");
+    assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+    let kiln_client::ClientError::Api {
+        message, fields, ..
+    } = &err
+    else {
+        panic!("expected an API error, got {err}")
+    };
+    assert_eq!(fields.len(), 1, "{fields:?}");
+    let f = &fields[0];
+    assert_eq!((f.field.as_str(), f.value.as_str()), ("device", "webgpu"));
+    assert!(
+        f.allowed.starts_with("auto, cpu, wgpu, cuda") && f.allowed.contains("browser"),
+        "{f:?}"
+    );
+    // What `kiln submit` and `kiln sweep` print: the field, the value, what is allowed.
+    assert!(
+        message.contains("device: got webgpu, allowed: auto, cpu, wgpu, cuda"),
+        "{message}"
+    );
+    // Listed with the spec's own problems, in one answer.
+    spec.training.batch_size = 0;
+    let err = client
+        .submit(&SubmitJob {
+            spec,
+            group: None,
+            tags: Vec::new(),
+        })
+        .await
+        .expect_err("two problems");
+    let kiln_client::ClientError::Api { fields, .. } = &err else {
+        panic!("expected an API error, got {err}")
+    };
+    let named: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+    assert_eq!(named, ["training.batch_size", "device"]);
+    let page = client.jobs(&JobFilter::default()).await.expect("list");
+    assert_eq!(page.total, 0, "nothing stored");
+    c.shutdown().await;
+}
+
 #[tokio::test]
 async fn notes_and_tags_are_set_checked_and_filter_the_list() {
     let dir = tmp();

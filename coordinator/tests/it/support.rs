@@ -126,6 +126,7 @@ pub async fn finish_ok(ws: &mut Ws, attempt: AttemptRef, steps: u64) {
         outcome: kiln_proto::protocol::AttemptOutcome::Succeeded,
         error: None,
         steps,
+        retryable: None,
     };
     send_json(ws, &msg).await;
 }

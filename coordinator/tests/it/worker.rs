@@ -370,6 +370,7 @@ async fn a_silent_worker_is_lost_and_the_job_resumes_elsewhere() {
             outcome: AttemptOutcome::Succeeded,
             error: None,
             steps: 20,
+            retryable: None,
         },
     )
     .await;
@@ -437,6 +438,7 @@ async fn cancel_retry_and_drain() {
             outcome: AttemptOutcome::Cancelled,
             error: None,
             steps: 3,
+            retryable: None,
         },
     )
     .await;
@@ -459,8 +461,8 @@ async fn cancel_retry_and_drain() {
     assert_eq!(job.worker_id.as_deref(), Some("other"));
 
     // A device nobody offers stays queued.
-    let mut spec = support::spec("webgpu-only");
-    spec.device = kiln_proto::spec::DeviceRequest::Webgpu;
+    let mut spec = support::spec("cuda-only");
+    spec.device = kiln_proto::spec::DeviceRequest::Cuda;
     let web = client
         .submit(&kiln_proto::protocol::SubmitJob {
             spec,
@@ -476,6 +478,7 @@ async fn cancel_retry_and_drain() {
             outcome: AttemptOutcome::Succeeded,
             error: None,
             steps: 1,
+            retryable: None,
         },
     )
     .await;
@@ -548,4 +551,52 @@ async fn many_metrics_are_downsampled() {
         .expect_err("400");
     assert!(err.to_string().contains("max_points"), "{err}");
     c.shutdown().await;
+}
+
+/// A worker that says a failure is final (bad data, a diverging loss) fails the job at once;
+/// one that says nothing (older than the field) gets today's behaviour: the job is re-queued.
+#[tokio::test]
+async fn a_final_failure_is_not_retried_and_an_unclassified_one_is() {
+    let dir = tmp();
+    let hb = Duration::from_millis(500);
+    let c = support::start(dir.path(), hb).await;
+    let client = support::admin(&c);
+    let token = c.create_worker_token("fake").await.expect("token");
+    let mut ws = support::worker(&c, &token, "w1", vec![]).await;
+
+    let job = support::submit(&client, "final").await;
+    assert!(job.max_attempts > 1, "{job:?}");
+    let (attempt, _) = expect_assign(&mut ws, hb).await;
+    assert_eq!(attempt.job_id, job.id);
+    let why = "the loss became NaN at step 37: lower optimizer.lr or set training.grad_clip";
+    send_json(
+        &mut ws,
+        &WorkerMessage::Finished {
+            attempt,
+            outcome: AttemptOutcome::Failed,
+            error: Some(why.into()),
+            steps: 37,
+            retryable: Some(false),
+        },
+    )
+    .await;
+    let failed = support::wait_state(&client, job.id, JobState::Failed).await;
+    assert_eq!(failed.attempts, 1);
+    assert_eq!(failed.error, Some(format!("not retried: {why}")));
+
+    let job = support::submit(&client, "older-worker").await;
+    let (attempt, _) = expect_assign(&mut ws, hb).await;
+    assert_eq!(attempt.job_id, job.id);
+    let old = r#"{"type":"finished","job_id":JOB,"attempt":1,"outcome":"failed","error":"boom","steps":0}"#
+        .replace("JOB", &job.id.to_string());
+    ws.send(Message::Text(old.into())).await.expect("send");
+    let (again, _) = expect_assign(&mut ws, hb).await;
+    assert_eq!(
+        again,
+        AttemptRef {
+            job_id: job.id,
+            attempt: 2
+        },
+        "re-queued and assigned again"
+    );
 }

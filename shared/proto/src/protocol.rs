@@ -113,6 +113,12 @@ pub enum WorkerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
         steps: u64,
+        /// For a failure: whether another attempt can end differently. `false` for what is
+        /// the same every time (invalid data or spec, a diverging loss, out of memory): the
+        /// job fails at once. Left out for successes and cancellations, and by workers older
+        /// than this field: absent means `true` (a failed attempt is retried).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retryable: Option<bool>,
     },
 }
 

@@ -84,6 +84,9 @@ pub enum JobEvent {
     Finished {
         outcome: AttemptOutcome,
         error: Option<String>,
+        /// For a failure: whether another attempt can end differently (`None`: the
+        /// coordinator assumes it can, as with workers that predate the field).
+        retryable: Option<bool>,
         steps: u64,
         /// The final model and summary files, stored before the finish notice goes out.
         artifacts: Vec<Artifact>,
@@ -531,6 +534,7 @@ impl WorkerSession {
                         outcome: AttemptOutcome::Cancelled,
                         error: None,
                         steps: 0,
+                        retryable: None,
                     });
                 } else {
                     self.actions
@@ -627,6 +631,7 @@ impl WorkerSession {
             JobEvent::Finished {
                 outcome,
                 error,
+                retryable,
                 steps,
                 artifacts,
                 ts_ms,
@@ -649,6 +654,7 @@ impl WorkerSession {
                         outcome,
                         error,
                         steps,
+                        retryable,
                     },
                     true,
                 );
@@ -712,13 +718,15 @@ impl WorkerSession {
     }
 }
 
-/// A `Finished` message for an attempt that failed before it started.
+/// A `Finished` message for an attempt that failed before it started (busy, no checkpoint, no
+/// job thread): this machine's trouble, so another attempt elsewhere can help.
 fn failed(attempt: AttemptRef, error: String) -> WorkerMessage {
     WorkerMessage::Finished {
         attempt,
         outcome: AttemptOutcome::Failed,
         error: Some(error),
         steps: 0,
+        retryable: Some(true),
     }
 }
 

@@ -107,6 +107,46 @@ pub enum TrainError {
     EmptyTrain,
     #[error("the loss became {0} at step {1}: lower optimizer.lr or set training.grad_clip")]
     Diverged(f64, u64),
+    #[error("the device ran out of memory ({0}): lower training.batch_size or the model's size")]
+    OutOfMemory(String),
+}
+
+impl TrainError {
+    /// Whether another attempt of the same job (on this or another machine) can end
+    /// differently. Data, model shapes, the spec, a divergence and the memory a model needs
+    /// are the same every time; a device fault or a failed gradient exchange are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TrainError::Data(_)
+            | TrainError::Model(_)
+            | TrainError::Resume(_)
+            | TrainError::EmptyTrain
+            | TrainError::Diverged(..)
+            | TrainError::OutOfMemory(_) => false,
+            TrainError::Hook(_) | TrainError::Device(_) => true,
+        }
+    }
+
+    /// A failed device operation (`context`: what was being done). Burn passes cubecl's
+    /// out-of-memory error on only as text (`ExecutionError::WithContext`), so this is the one
+    /// place that reads a device error's message to tell it apart.
+    pub fn device(context: &str, error: &str) -> TrainError {
+        let message = format!("{context}: {error}");
+        let lower = message.to_ascii_lowercase();
+        if [
+            "out-of-memory",
+            "out of memory",
+            "out of device memory",
+            "outofmemory",
+        ]
+        .iter()
+        .any(|needle| lower.contains(needle))
+        {
+            TrainError::OutOfMemory(message)
+        } else {
+            TrainError::Device(message)
+        }
+    }
 }
 
 /// Set to stop a run between steps.
@@ -224,7 +264,7 @@ pub fn weights_of<M: Module>(model: &M) -> Result<Vec<u8>, TrainError> {
         .into_record()
         .into_bytes()
         .map(|b| b.to_vec())
-        .map_err(|e| TrainError::Device(format!("serializing weights: {e:?}")))
+        .map_err(|e| TrainError::device("serializing weights", &format!("{e:?}")))
 }
 
 /// Load burnpack bytes into a module built from the same config.
@@ -301,13 +341,13 @@ async fn read_f64(t: Tensor<1>) -> Result<f64, TrainError> {
     t.into_scalar_async::<f32>()
         .await
         .map(f64::from)
-        .map_err(|e| TrainError::Device(format!("{e:?}")))
+        .map_err(|e| TrainError::device("reading the loss", &format!("{e:?}")))
 }
 
 async fn read_i64(t: Tensor<1, Int>) -> Result<i64, TrainError> {
     t.into_scalar_async::<i64>()
         .await
-        .map_err(|e| TrainError::Device(format!("{e:?}")))
+        .map_err(|e| TrainError::device("reading the correct count", &format!("{e:?}")))
 }
 
 /// Batches of `batch` examples in order, for evaluation.
@@ -448,7 +488,7 @@ impl<M: TrainModel> Loop<M> {
                 optimizer: optim
                     .into_bytes()
                     .map(|b| b.to_vec())
-                    .map_err(|e| TrainError::Device(format!("optimizer state: {e:?}")))?,
+                    .map_err(|e| TrainError::device("optimizer state", &format!("{e:?}")))?,
             })
         };
 

@@ -157,8 +157,19 @@ fn worker_messages() {
             outcome: AttemptOutcome::Failed,
             error: Some("boom".into()),
             steps: 10,
+            retryable: Some(true),
         },
-        r#"{"type":"finished","job_id":7,"attempt":2,"outcome":"failed","error":"boom","steps":10}"#,
+        r#"{"type":"finished","job_id":7,"attempt":2,"outcome":"failed","error":"boom","steps":10,"retryable":true}"#,
+    );
+    check(
+        WorkerMessage::Finished {
+            attempt: A,
+            outcome: AttemptOutcome::Failed,
+            error: Some("the loss became NaN at step 37".into()),
+            steps: 37,
+            retryable: Some(false),
+        },
+        r#"{"type":"finished","job_id":7,"attempt":2,"outcome":"failed","error":"the loss became NaN at step 37","steps":37,"retryable":false}"#,
     );
     check(
         WorkerMessage::Finished {
@@ -166,6 +177,7 @@ fn worker_messages() {
             outcome: AttemptOutcome::Succeeded,
             error: None,
             steps: 100,
+            retryable: None,
         },
         r#"{"type":"finished","job_id":7,"attempt":2,"outcome":"succeeded","steps":100}"#,
     );
@@ -178,6 +190,25 @@ fn worker_hello_defaults() {
     ))
     .expect("running is optional");
     assert!(matches!(hello, WorkerMessage::Hello { running, .. } if running.is_empty()));
+}
+
+#[test]
+fn finished_without_retryable_is_an_older_workers_failure() {
+    // Workers from before the field: nothing said, so the coordinator retries as before.
+    let old: WorkerMessage = serde_json::from_str(
+        r#"{"type":"finished","job_id":7,"attempt":2,"outcome":"failed","error":"boom","steps":10}"#,
+    )
+    .expect("retryable is optional");
+    assert_eq!(
+        old,
+        WorkerMessage::Finished {
+            attempt: A,
+            outcome: AttemptOutcome::Failed,
+            error: Some("boom".into()),
+            steps: 10,
+            retryable: None,
+        }
+    );
 }
 
 #[test]

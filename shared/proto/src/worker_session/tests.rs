@@ -65,6 +65,8 @@ fn job(attempt: AttemptRef, event: JobEvent) -> Input {
 fn finished(outcome: AttemptOutcome, error: Option<&str>, artifacts: Vec<Artifact>) -> JobEvent {
     JobEvent::Finished {
         outcome,
+        // A failure of the training itself (bad data, divergence): another attempt won't help.
+        retryable: error.map(|_| false),
         error: error.map(str::to_string),
         steps: 7,
         artifacts,
@@ -462,6 +464,7 @@ fn an_assignment_while_busy_is_refused_after_a_heartbeat() {
                 outcome: AttemptOutcome::Failed,
                 error: Some("worker is busy with another job".into()),
                 steps: 0,
+                retryable: Some(true),
             },
         ]
     );
@@ -554,6 +557,7 @@ fn the_slot_frees_only_when_the_finish_notice_is_queued() {
             outcome: AttemptOutcome::Failed,
             error: Some("boom".into()),
             steps: 7,
+            retryable: Some(false),
         }],
         "a finish notice goes out even when its upload failed"
     );
@@ -629,6 +633,7 @@ fn a_failed_resume_download_fails_the_attempt_and_frees_the_slot() {
             outcome: AttemptOutcome::Failed,
             error: Some("cannot download checkpoint checkpoint-10.ckpt: 404".into()),
             steps: 0,
+            retryable: Some(true),
         }]
     );
 }
@@ -650,6 +655,7 @@ fn a_cancel_during_the_download_ends_the_attempt_without_starting_it() {
             outcome: AttemptOutcome::Cancelled,
             error: None,
             steps: 0,
+            retryable: None,
         }]
     );
     // A download that completes anyway starts nothing.
@@ -676,6 +682,7 @@ fn a_job_that_cannot_start_fails_and_frees_the_slot() {
             outcome: AttemptOutcome::Failed,
             error: Some("no thread".into()),
             steps: 0,
+            retryable: Some(true),
         }]
     );
 }

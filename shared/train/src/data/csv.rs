@@ -18,6 +18,13 @@ pub(super) fn load(
         path: path.to_string(),
         message,
     };
+    // An empty file has no header row: say so, rather than list its (no) columns.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(err(
+            "the file is empty; a CSV dataset needs a header row and at least 2 data rows"
+                .to_string(),
+        ));
+    }
     let mut reader = ::csv::ReaderBuilder::new()
         .trim(::csv::Trim::All)
         .from_reader(bytes.as_slice());

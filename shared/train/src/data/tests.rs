@@ -203,6 +203,8 @@ fn bad_csv_gives_clear_errors() {
         ),
         ("a,b\n1,2\n2\n", "b", Regression, "line 3"),
         ("a,b\n1,2\ninf,3\n", "b", Regression, "not a finite number"),
+        ("", "b", Classification, "t.csv: the file is empty"),
+        ("\n  \r\n", "b", Regression, "t.csv: the file is empty"),
     ];
     for (text, label, task, needle) in cases {
         let source = MemorySource::default().with("t.csv", text.as_bytes().to_vec());

@@ -327,3 +327,91 @@ fn gradient_hook_keeps_two_replicas_identical() {
     // They saw different shards, so their local losses differ: the hook did the syncing.
     assert_ne!(train_losses(losses_a), train_losses(losses_b));
 }
+
+/// Whether another attempt can help is decided where the error is born: what depends only on
+/// the job (data, spec, shapes, divergence, memory) is final; the device and the network are not.
+#[test]
+fn errors_say_whether_a_retry_can_help() {
+    let cases: Vec<(TrainError, bool)> = vec![
+        (
+            TrainError::Data(data::DataError::Csv {
+                path: "t.csv".into(),
+                message: "line 3: bad".into(),
+            }),
+            false,
+        ),
+        (
+            TrainError::Model(ModelError::Shape {
+                field: "model.conv[0].kernel".into(),
+                message: "too large".into(),
+            }),
+            false,
+        ),
+        (TrainError::EmptyTrain, false),
+        (TrainError::Diverged(f64::NAN, 37), false),
+        (TrainError::Resume("weights do not fit".into()), false),
+        (
+            TrainError::device(
+                "reading the loss",
+                "An out-of-memory error happened during launch\nCaused by:\n  buffer",
+            ),
+            false,
+        ),
+        (
+            TrainError::device(
+                "optimizer state",
+                "out of device memory allocating 1024 bytes",
+            ),
+            false,
+        ),
+        (
+            TrainError::device("reading the loss", "The device is poisoned"),
+            true,
+        ),
+        (TrainError::Hook(HookError("peer 2 went away".into())), true),
+    ];
+    for (error, retryable) in cases {
+        assert_eq!(error.is_retryable(), retryable, "{error:?}");
+    }
+    let oom = TrainError::device(
+        "reading the loss",
+        "out of device memory allocating 8 bytes",
+    );
+    assert!(matches!(oom, TrainError::OutOfMemory(_)), "{oom:?}");
+    assert!(oom.to_string().contains("training.batch_size"), "{oom}");
+}
+
+/// A loss that overflows fails the run with `Diverged` (final: not retried), naming the step.
+#[test]
+fn a_loss_that_is_not_finite_fails_the_run_as_diverged() {
+    // Regression targets of 1e20: the squared error overflows f32 at the first step.
+    let csv = "x,y\n1,1e20\n2,-1e20\n3,1e20\n4,-1e20\n5,1e20\n6,-1e20\n7,1e20\n8,-1e20\n";
+    let spec = JobSpec::from_toml_str(
+        r#"
+name = "diverges"
+[model]
+kind = "mlp"
+hidden = [4]
+[dataset]
+kind = "csv"
+path = "d.csv"
+label_column = "y"
+task = "regression"
+validation_fraction = 0.25
+[training]
+batch_size = 2
+log_every = 1
+max_steps = 3
+"#,
+    )
+    .expect("test spec is valid");
+    let source = MemorySource::default().with("d.csv", csv.as_bytes().to_vec());
+    let data = load(&spec.dataset, spec.seed, &source).expect("csv loads");
+    let _serial = serial();
+    let mut sink = |_e: TrainEvent| {};
+    let run = TrainRun::new(spec, data, Device::flex(), &mut sink);
+    let err = pollster::block_on(train(run)).expect_err("the loss overflows");
+    assert!(matches!(err, TrainError::Diverged(_, 1)), "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("at step 1"), "{err}");
+}
