@@ -14,9 +14,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_proto::metric::{Metric, Split};
 use kiln_proto::spec::{DeviceRequest, JobSpec};
-use kiln_train::data::{self, FsSource};
-use kiln_train::device;
-use kiln_train::train::{self, CancelToken, Checkpoint, Outcome, TrainEvent, TrainRun};
+use kiln_train::driver::{self, RunError, RunOptions, RunReport, RunSink, RunStarted};
+use kiln_train::train::{CancelToken, Checkpoint, Outcome};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -125,34 +124,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create run folder {}", out.display()))?;
     fs::write(out.join("spec.toml"), spec.to_toml_string()).context("writing spec.toml")?;
 
-    let resolved = device::resolve(spec.device)?;
-    let splits = data::load(&spec.dataset, spec.seed, &FsSource).with_context(|| {
-        format!(
-            "loading dataset {}",
-            spec.dataset.path().unwrap_or("(synthetic)")
-        )
-    })?;
-    eprintln!(
-        "kiln train: {} | {} on {} | {} training examples{} | run folder {}",
-        spec.name,
-        spec.model.kind(),
-        resolved.description,
-        splits.train.len(),
-        splits
-            .valid
-            .as_ref()
-            .map(|v| format!(", {} validation", v.len()))
-            .unwrap_or_default(),
-        out.display()
-    );
-
     let cancel = CancelToken::default();
     {
         let cancel = cancel.clone();
         // Ctrl-C stops between steps and writes a checkpoint to resume from.
         let _ = ctrlc::set_handler(move || cancel.cancel());
     }
-    let mut metrics_file = fs::OpenOptions::new()
+    let metrics_file = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(out.join("metrics.jsonl"))
@@ -168,90 +146,39 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         )
         .expect("valid template"),
     );
-    let mut io_error: Option<anyhow::Error> = None;
-    let json = args.json;
-    let mut on_event = |event: TrainEvent| {
-        let result = (|| -> anyhow::Result<()> {
-            match event {
-                TrainEvent::Started {
-                    total_steps,
-                    start_step,
-                    parameters,
-                    model,
-                } => {
-                    bar.set_length(total_steps);
-                    bar.set_position(start_step);
-                    bar.println(format!("model: {} parameters", parameters));
-                    fs::write(
-                        out.join("model.json"),
-                        serde_json::to_string_pretty(&model)?,
-                    )?;
-                }
-                TrainEvent::Metric(m) => {
-                    let line = serde_json::to_string(&m)?;
-                    writeln!(metrics_file, "{line}")?;
-                    if json {
-                        println!("{line}");
-                    }
-                    match m.split {
-                        Split::Train => {
-                            bar.set_position(m.step);
-                            bar.set_message(format!(
-                                "loss {:.4}{}  {:.0} samples/s",
-                                m.loss,
-                                m.accuracy
-                                    .map(|a| format!("  acc {a:.3}"))
-                                    .unwrap_or_default(),
-                                m.samples_per_sec.unwrap_or(0.0)
-                            ));
-                        }
-                        split => bar.println(format!(
-                            "step {:>6} {:<5} loss {:.4}{}",
-                            m.step,
-                            format!("{split:?}").to_lowercase(),
-                            m.loss,
-                            m.accuracy
-                                .map(|a| format!("  accuracy {a:.4}"))
-                                .unwrap_or_default()
-                        )),
-                    }
-                }
-                TrainEvent::Checkpoint(c) => {
-                    let path = out
-                        .join("checkpoints")
-                        .join(format!("step-{:08}.ckpt", c.state.step));
-                    write_atomic(&path, &c.encode())?;
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = result
-            && io_error.is_none()
-        {
-            io_error = Some(e);
-        }
+    let mut folder = RunFolder {
+        spec: &spec,
+        out: &out,
+        metrics_file,
+        bar: &bar,
+        json: args.json,
+        io_error: None,
     };
-    let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);
-    run.resume = resume;
-    run.cancel = cancel;
-    run.max_steps = args.max_steps;
-    let summary = pollster::block_on(train::train(run));
+    let options = RunOptions {
+        device: None,
+        max_steps: args.max_steps,
+        resume,
+        cancel,
+    };
+    let result = driver::run(&spec, options, &mut folder);
     bar.finish_and_clear();
-    if let Some(e) = io_error {
+    if let Some(e) = folder.io_error {
         return Err(e.context(format!("writing to run folder {}", out.display())));
     }
-    let summary = summary.context("training failed")?;
-    if let Some(weights) = &summary.weights {
-        fs::write(out.join("model.bpk"), weights).context("writing model.bpk")?;
-        let st = train::export_safetensors(&summary.model, weights)?;
-        fs::write(out.join("model.safetensors"), st).context("writing model.safetensors")?;
-    }
-    let report = summary.report(&spec.name, resolved.kind.as_str());
-    fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&report)?,
-    )
-    .context("writing summary.json")?;
+    let report = match result {
+        Ok(report) => report,
+        Err(RunError::Device(e)) => return Err(e.into()),
+        Err(RunError::Data(e)) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "loading dataset {}",
+                spec.dataset.path().unwrap_or("(synthetic)")
+            )));
+        }
+        Err(RunError::Train(e)) => {
+            return Err(anyhow::Error::new(e).context("training failed"));
+        }
+    };
+    let summary = &report.summary;
     let acc = |m: &Option<Metric>| {
         m.as_ref()
             .and_then(|m| m.accuracy)
@@ -276,6 +203,112 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(130)
     })
+}
+
+/// The run folder as a [`RunSink`]: metrics, checkpoints and final files on disk, the
+/// progress bar (or JSON lines) on the terminal. The first write error is kept and reported
+/// once the run is over.
+struct RunFolder<'a> {
+    spec: &'a JobSpec,
+    out: &'a Path,
+    metrics_file: fs::File,
+    bar: &'a ProgressBar,
+    json: bool,
+    io_error: Option<anyhow::Error>,
+}
+
+impl RunFolder<'_> {
+    fn keep(&mut self, result: anyhow::Result<()>) {
+        if let Err(e) = result
+            && self.io_error.is_none()
+        {
+            self.io_error = Some(e);
+        }
+    }
+}
+
+impl RunSink for RunFolder<'_> {
+    /// The driver's progress lines are for workers' logs; the header says it all here.
+    fn log(&mut self, _line: &str) {}
+
+    fn started(&mut self, s: &RunStarted) {
+        eprintln!(
+            "kiln train: {} | {} on {} | {} training examples{} | run folder {}",
+            self.spec.name,
+            self.spec.model.kind(),
+            s.device_description,
+            s.train_examples,
+            s.valid_examples
+                .map(|v| format!(", {v} validation"))
+                .unwrap_or_default(),
+            self.out.display()
+        );
+        self.bar.set_length(s.total_steps);
+        self.bar.set_position(s.start_step);
+        self.bar
+            .println(format!("model: {} parameters", s.parameters));
+        let result = serde_json::to_string_pretty(&s.model)
+            .map_err(anyhow::Error::from)
+            .and_then(|json| {
+                fs::write(self.out.join("model.json"), json).context("writing model.json")
+            });
+        self.keep(result);
+    }
+
+    fn metric(&mut self, m: &Metric) {
+        let result = (|| -> anyhow::Result<()> {
+            let line = serde_json::to_string(m)?;
+            writeln!(self.metrics_file, "{line}")?;
+            if self.json {
+                println!("{line}");
+            }
+            Ok(())
+        })();
+        self.keep(result);
+        match m.split {
+            Split::Train => {
+                self.bar.set_position(m.step);
+                self.bar.set_message(format!(
+                    "loss {:.4}{}  {:.0} samples/s",
+                    m.loss,
+                    m.accuracy
+                        .map(|a| format!("  acc {a:.3}"))
+                        .unwrap_or_default(),
+                    m.samples_per_sec.unwrap_or(0.0)
+                ));
+            }
+            split => self.bar.println(format!(
+                "step {:>6} {:<5} loss {:.4}{}",
+                m.step,
+                format!("{split:?}").to_lowercase(),
+                m.loss,
+                m.accuracy
+                    .map(|a| format!("  accuracy {a:.4}"))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
+        let path = self
+            .out
+            .join("checkpoints")
+            .join(format!("step-{step:08}.ckpt"));
+        let result = write_atomic(&path, &bytes);
+        self.keep(result);
+    }
+
+    fn warning(&mut self, text: &str) {
+        self.keep(Err(anyhow::anyhow!("{text}")));
+    }
+
+    fn finished(&mut self, report: &RunReport) {
+        for file in &report.files {
+            let result = fs::write(self.out.join(file.name), &file.bytes)
+                .with_context(|| format!("writing {}", file.name));
+            self.keep(result);
+        }
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -1,22 +1,20 @@
-//! One job on one OS thread: resolve the device, load data, train with the core, report.
+//! One job on one OS thread: the training core's run driver ([`driver::run`]), its events
+//! turned into `kiln_proto`'s [`JobEvent`]s.
 //!
-//! The thread talks to the async side only through a channel of `kiln_proto`'s
-//! [`JobEvent`]s, which the driver hands to the protocol state machine; it never touches the
-//! socket. The final model's files (burnpack, safetensors, config, summary) are made here, so
-//! the state machine only sees bytes.
+//! The thread talks to the async side only through a channel of [`JobEvent`]s, which the
+//! connection hands to the protocol state machine; it never touches the socket. The final
+//! model's files (burnpack, safetensors, config, summary) are made by the driver on this
+//! thread, so the state machine only sees bytes.
 
 use std::path::Path;
 use std::thread::JoinHandle;
 
+use kiln_proto::metric::Metric;
 use kiln_proto::protocol::{AttemptOutcome, AttemptRef, LogLine};
 use kiln_proto::spec::{DatasetSpec, DeviceRequest, JobSpec};
 use kiln_proto::worker_session::{Artifact, JobEvent};
-use kiln_train::data::{self, FsSource};
-use kiln_train::device::{self, DeviceError};
-use kiln_train::model::ModelConfig;
-use kiln_train::train::{
-    self, CancelToken, Checkpoint, CheckpointError, Outcome, TrainError, TrainEvent, TrainRun,
-};
+use kiln_train::driver::{self, RunError, RunOptions, RunReport, RunSink, RunStarted};
+use kiln_train::train::{CancelToken, Checkpoint, CheckpointError, Outcome, TrainError};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
@@ -38,18 +36,13 @@ impl From<TrainError> for Failure {
     }
 }
 
-impl From<data::DataError> for Failure {
-    fn from(e: data::DataError) -> Self {
-        TrainError::from(e).into()
-    }
-}
-
-impl From<DeviceError> for Failure {
-    /// The worker offered a device it cannot open: this machine's problem, not the job's.
-    fn from(e: DeviceError) -> Self {
+impl From<RunError> for Failure {
+    /// The driver classifies: a device the worker offered but cannot open is this machine's
+    /// problem, not the job's; data errors never change; the core decides its own.
+    fn from(e: RunError) -> Self {
         Failure {
+            retryable: e.is_retryable(),
             message: e.to_string(),
-            retryable: true,
         }
     }
 }
@@ -173,94 +166,69 @@ fn run_job(
     cancel: CancelToken,
     send: &dyn Fn(JobEvent),
 ) -> Result<JobEvent, Failure> {
-    let resume = match resume {
-        Some(bytes) => {
-            let ckpt = Checkpoint::decode(&bytes)?;
-            send(log(format!(
-                "resuming from the checkpoint at step {}",
-                ckpt.state.step
-            )));
-            Some(ckpt)
-        }
-        None => None,
+    let resume = resume.map(|bytes| Checkpoint::decode(&bytes)).transpose()?;
+    let options = RunOptions {
+        device: Some(device_for(&spec, worker_device)),
+        max_steps: None,
+        resume,
+        cancel,
     };
-    let resolved = device::resolve(device_for(&spec, worker_device))?;
-    send(log(format!(
-        "loading dataset {}",
-        spec.dataset.path().unwrap_or("(synthetic)")
-    )));
-    let splits = data::load(&spec.dataset, spec.seed, &FsSource)?;
-    send(log(format!(
-        "training {} on {} ({} training examples)",
-        spec.model.kind(),
-        resolved.description,
-        splits.train.len()
-    )));
-    let description = resolved.kind.as_str().to_string();
-    let mut on_event = |event: TrainEvent| match event {
-        TrainEvent::Started {
-            total_steps,
-            start_step,
-            parameters,
-            ..
-        } => {
-            send(log(format!(
-                "model has {parameters} parameters; steps {start_step}..{total_steps}"
-            )));
-            send(JobEvent::Started {
-                device: description.clone(),
-                total_steps,
-                start_step,
-            });
-        }
-        TrainEvent::Metric(m) => send(JobEvent::Metric(m)),
-        TrainEvent::Checkpoint(c) => send(JobEvent::Checkpoint {
-            step: c.state.step,
-            bytes: c.encode(),
-        }),
-    };
-    let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);
-    run.resume = resume;
-    run.cancel = cancel;
-    let summary = pollster::block_on(train::train(run))?;
-    let outcome = match summary.outcome {
+    let report = driver::run(&spec, options, &mut Events { send })?;
+    let outcome = match report.summary.outcome {
         Outcome::Completed => AttemptOutcome::Succeeded,
         Outcome::Cancelled => AttemptOutcome::Cancelled,
     };
-    let report = summary.report(&spec.name, resolved.kind.as_str());
-    let model = summary.weights.map(|w| (summary.model.clone(), w));
     Ok(JobEvent::Finished {
         outcome,
         error: None,
         retryable: None,
-        steps: summary.steps,
-        artifacts: artifacts(model, &report),
+        steps: report.summary.steps,
+        artifacts: report
+            .files
+            .into_iter()
+            .map(|f| Artifact {
+                name: f.name.to_string(),
+                bytes: f.bytes,
+            })
+            .collect(),
         ts_ms: now_ms(),
     })
 }
 
-/// The files a finished job leaves: the final weights (burnpack and safetensors) with the
-/// config to re-create the model, and the summary.
-fn artifacts(model: Option<(ModelConfig, Vec<u8>)>, summary: &serde_json::Value) -> Vec<Artifact> {
-    let mut files = Vec::new();
-    let mut add = |name: &str, bytes: Vec<u8>| {
-        files.push(Artifact {
-            name: name.to_string(),
-            bytes,
-        })
-    };
-    if let Some((config, weights)) = model {
-        match train::export_safetensors(&config, &weights) {
-            Ok(bytes) => add("model.safetensors", bytes),
-            Err(e) => warn!("safetensors export failed: {e}"),
-        }
-        add("model.bpk", weights);
-        if let Ok(json) = serde_json::to_vec_pretty(&config) {
-            add("model.json", json);
-        }
+/// The driver's events as the protocol's [`JobEvent`]s. The finish notice is made by
+/// [`run_job`] from the driver's report, with the final files as artifacts.
+struct Events<'a> {
+    send: &'a dyn Fn(JobEvent),
+}
+
+impl RunSink for Events<'_> {
+    fn log(&mut self, line: &str) {
+        (self.send)(log(line.to_string()));
     }
-    if let Ok(json) = serde_json::to_vec_pretty(summary) {
-        add("summary.json", json);
+
+    fn started(&mut self, s: &RunStarted) {
+        (self.send)(log(format!(
+            "model has {} parameters; steps {}..{}",
+            s.parameters, s.start_step, s.total_steps
+        )));
+        (self.send)(JobEvent::Started {
+            device: s.device_kind.as_str().to_string(),
+            total_steps: s.total_steps,
+            start_step: s.start_step,
+        });
     }
-    files
+
+    fn metric(&mut self, metric: &Metric) {
+        (self.send)(JobEvent::Metric(metric.clone()));
+    }
+
+    fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
+        (self.send)(JobEvent::Checkpoint { step, bytes });
+    }
+
+    fn warning(&mut self, text: &str) {
+        warn!("{text}");
+    }
+
+    fn finished(&mut self, _report: &RunReport) {}
 }

@@ -3,6 +3,8 @@
 //! - [`data`]: datasets (IDX, CSV, text, synthetic), splits and data order.
 //! - [`model`]: the model zoo (`mlp`, `cnn`, `charlm`).
 //! - [`train`]: the training loop, checkpoints and the gradient hook.
+//! - [`driver`] (native): one run of a spec from device and data to final files, reported to
+//!   a [`driver::RunSink`] (the CLI's run folder, a worker's protocol events).
 //! - [`device`]: turning a [`kiln_proto::spec::DeviceRequest`] into a Burn device.
 //!
 //! The job spec and the metric types it consumes and produces live in `kiln-proto`.
@@ -11,5 +13,7 @@
 
 pub mod data;
 pub mod device;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod driver;
 pub mod model;
 pub mod train;
