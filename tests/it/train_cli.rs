@@ -189,6 +189,20 @@ fn charlm_example_trains() {
         metrics.iter().any(|m| m["split"] == "val"),
         "validation on held-out text"
     );
+    // The count printed is the loop's: windows of `context + 1` characters (context 64,
+    // validation_fraction 0.1 in the example), not the one "example" of raw text.
+    let text = fs::read_to_string(repo_root().join("data/text/kiln-stories.txt")).unwrap();
+    let chars = text.chars().count();
+    let valid_chars = (chars as f64 * 0.1) as usize;
+    let windows = |n: usize| (n - 1) / 64;
+    let (train, valid) = (windows(chars - valid_chars), windows(valid_chars));
+    assert!(train > 1, "{train}");
+    let expected = format!("| {train} training examples, {valid} validation |");
+    assert!(
+        stderr(&o).contains(&expected),
+        "want {expected:?} in {}",
+        stderr(&o)
+    );
 }
 
 /// What `kiln devices --json` found for `kind`: `(available, detail)`.

@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use kiln_proto::spec::{CsvTask, DatasetSpec};
+use kiln_proto::spec::{CsvTask, DatasetSpec, ModelSpec};
 
 pub use idx::{IdxArray, parse_idx};
 
@@ -274,6 +274,24 @@ pub fn load(spec: &DatasetSpec, seed: u64, source: &dyn DataSource) -> Result<Sp
         test,
         info,
     })
+}
+
+/// Load the dataset a spec names already shaped for its model: [`load`], then, for `charlm`,
+/// the text cut into `context + 1` windows ([`text_windows`]), so the training split's length is
+/// the number of examples the loop will see.
+pub fn load_for_model(
+    dataset: &DatasetSpec,
+    model: &ModelSpec,
+    seed: u64,
+    source: &dyn DataSource,
+) -> Result<Splits, DataError> {
+    let splits = load(dataset, seed, source)?;
+    match model {
+        ModelSpec::Charlm { context, .. } => {
+            text_windows(splits, *context, dataset.validation_fraction())
+        }
+        _ => Ok(splits),
+    }
 }
 
 /// Cut a text loaded by [`load`] into windows of `context + 1` characters: inputs are the first

@@ -1,8 +1,9 @@
 //! One run of a job spec from start to final files, for `kiln train` and for workers.
 //!
-//! [`run`] resolves the device, loads the data, resumes from a checkpoint, trains and makes the
-//! final model's files ([`final_files`]) on the caller's thread. What happens meanwhile goes to
-//! a [`RunSink`]: the CLI's run folder and progress bar, or the worker's protocol events.
+//! [`run`] resolves the device, loads the data already shaped for the model (text cut into
+//! windows), resumes from a checkpoint, trains and makes the final model's files
+//! ([`final_files`]) on the caller's thread. What happens meanwhile goes to a [`RunSink`]: the
+//! CLI's run folder and progress bar, or the worker's protocol events.
 //! Native only: it blocks on the async loop (`pollster`) and reads the dataset from files; a
 //! browser drives [`crate::train::train`] itself.
 
@@ -33,7 +34,7 @@ pub struct RunStarted {
     pub device_kind: DeviceRequest,
     /// For people: which backend and adapter.
     pub device_description: String,
-    /// Examples in the training split.
+    /// Examples in the training split, as the loop sees them (text: windows).
     pub train_examples: usize,
     pub valid_examples: Option<usize>,
     pub total_steps: u64,
@@ -120,7 +121,7 @@ pub fn run(
         "loading dataset {}",
         spec.dataset.path().unwrap_or("(synthetic)")
     ));
-    let splits = data::load(&spec.dataset, spec.seed, &FsSource)?;
+    let splits = data::load_for_model(&spec.dataset, &spec.model, spec.seed, &FsSource)?;
     let train_examples = splits.train.len();
     let valid_examples = splits.valid.as_ref().map(|v| v.len());
     sink.log(&format!(

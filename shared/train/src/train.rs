@@ -29,7 +29,7 @@ pub use schedule::learning_rate;
 
 use crate::data::{self, Dataset, Splits};
 use crate::model::{CharLm, Cnn, Mlp, ModelConfig, ModelError, TrainModel};
-use kiln_proto::spec::{GradClip, JobSpec, ModelSpec, OptimizerKind, OptimizerSpec};
+use kiln_proto::spec::{GradClip, JobSpec, OptimizerKind, OptimizerSpec};
 
 /// What the loop reports while it runs.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ impl CancelToken {
 /// Everything a run needs.
 pub struct TrainRun<'a> {
     pub spec: JobSpec,
-    /// Loaded data (see [`data::load`]); text is cut into windows here.
+    /// Data shaped for the model (see [`data::load_for_model`]: text already cut into windows).
     pub data: Splits,
     /// The device to train on; autodiff is enabled by the loop.
     pub device: Device,
@@ -203,11 +203,7 @@ impl<'a> TrainRun<'a> {
 }
 
 /// Train a model as the run's spec says. Returns when the run completes, is cancelled, or fails.
-pub async fn train(mut run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
-    if let ModelSpec::Charlm { context, .. } = run.spec.model {
-        let fraction = run.spec.dataset.validation_fraction();
-        run.data = data::text_windows(run.data, context, fraction)?;
-    }
+pub async fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
     let config = ModelConfig::new(&run.spec.model, &run.data.info)?;
     if let Some(ckpt) = &run.resume
         && ckpt.state.model != config
