@@ -175,8 +175,8 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&page)?);
                 } else {
                     println!(
-                        "{:>5}  {:<24} {:<10} {:>13}  {:<20} {}",
-                        "ID", "NAME", "STATE", "PROGRESS", "WORKER", "AGE"
+                        "{:>5}  {:<24} {:<10} {:>13}  {:<20} AGE",
+                        "ID", "NAME", "STATE", "PROGRESS", "WORKER"
                     );
                     for j in &page.jobs {
                         println!(
@@ -312,7 +312,7 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&shares)?);
                 } else {
-                    println!("{:>5}  {:<8} {:<10} {}", "ID", "HINT", "CREATED", "REVOKED");
+                    println!("{:>5}  {:<8} {:<10} REVOKED", "ID", "HINT", "CREATED");
                     for s in &shares {
                         println!(
                             "{:>5}  {:<8} {:<10} {}",
@@ -333,7 +333,7 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&workers)?);
                 } else {
-                    println!("{:<28} {:<10} {:<16} {}", "ID", "STATUS", "DEVICES", "RUNNING");
+                    println!("{:<28} {:<10} {:<16} RUNNING", "ID", "STATUS", "DEVICES");
                     for w in &workers {
                         let status = match (w.connected, w.draining) {
                             (false, _) => "offline",

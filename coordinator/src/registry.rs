@@ -12,6 +12,10 @@ use kiln_proto::protocol::{AttemptRef, Capabilities, CloseReason, CoordinatorMes
 
 /// What the coordinator wants a worker's socket task to do.
 #[derive(Debug, Clone)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once into a connection's channel; boxing would add an allocation per message"
+)]
 pub enum Outbound {
     Message(CoordinatorMessage),
     /// Send Goodbye with this reason, then close.

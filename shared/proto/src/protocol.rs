@@ -125,6 +125,10 @@ pub enum WorkerMessage {
 /// Coordinator → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a message is built once, moved into a channel and serialized; boxing its large variant would cost an allocation per message and save nothing"
+)]
 pub enum CoordinatorMessage {
     Welcome {
         protocol_version: u32,
@@ -202,6 +206,10 @@ pub enum ClientMessage {
 /// Coordinator → client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a message is built once, moved into a channel and serialized; boxing its large variant would cost an allocation per message and save nothing"
+)]
 pub enum ServerEvent {
     Welcome {
         protocol_version: u32,

@@ -97,6 +97,10 @@ pub enum JobEvent {
 
 /// What happened, as the driver tells it.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per event, handled at once; boxing would only add an allocation"
+)]
 pub enum Input {
     /// The socket asked for by [`Action::Connect`] is open.
     Connected,
@@ -130,6 +134,10 @@ pub enum Input {
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per event, handled at once; boxing would only add an allocation"
+)]
 pub enum Action {
     /// Dial the coordinator; answer with [`Input::Connected`] or [`Input::ConnectFailed`].
     Connect,

@@ -69,6 +69,8 @@ impl ModuleVisitor for Restore<'_> {
         self.next += 1;
         let n: usize = shape.iter().product();
         let dims: [usize; D] = shape[..].try_into().expect("shape recorded for this rank");
+        // One range per dimension of the flat (1-D) tensor, not a range in a Vec.
+        #[allow(clippy::single_range_in_vec_init)]
         let grad = self
             .flat
             .clone()
