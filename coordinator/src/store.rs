@@ -141,6 +141,7 @@ fn attempt_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<AttemptInfo> {
             .map(|s| to_u64(s, "attempts.resumed_from_step"))
             .transpose()?,
         error: row.try_get("error")?,
+        ranks: Vec::new(),
     })
 }
 

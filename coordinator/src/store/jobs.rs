@@ -4,7 +4,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use kiln_proto::JobSpec;
 use kiln_proto::protocol::{
-    AttemptInfo, AttemptOutcome, AttemptRef, JobId, JobInfo, JobPage, JobPatch, JobState,
+    AttemptInfo, AttemptOutcome, AttemptRank, AttemptRef, JobId, JobInfo, JobPage, JobPatch,
+    JobState,
 };
 use kiln_proto::spec::DeviceRequest;
 
@@ -251,7 +252,50 @@ impl Store {
         .bind(job_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(attempt_from_row).collect()
+        let mut attempts = rows
+            .iter()
+            .map(attempt_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let ranks = sqlx::query(
+            "SELECT attempt, rank, worker_id FROM attempt_ranks WHERE job_id = ? \
+             ORDER BY attempt, rank",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &ranks {
+            let attempt = to_u32(row.try_get("attempt")?, "attempt_ranks.attempt")?;
+            let rank = AttemptRank {
+                rank: to_u32(row.try_get("rank")?, "attempt_ranks.rank")?,
+                worker_id: row.try_get("worker_id")?,
+            };
+            if let Some(a) = attempts.iter_mut().find(|a| a.attempt == attempt) {
+                a.ranks.push(rank);
+            }
+        }
+        Ok(attempts)
+    }
+
+    /// Record `worker_id` as replica `rank` of a running attempt (rank 0 is the worker that
+    /// `assign` gave the attempt to). `None` if the attempt is not current.
+    pub async fn add_rank(
+        &self,
+        attempt: AttemptRef,
+        rank: u32,
+        worker_id: &str,
+    ) -> StoreResult<Option<()>> {
+        let done = sqlx::query(
+            "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) \
+             SELECT id, attempts, ?, ? FROM jobs \
+             WHERE id = ? AND state = 'running' AND attempts = ?",
+        )
+        .bind(i64::from(rank))
+        .bind(worker_id)
+        .bind(attempt.job_id)
+        .bind(i64::from(attempt.attempt))
+        .execute(&self.pool)
+        .await?;
+        Ok((done.rows_affected() > 0).then_some(()))
     }
 
     /// Queued jobs in scheduling order: priority (higher first), then FIFO.
@@ -314,6 +358,14 @@ impl Store {
         .bind(now)
         .bind(resume.as_ref().map(|(_, step)| from_u64(*step)))
         .bind(resume.as_ref().map(|(name, _)| name.clone()))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) VALUES (?, ?, 0, ?)",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt))
+        .bind(worker_id)
         .execute(&mut *tx)
         .await?;
         sqlx::query(

@@ -2,7 +2,7 @@
 
 use kiln_proto::JobSpec;
 use kiln_proto::metric::{Metric, Split};
-use kiln_proto::protocol::{AttemptOutcome, JobState};
+use kiln_proto::protocol::{AttemptOutcome, AttemptRank, JobState};
 
 use super::*;
 
@@ -527,4 +527,56 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
         .await
         .expect("disconnect");
     assert!(w3.revision > noted.revision);
+}
+
+#[tokio::test]
+async fn an_attempt_can_hold_several_ranks_and_rank_0_is_the_assigned_worker() {
+    let (_dir, store) = store().await;
+    let job = store.insert_job(&spec(2), None, &[]).await.expect("insert");
+    let a = store
+        .assign(job.id, "w0")
+        .await
+        .expect("assign")
+        .expect("queued");
+    store
+        .add_rank(a.attempt, 1, "w1")
+        .await
+        .expect("add rank")
+        .expect("current attempt");
+    // A rank is held once.
+    assert!(store.add_rank(a.attempt, 1, "w2").await.is_err());
+    let attempts = store.attempts(job.id).await.expect("attempts");
+    let ranks: Vec<(u32, &str)> = attempts[0]
+        .ranks
+        .iter()
+        .map(|r| (r.rank, r.worker_id.as_str()))
+        .collect();
+    assert_eq!(ranks, [(0, "w0"), (1, "w1")]);
+    assert_eq!(attempts[0].worker_id, "w0", "worker_id stays rank 0's");
+
+    // A finished attempt takes no more ranks; the next attempt starts with its own rank 0.
+    store
+        .finish_attempt(a.attempt, AttemptOutcome::Failed, Some("lost"), None, true)
+        .await
+        .expect("finish");
+    assert_eq!(
+        store.add_rank(a.attempt, 2, "w2").await.expect("query"),
+        None
+    );
+    let b = store
+        .assign(job.id, "w2")
+        .await
+        .expect("assign")
+        .expect("requeued");
+    let attempts = store.attempts(job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].ranks.len(), 2);
+    assert_eq!(
+        attempts[1].ranks,
+        [AttemptRank {
+            rank: 0,
+            worker_id: "w2".into()
+        }]
+    );
+    assert_eq!(attempts[1].attempt, b.attempt.attempt);
 }

@@ -340,6 +340,17 @@ pub struct AttemptInfo {
     pub resumed_from_step: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The workers of the attempt by rank (data-parallel training); rank 0 is `worker_id`.
+    /// Empty from a coordinator that predates ranks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranks: Vec<AttemptRank>,
+}
+
+/// One worker of an attempt: replica `rank` of the attempt's world.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRank {
+    pub rank: u32,
+    pub worker_id: String,
 }
 
 /// A stored metric with the attempt that produced it.

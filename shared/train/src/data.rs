@@ -320,6 +320,49 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// Steps left in an epoch of `n` examples once `consumed` of its order are taken, when each
+/// of `world` replicas takes up to `batch` a step (see [`replica_batch`]).
+pub fn steps_left_in_epoch(n: usize, consumed: usize, batch: usize, world: usize) -> usize {
+    (n.saturating_sub(consumed) / world.max(1)).div_ceil(batch.max(1))
+}
+
+/// The examples replica `rank` of `world` trains on in the next step of an epoch, and how many
+/// of the epoch's `order` that step consumes on all replicas together.
+///
+/// The sharding rule: every replica computes the epoch's order from the shared seed; a step
+/// takes the next `batch × world` examples of it, and rank `r` takes every `world`-th of them
+/// starting at the `r`-th (strided). The last step of the epoch takes all that is left, so
+/// the shards of one epoch partition it, their sizes differ by at most one, and every replica
+/// takes the same number of steps ([`steps_left_in_epoch`]: a later collective never waits
+/// for a replica that ran out). A last batch is short or one longer than `batch`. Only a tail
+/// shorter than `world` (after a resume at a larger world) has nothing for some rank: it is
+/// skipped. What the steps consumed is always a prefix of the order, so a count of examples
+/// consumed says where the epoch stands for any world size. With `world` 1 this is plain
+/// batches in order, the last one short.
+pub fn replica_batch(
+    order: &[usize],
+    consumed: usize,
+    batch: usize,
+    rank: usize,
+    world: usize,
+) -> (Vec<usize>, usize) {
+    let world = world.max(1);
+    let consumed = consumed.min(order.len());
+    let rest = order.len() - consumed;
+    let taken = match steps_left_in_epoch(order.len(), consumed, batch, world) {
+        0 => 0,
+        1 => rest,
+        _ => batch * world,
+    };
+    let indices = order[consumed..consumed + taken]
+        .iter()
+        .skip(rank)
+        .step_by(world)
+        .copied()
+        .collect();
+    (indices, taken)
+}
+
 /// Resolve an IDX / CSV spec task for display.
 pub fn task_of(spec: &DatasetSpec) -> Task {
     match spec {

@@ -23,7 +23,7 @@ use burn::tensor::{Bytes, Device, Int, Tensor};
 use web_time::Instant;
 
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointError, TrainState};
-pub use hook::{GradientHook, HookError};
+pub use hook::{GradientHook, HookError, HookFuture, Replica};
 use kiln_proto::metric::{Metric, Split};
 pub use schedule::learning_rate;
 
@@ -105,6 +105,12 @@ pub enum TrainError {
     Device(String),
     #[error("the training split is empty after the split (dataset.validation_fraction too large?)")]
     EmptyTrain,
+    #[error("cannot shard {examples} training examples over {world} replicas (rank {rank})")]
+    Shard {
+        examples: usize,
+        rank: usize,
+        world: usize,
+    },
     #[error("the loss became {0} at step {1}: lower optimizer.lr or set training.grad_clip")]
     Diverged(f64, u64),
     #[error("the device ran out of memory ({0}): lower training.batch_size or the model's size")]
@@ -121,6 +127,7 @@ impl TrainError {
             | TrainError::Model(_)
             | TrainError::Resume(_)
             | TrainError::EmptyTrain
+            | TrainError::Shard { .. }
             | TrainError::Diverged(..)
             | TrainError::OutOfMemory(_) => false,
             TrainError::Hook(_) | TrainError::Device(_) => true,
@@ -173,9 +180,9 @@ pub struct TrainRun<'a> {
     pub cancel: CancelToken,
     pub hook: Option<&'a mut dyn GradientHook>,
     pub on_event: &'a mut dyn FnMut(TrainEvent),
-    /// This replica's rank and the number of replicas (data sharding). `(0, 1)` alone.
-    pub rank: usize,
-    pub world: usize,
+    /// This replica's rank and the number of replicas: which shard of each epoch it trains on
+    /// (`data::replica_batch`) and its dropout seed (seed + rank). Rank 0 of 1 alone.
+    pub replica: Replica,
     /// Stop after this many steps in total (overrides the spec when smaller).
     pub max_steps: Option<u64>,
 }
@@ -195,8 +202,7 @@ impl<'a> TrainRun<'a> {
             cancel: CancelToken::default(),
             hook: None,
             on_event,
-            rank: 0,
-            world: 1,
+            replica: Replica::default(),
             max_steps: None,
         }
     }
@@ -381,7 +387,8 @@ async fn evaluate<M: TrainModel>(
     Ok((weighted_loss / n.max(1) as f64, accuracy))
 }
 
-/// A per-step seed for dropout, so a resumed run draws the same masks.
+/// A per-step seed for dropout, so a resumed run draws the same masks. Replicas pass
+/// seed + rank, so they draw different masks.
 fn step_seed(seed: u64, step: u64) -> u64 {
     let mut x = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 33;
@@ -405,44 +412,59 @@ impl<M: TrainModel> Loop<M> {
             cancel,
             mut hook,
             on_event,
-            rank,
-            world,
+            replica,
             max_steps,
         } = run;
         let device = device.autodiff();
         let train_data = &data.train;
         let n = train_data.len();
         let batch = spec.training.batch_size;
-        let world = world.max(1);
+        let Replica { rank, world } = replica;
         if n == 0 {
             return Err(TrainError::EmptyTrain);
         }
-        // Alone, the last short batch is kept (as Keras and PyTorch do); with replicas every
-        // step must take the same number of batches everywhere, so the remainder is dropped.
-        let steps_per_epoch = if world == 1 {
-            n.div_ceil(batch) as u64
-        } else {
-            (n / (batch * world)).max(1) as u64
-        };
-        let mut total_steps = steps_per_epoch * spec.training.epochs as u64;
-        for limit in [spec.training.max_steps, max_steps].into_iter().flatten() {
-            total_steps = total_steps.min(limit);
+        // Every replica takes the same number of steps per epoch; the last batch of an epoch
+        // holds what is left (short alone, as Keras and PyTorch do). See `data::replica_batch`.
+        let steps_per_epoch = data::steps_left_in_epoch(n, 0, batch, world) as u64;
+        if world == 0 || rank >= world || steps_per_epoch == 0 {
+            return Err(TrainError::Shard {
+                examples: n,
+                rank,
+                world,
+            });
         }
 
         device.seed(spec.seed);
         let mut model = M::init(&model_config, &device);
         let mut optim = build_optimizer(&spec.optimizer, spec.training.grad_clip);
         let (mut step, mut epoch, mut batch_in_epoch, mut samples) = (0u64, 0u64, 0u64, 0u64);
+        // Examples of this epoch's order consumed by all replicas together.
+        let mut consumed = 0usize;
         if let Some(ckpt) = resume {
             model = load_weights(model, &ckpt.model)?;
             optim = optim
                 .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
                 .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
             let s = ckpt.state;
+            consumed = s.samples_in_epoch(n).min(n as u64) as usize;
             (step, epoch, batch_in_epoch, samples) = (s.step, s.epoch, s.batch_in_epoch, s.samples);
+            if s.world != world {
+                // Steps of this epoch taken by another world say nothing about this one's.
+                batch_in_epoch = 0;
+            }
         } else if let Some(hook) = hook.as_deref_mut() {
-            let weights = hook.sync_weights(weights_of(&model)?)?;
+            let weights = hook.sync_weights(replica, weights_of(&model)?).await?;
             model = load_weights(model, &weights)?;
+        }
+        // What is left of the current epoch (at this world size), then whole epochs.
+        let epochs = spec.training.epochs as u64;
+        let mut total_steps = step;
+        if epoch < epochs {
+            total_steps += data::steps_left_in_epoch(n, consumed, batch, world) as u64
+                + steps_per_epoch * (epochs - epoch - 1);
+        }
+        for limit in [spec.training.max_steps, max_steps].into_iter().flatten() {
+            total_steps = total_steps.min(limit);
         }
 
         on_event(TrainEvent::Started {
@@ -467,7 +489,8 @@ impl<M: TrainModel> Loop<M> {
                           step,
                           epoch,
                           batch_in_epoch,
-                          samples|
+                          samples,
+                          consumed: usize|
          -> Result<Checkpoint, TrainError> {
             Ok(Checkpoint {
                 state: TrainState {
@@ -479,6 +502,7 @@ impl<M: TrainModel> Loop<M> {
                     samples,
                     rank,
                     world,
+                    samples_in_epoch: Some(consumed as u64),
                 },
                 model: weights_of(model)?,
                 optimizer: optim
@@ -493,37 +517,33 @@ impl<M: TrainModel> Loop<M> {
                 outcome = Outcome::Cancelled;
                 break;
             }
-            if batch_in_epoch >= steps_per_epoch {
+            if data::steps_left_in_epoch(n, consumed, batch, world) == 0 {
                 epoch += 1;
                 batch_in_epoch = 0;
+                consumed = 0;
                 order = data::epoch_order(n, spec.seed, epoch);
             }
             let started = Instant::now();
-            let first = (batch_in_epoch as usize * world + rank) * batch;
-            let indices = &order[first.min(n)..(first + batch).min(n)];
-            let host_batch = train_data.gather(indices);
+            let (indices, taken) = data::replica_batch(&order, consumed, batch, rank, world);
+            let host_batch = train_data.gather(&indices);
             if uses_rng {
-                device.seed(step_seed(spec.seed, step));
+                device.seed(step_seed(spec.seed.wrapping_add(rank as u64), step));
             }
             let lr = learning_rate(&spec.schedule, spec.optimizer.lr, step, total_steps);
             let out = model.forward_batch(&host_batch, &device);
             let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
             if let Some(hook) = hook.as_deref_mut() {
                 let mut flat = hook::flatten(&model, &mut grads).await?;
-                hook.on_gradients(step, &mut flat.values)?;
+                hook.on_gradients(replica, step, &mut flat.values).await?;
                 hook::unflatten(&model, &mut grads, flat);
             }
             model = optim.step(lr, model, grads);
-            acc.add(
-                out.loss.detach(),
-                out.correct,
-                out.predictions,
-                indices.len() * world,
-            );
+            acc.add(out.loss.detach(), out.correct, out.predictions, taken);
             step += 1;
             batch_in_epoch += 1;
-            samples += (indices.len() * world) as u64;
-            train_samples += (indices.len() * world) as u64;
+            consumed += taken;
+            samples += taken as u64;
+            train_samples += taken as u64;
             train_secs += started.elapsed().as_secs_f64();
 
             if step % log_every == 0 || step == total_steps {
@@ -567,7 +587,15 @@ impl<M: TrainModel> Loop<M> {
                 .checkpoint_every
                 .is_some_and(|k| step % k == 0);
             if ckpt_due && step < total_steps {
-                let c = checkpoint(&model, &optim, step, epoch, batch_in_epoch, samples)?;
+                let c = checkpoint(
+                    &model,
+                    &optim,
+                    step,
+                    epoch,
+                    batch_in_epoch,
+                    samples,
+                    consumed,
+                )?;
                 on_event(TrainEvent::Checkpoint(Box::new(c)));
                 acc.since = Instant::now();
             }
@@ -592,7 +620,15 @@ impl<M: TrainModel> Loop<M> {
         if spec.training.checkpoint_every.is_some()
             || outcome == Outcome::Completed && !cfg!(target_arch = "wasm32")
         {
-            let c = checkpoint(&model, &optim, step, epoch, batch_in_epoch, samples)?;
+            let c = checkpoint(
+                &model,
+                &optim,
+                step,
+                epoch,
+                batch_in_epoch,
+                samples,
+                consumed,
+            )?;
             weights = Some(c.model.clone());
             if spec.training.checkpoint_every.is_some() {
                 on_event(TrainEvent::Checkpoint(Box::new(c)));

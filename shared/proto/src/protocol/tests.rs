@@ -361,8 +361,32 @@ fn rest_types() {
             finished_ms: Some(2),
             resumed_from_step: Some(10),
             error: Some("worker lost".into()),
+            ranks: Vec::new(),
         },
         r#"{"job_id":7,"attempt":2,"worker_id":"w1","state":"failed","started_ms":1,"finished_ms":2,"resumed_from_step":10,"error":"worker lost"}"#,
+    );
+    check(
+        AttemptInfo {
+            job_id: 7,
+            attempt: 3,
+            worker_id: "w1".into(),
+            state: JobState::Running,
+            started_ms: 1,
+            finished_ms: None,
+            resumed_from_step: None,
+            error: None,
+            ranks: vec![
+                AttemptRank {
+                    rank: 0,
+                    worker_id: "w1".into(),
+                },
+                AttemptRank {
+                    rank: 1,
+                    worker_id: "w2".into(),
+                },
+            ],
+        },
+        r#"{"job_id":7,"attempt":3,"worker_id":"w1","state":"running","started_ms":1,"ranks":[{"rank":0,"worker_id":"w1"},{"rank":1,"worker_id":"w2"}]}"#,
     );
     check(
         ArtifactInfo {

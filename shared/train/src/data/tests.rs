@@ -140,6 +140,105 @@ fn epoch_order_is_a_seeded_permutation() {
     assert_ne!(o, epoch_order(100, 4, 0));
 }
 
+/// Rank `rank`'s batches for the rest of an epoch from `consumed`, as its own loop takes them:
+/// it computes the order itself from the shared seed.
+fn shard(
+    n: usize,
+    seed: u64,
+    consumed: usize,
+    batch: usize,
+    rank: usize,
+    world: usize,
+) -> Vec<Vec<usize>> {
+    let order = epoch_order(n, seed, 1);
+    let mut consumed = consumed;
+    let mut batches = Vec::new();
+    while steps_left_in_epoch(n, consumed, batch, world) > 0 {
+        let (indices, taken) = replica_batch(&order, consumed, batch, rank, world);
+        batches.push(indices);
+        consumed += taken;
+    }
+    batches
+}
+
+/// With equal seeds the ranks' shards of an epoch are disjoint, their union is the epoch, and
+/// every rank takes the same number of steps (uneven sizes included); world 1 is plain batches
+/// of the epoch order, the last one short.
+#[test]
+fn replica_shards_partition_the_epoch() {
+    for n in [1, 7, 101, 192, 203] {
+        for batch in [1, 5, 16] {
+            let order = epoch_order(n, 3, 1);
+            let alone = shard(n, 3, 0, batch, 0, 1);
+            let plain: Vec<Vec<usize>> = order.chunks(batch).map(<[usize]>::to_vec).collect();
+            assert_eq!(alone, plain, "n {n}, batch {batch}");
+            for world in 1..=4usize {
+                if n < world {
+                    assert_eq!(steps_left_in_epoch(n, 0, batch, world), 0);
+                    continue;
+                }
+                let shards: Vec<_> = (0..world)
+                    .map(|rank| shard(n, 3, 0, batch, rank, world))
+                    .collect();
+                let steps = steps_left_in_epoch(n, 0, batch, world);
+                let mut all = Vec::new();
+                for (rank, batches) in shards.iter().enumerate() {
+                    let what = format!("n {n}, batch {batch}, rank {rank} of {world}");
+                    assert_eq!(batches.len(), steps, "{what}");
+                    assert!(
+                        batches
+                            .iter()
+                            .all(|b| !b.is_empty() && b.len() <= batch + 1),
+                        "{what}"
+                    );
+                    all.extend(batches.iter().flatten().copied());
+                }
+                assert_eq!(
+                    all.len(),
+                    n,
+                    "disjoint: n {n}, batch {batch}, world {world}"
+                );
+                all.sort();
+                assert_eq!(
+                    all,
+                    (0..n).collect::<Vec<_>>(),
+                    "union: n {n}, world {world}"
+                );
+            }
+        }
+    }
+}
+
+/// Steps consume a prefix of the order, so after `k` steps at one world size another world
+/// size shards exactly the rest (only a tail shorter than the new world is skipped).
+#[test]
+fn another_world_size_goes_on_with_the_rest_of_the_epoch() {
+    let (n, batch) = (203, 5);
+    let order = epoch_order(n, 3, 1);
+    for before in 1..=4usize {
+        for after in 1..=4usize {
+            for k in [0, 1, 7] {
+                let mut consumed = 0;
+                for _ in 0..k {
+                    consumed += replica_batch(&order, consumed, batch, 0, before).1;
+                }
+                assert_eq!(consumed, k * batch * before);
+                let mut rest: Vec<usize> = (0..after)
+                    .flat_map(|rank| shard(n, 3, consumed, batch, rank, after))
+                    .flatten()
+                    .collect();
+                rest.sort();
+                let mut expected = order[consumed..].to_vec();
+                expected.sort();
+                assert_eq!(
+                    rest, expected,
+                    "{k} steps at world {before}, then world {after}"
+                );
+            }
+        }
+    }
+}
+
 fn csv_spec(label: &str, task: kiln_proto::spec::CsvTask) -> DatasetSpec {
     DatasetSpec::Csv {
         path: "t.csv".into(),

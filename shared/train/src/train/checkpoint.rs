@@ -3,6 +3,9 @@
 //!
 //! Layout: `KILNCKPT` · u32 format version · three length-prefixed (u64 LE) sections:
 //! state JSON, model burnpack, optimizer burnpack.
+//!
+//! Format 2 adds `samples_in_epoch` to the state (where the epoch stands, for any world size);
+//! format 1 files still load and derive it from `batch_in_epoch`.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +13,9 @@ use crate::model::ModelConfig;
 use kiln_proto::spec::JobSpec;
 
 const MAGIC: &[u8; 8] = b"KILNCKPT";
-pub const CHECKPOINT_FORMAT: u32 = 1;
+pub const CHECKPOINT_FORMAT: u32 = 2;
+/// The oldest format this Kiln still reads.
+const OLDEST_FORMAT: u32 = 1;
 
 /// Where the loop stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,14 +24,30 @@ pub struct TrainState {
     pub model: ModelConfig,
     /// Optimizer steps taken.
     pub step: u64,
-    /// Epoch in progress (0-based) and batches of it already taken: with the seed this fixes
-    /// the data order.
+    /// Epoch in progress (0-based) and steps of it taken (by the world that wrote this).
     pub epoch: u64,
     pub batch_in_epoch: u64,
     /// Training examples seen so far (all ranks).
     pub samples: u64,
+    /// The writer's rank and world.
     pub rank: usize,
     pub world: usize,
+    /// Examples of the epoch's order consumed by all ranks together: with the seed this fixes
+    /// where the epoch stands, whatever the world size (see `data::replica_batch`). `None` in
+    /// format 1; [`TrainState::samples_in_epoch`] derives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_in_epoch: Option<u64>,
+}
+
+impl TrainState {
+    /// Examples of the current epoch consumed, for an epoch of `n` examples. A format-1 state
+    /// has only steps: each took `batch × world` examples (the last one of an epoch the rest).
+    pub fn samples_in_epoch(&self, n: usize) -> u64 {
+        self.samples_in_epoch.unwrap_or_else(|| {
+            let per_step = self.spec.training.batch_size as u64 * self.world.max(1) as u64;
+            (self.batch_in_epoch * per_step).min(n as u64)
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -41,7 +62,7 @@ pub enum CheckpointError {
     #[error("not a Kiln checkpoint (the file does not start with KILNCKPT)")]
     Magic,
     #[error(
-        "checkpoint format {found} is not supported (this Kiln reads format {CHECKPOINT_FORMAT})"
+        "checkpoint format {found} is not supported (this Kiln reads formats {OLDEST_FORMAT} to {CHECKPOINT_FORMAT})"
     )]
     Version { found: u32 },
     #[error("checkpoint is truncated: the {section} section needs {need} bytes, {have} are left")]
@@ -74,7 +95,7 @@ impl Checkpoint {
         let rest = bytes.strip_prefix(MAGIC).ok_or(CheckpointError::Magic)?;
         let (version, mut rest) = take(rest, 4, "version")?;
         let found = u32::from_le_bytes(version.try_into().expect("4 bytes"));
-        if found != CHECKPOINT_FORMAT {
+        if !(OLDEST_FORMAT..=CHECKPOINT_FORMAT).contains(&found) {
             return Err(CheckpointError::Version { found });
         }
         let mut sections = Vec::with_capacity(3);

@@ -2,6 +2,9 @@
 //! flattened into one buffer in parameter order, to a hook that may replace them. Distributed
 //! data-parallel training plugs its all-reduce in here.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -11,17 +14,43 @@ use burn::tensor::{Device, Tensor, TensorData};
 #[error("gradient hook failed: {0}")]
 pub struct HookError(pub String);
 
-/// Called by the training loop of every replica.
+/// Which replica this loop is: `rank` in `0..world`. Alone: rank 0 of world 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Replica {
+    fn default() -> Self {
+        Replica { rank: 0, world: 1 }
+    }
+}
+
+/// What a hook's call returns: a future, boxed so that the loop can hold the hook as
+/// `&mut dyn GradientHook`. No `Send` bound: in a browser it runs under `spawn_local`.
+pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HookError>> + 'a>>;
+
+/// Called by the training loop of every replica. Both calls are async so that a collective
+/// can wait for its peers (over a socket natively, over a message channel in a browser)
+/// without a thread and without blocking.
 pub trait GradientHook {
-    /// Called once before the first step with this replica's weights (burnpack bytes); returns
-    /// the weights all replicas must start from (say, rank 0's). The default keeps them.
-    fn sync_weights(&mut self, weights: Vec<u8>) -> Result<Vec<u8>, HookError> {
-        Ok(weights)
+    /// Called once before the first step of a fresh run with this replica's weights
+    /// (burnpack bytes); returns the weights all replicas must start from (say, rank 0's).
+    /// The default keeps them.
+    fn sync_weights(&mut self, replica: Replica, weights: Vec<u8>) -> HookFuture<'_, Vec<u8>> {
+        let _ = replica;
+        Box::pin(async move { Ok(weights) })
     }
 
     /// Called after backward with every gradient, flattened in parameter order; replace them
     /// in place (e.g. with their mean over all replicas).
-    fn on_gradients(&mut self, step: u64, gradients: &mut [f32]) -> Result<(), HookError>;
+    fn on_gradients<'a>(
+        &'a mut self,
+        replica: Replica,
+        step: u64,
+        gradients: &'a mut [f32],
+    ) -> HookFuture<'a, ()>;
 }
 
 /// Gradients taken out of a `GradientsParams`, flattened to one buffer.

@@ -54,6 +54,17 @@ fn run_with(
     max_steps: Option<u64>,
     cancel_after: Option<u64>,
 ) -> Recorded {
+    run_as(spec, resume, max_steps, cancel_after, Replica::default())
+}
+
+/// [`run_with`] as one replica of several (without a hook: it trains its shard alone).
+fn run_as(
+    spec: &JobSpec,
+    resume: Option<Checkpoint>,
+    max_steps: Option<u64>,
+    cancel_after: Option<u64>,
+    replica: Replica,
+) -> Recorded {
     let _serial = serial();
     let data = load(&spec.dataset, spec.seed, &MemorySource::default()).expect("synthetic data");
     let mut metrics = Vec::new();
@@ -74,6 +85,7 @@ fn run_with(
     run.resume = resume;
     run.max_steps = max_steps;
     run.cancel = cancel;
+    run.replica = replica;
     let summary = pollster::block_on(train(run)).expect("training runs");
     Recorded {
         summary,
@@ -164,6 +176,103 @@ fn resume_is_bit_exact() {
     }
 }
 
+/// A checkpoint says how much of the epoch all ranks consumed, so a run resumed at another
+/// world size goes on from there: 192 examples, batch 16, 2 epochs; at world 2 a step takes
+/// 32 examples, at world 1 16. Either way the run ends after exactly 2 × 192 examples.
+#[test]
+fn a_checkpoint_resumes_at_another_world_size_where_the_epoch_stands() {
+    let s = spec("epochs = 2\ncheckpoint_every = 4", MLP);
+    let two = |rank| Replica { rank, world: 2 };
+    for (from, to, resumed_steps) in [
+        // 4 steps × 32 = 128 consumed; 64 left = 4 steps at world 1, then 12.
+        (two(0), Replica::default(), 4 + 12),
+        // 4 steps × 16 = 64 consumed; 128 left = 4 steps of 2 × 16 at world 2, then 6.
+        (Replica::default(), two(1), 4 + 6),
+    ] {
+        let first = run_as(&s, None, Some(4), None, from);
+        let ckpt = first
+            .checkpoints
+            .iter()
+            .find(|c| c.state.step == 4)
+            .expect("checkpoint at step 4");
+        let per_step = 16 * from.world as u64;
+        assert_eq!(ckpt.state.samples_in_epoch, Some(4 * per_step), "{from:?}");
+        assert_eq!((ckpt.state.epoch, ckpt.state.world), (0, from.world));
+        let ckpt = Checkpoint::decode(&ckpt.encode()).expect("round trip");
+        let resumed = run_as(&s, Some(ckpt), None, None, to);
+        assert_eq!(
+            resumed.summary.steps,
+            4 + resumed_steps,
+            "{from:?} → {to:?}"
+        );
+        assert_eq!(resumed.summary.samples, 2 * 192, "{from:?} → {to:?}");
+        let first_resumed = train_losses(&resumed.metrics)[0].0;
+        assert_eq!(first_resumed, 5);
+        let last = resumed.checkpoints.last().expect("final checkpoint");
+        assert_eq!(
+            (last.state.epoch, last.state.samples_in_epoch),
+            (1, Some(192)),
+            "{from:?} → {to:?}"
+        );
+    }
+}
+
+/// A format-1 checkpoint (no `samples_in_epoch`) still loads and resumes exactly as its
+/// format-2 twin: the position is derived from the steps taken in the epoch.
+#[test]
+fn a_format_1_checkpoint_resumes_like_format_2() {
+    let s = spec("epochs = 2\ncheckpoint_every = 5", MLP);
+    let first = run_with(&s, None, Some(5), None);
+    let ckpt = first.checkpoints[0].clone();
+    assert_eq!(ckpt.state.samples_in_epoch, Some(5 * 16));
+    let mut old = ckpt.clone();
+    old.state.samples_in_epoch = None;
+    let mut bytes = old.encode();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let old = Checkpoint::decode(&bytes).expect("format 1 loads");
+    assert_eq!(old.state.samples_in_epoch, None);
+    assert_eq!(old.state.samples_in_epoch(192), 5 * 16);
+    let from_new = run_with(&s, Some(ckpt), Some(15), None);
+    let from_old = run_with(&s, Some(old), Some(15), None);
+    assert_eq!(
+        train_losses(&from_new.metrics),
+        train_losses(&from_old.metrics)
+    );
+    assert_eq!(
+        param_values(&from_new.summary),
+        param_values(&from_old.summary)
+    );
+}
+
+/// Replicas draw their dropout masks from seed + rank; rank 0's are the run alone's.
+#[test]
+fn dropout_is_seeded_per_rank() {
+    let s = spec("epochs = 1", "kind = \"mlp\"\nhidden = [16]\ndropout = 0.3");
+    assert_eq!(step_seed(s.seed, 2), step_seed(s.seed.wrapping_add(0), 2));
+    assert_ne!(step_seed(s.seed, 2), step_seed(s.seed.wrapping_add(1), 2));
+}
+
+#[test]
+fn too_few_examples_for_the_world_is_an_error() {
+    let s = spec("", MLP);
+    let data = load(&s.dataset, s.seed, &MemorySource::default()).expect("data");
+    let _serial = serial();
+    for replica in [
+        Replica { rank: 2, world: 2 },
+        Replica {
+            rank: 0,
+            world: 1000,
+        },
+    ] {
+        let mut sink = |_e: TrainEvent| {};
+        let mut run = TrainRun::new(s.clone(), data.clone(), Device::flex(), &mut sink);
+        run.replica = replica;
+        let err = pollster::block_on(train(run)).unwrap_err();
+        assert!(matches!(err, TrainError::Shard { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+    }
+}
+
 #[test]
 fn cancel_stops_between_steps_and_leaves_a_checkpoint() {
     let s = spec("epochs = 50\ncheckpoint_every = 1000", MLP);
@@ -232,22 +341,8 @@ struct ThreadAllReduce {
     calls: usize,
 }
 
-impl GradientHook for ThreadAllReduce {
-    fn sync_weights(&mut self, weights: Vec<u8>) -> Result<Vec<u8>, HookError> {
-        if self.rank == 0 {
-            *self.weights.lock().expect("lock") = Some(weights);
-        }
-        self.barrier.wait();
-        let w = self
-            .weights
-            .lock()
-            .expect("lock")
-            .clone()
-            .expect("rank 0 wrote");
-        Ok(w)
-    }
-
-    fn on_gradients(&mut self, _step: u64, grads: &mut [f32]) -> Result<(), HookError> {
+impl ThreadAllReduce {
+    fn mean(&mut self, grads: &mut [f32]) {
         self.calls += 1;
         {
             let mut sum = self.sum.lock().expect("lock");
@@ -269,7 +364,52 @@ impl GradientHook for ThreadAllReduce {
             self.sum.lock().expect("lock").clear();
         }
         self.barrier.wait(); // cleared before the next step adds
-        Ok(())
+    }
+}
+
+/// The hook's futures block on a thread barrier: fine here, where every replica has its own
+/// thread and executor (a real collective awaits its peers instead).
+impl GradientHook for ThreadAllReduce {
+    fn sync_weights(&mut self, replica: Replica, weights: Vec<u8>) -> HookFuture<'_, Vec<u8>> {
+        Box::pin(async move {
+            assert_eq!(
+                replica,
+                Replica {
+                    rank: self.rank,
+                    world: self.world
+                }
+            );
+            if replica.rank == 0 {
+                *self.weights.lock().expect("lock") = Some(weights);
+            }
+            self.barrier.wait();
+            let w = self
+                .weights
+                .lock()
+                .expect("lock")
+                .clone()
+                .expect("rank 0 wrote");
+            Ok(w)
+        })
+    }
+
+    fn on_gradients<'a>(
+        &'a mut self,
+        replica: Replica,
+        _step: u64,
+        grads: &'a mut [f32],
+    ) -> HookFuture<'a, ()> {
+        Box::pin(async move {
+            assert_eq!(
+                replica,
+                Replica {
+                    rank: self.rank,
+                    world: self.world
+                }
+            );
+            self.mean(grads);
+            Ok(())
+        })
     }
 }
 
@@ -303,8 +443,7 @@ fn gradient_hook_keeps_two_replicas_identical() {
                 };
                 let mut run = TrainRun::new(s, data, Device::flex(), &mut on_event);
                 run.hook = Some(&mut hook);
-                run.rank = rank;
-                run.world = world;
+                run.replica = Replica { rank, world };
                 let summary = pollster::block_on(train(run)).expect("replica trains");
                 (summary, hook.calls, losses)
             })
