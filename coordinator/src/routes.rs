@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -14,6 +15,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use kiln_proto::protocol::Health;
 
@@ -21,6 +24,7 @@ use crate::auth::{require_admin, require_token};
 use crate::error::ApiError;
 use crate::openapi::{ApiDoc, HealthDoc};
 use crate::state::AppState;
+use crate::ws::{events, worker};
 
 pub mod artifacts;
 pub mod jobs;
@@ -34,28 +38,46 @@ in the Kiln sources (<code>scripts/up</code> does it too), or pass <code>--stati
 <code>/api</code> (see <code>/api/openapi.json</code>).</p></body></html>";
 
 /// The whole application. Tests drive it directly or through a socket on `127.0.0.1:0`.
+///
+/// Each route is registered with its `#[utoipa::path]` operation (`routes!`), so the router and
+/// the OpenAPI document come from one list; `split_for_parts` separates them.
 pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     // Admin only; small JSON bodies.
-    let admin = Router::new()
+    let admin = OpenApiRouter::new()
         .merge(jobs::router())
         .merge(shares::router())
         .merge(workers::router())
-        .route("/metrics", get(prometheus))
-        .route("/ws/events", get(crate::ws::events::upgrade))
+        .routes(routes!(prometheus))
+        .routes(routes!(events::upgrade))
         .route_layer(middleware::from_fn(require_admin))
         .layer(RequestBodyLimitLayer::new(max_body));
     // Worker or admin; artifact uploads have their own, larger limit (checked as they stream).
-    let any_token = Router::new()
+    let any_token = OpenApiRouter::new()
         .merge(artifacts::router())
-        .route("/ws/worker", get(crate::ws::worker::upgrade))
-        .route("/api/openapi.json", get(openapi));
+        .routes(routes!(worker::upgrade));
     let protected = admin
         .merge(any_token)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // No bearer token: a share token in the path opens one job and its metrics, nothing
     // else. Outside `require_token`; more specific than the `/api/{*rest}` catch-all below.
     let public = shares::public_router().layer(RequestBodyLimitLayer::new(max_body));
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .merge(public)
+        .merge(protected)
+        .split_for_parts();
+    // The document describes the routes above, so it is served once they are all known;
+    // like them, it needs a worker or admin token. Serialized once, at start.
+    let doc = Bytes::from(
+        doc.to_json()
+            .expect("the OpenAPI document serializes to JSON"),
+    );
+    let openapi = get(move || {
+        let doc = doc.clone();
+        async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
+    })
+    .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // `scripts/build-web` writes a `.gz` beside each file; browsers that accept gzip get it.
     let dashboard = match &state.config.static_dir {
         Some(dir) => Router::new().fallback_service(
@@ -65,10 +87,7 @@ pub fn app(state: AppState) -> Router {
         ),
         None => Router::new().fallback(|| async { Html(NO_DASHBOARD) }),
     };
-    Router::new()
-        .route("/api/health", get(health))
-        .merge(public)
-        .merge(protected)
+    api.route("/api/openapi.json", openapi)
         .route("/api/{*rest}", any(api_not_found))
         .merge(dashboard)
         .layer(middleware::from_fn(json_413))
@@ -111,10 +130,6 @@ pub async fn health() -> Json<Health> {
         status: "ok".to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
-}
-
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "meta",

@@ -90,13 +90,15 @@ pub enum ReadEnd {
     Closed,
     /// A frame was too large.
     TooLarge,
-    /// A binary frame (the protocol is JSON text).
-    Binary,
+    /// A binary frame that is not UTF-8 (the protocol is JSON, in text or binary frames).
+    NotUtf8(std::str::Utf8Error),
     /// Any other transport error (logged by the caller).
     Error(String),
 }
 
-/// The next text frame; pings and pongs are skipped (but reported through `on_any`).
+/// The next message's text; pings and pongs are skipped (but reported through `on_any`).
+/// A binary frame counts as text when it holds UTF-8 (some clients send JSON that way), so
+/// both kinds of frame are parsed alike.
 pub async fn next_text<R, E>(stream: &mut R, mut on_any: impl FnMut()) -> Result<String, ReadEnd>
 where
     R: Stream<Item = Result<Message, E>> + Unpin,
@@ -111,7 +113,13 @@ where
                 on_any();
                 return Ok(text.as_str().to_owned());
             }
-            Some(Ok(Message::Binary(_))) => return Err(ReadEnd::Binary),
+            Some(Ok(Message::Binary(bytes))) => {
+                on_any();
+                return match std::str::from_utf8(&bytes) {
+                    Ok(text) => Ok(text.to_owned()),
+                    Err(e) => Err(ReadEnd::NotUtf8(e)),
+                };
+            }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => on_any(),
         }
     }
@@ -148,8 +156,8 @@ pub fn end_reason(end: ReadEnd, max_frame_bytes: usize) -> Option<CloseReason> {
         ReadEnd::TooLarge => Some(CloseReason::FrameTooLarge {
             max_bytes: max_frame_bytes as u64,
         }),
-        ReadEnd::Binary => Some(CloseReason::BadMessage {
-            message: "binary frames are not accepted; send JSON text".into(),
+        ReadEnd::NotUtf8(e) => Some(CloseReason::BadMessage {
+            message: format!("a binary frame must hold UTF-8 JSON: {e}"),
         }),
     }
 }

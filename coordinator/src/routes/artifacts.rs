@@ -1,15 +1,15 @@
 //! `/api/jobs/{id}/artifacts…`: list, download, upload (worker or admin token).
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 use tracing::info;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use kiln_proto::artifact::check_name;
 use kiln_proto::protocol::ArtifactInfo;
@@ -20,10 +20,10 @@ use crate::openapi::{ApiErrorDoc, ArtifactInfoDoc};
 use crate::routes::jobs::job_id;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/jobs/{id}/artifacts", get(list))
-        .route("/api/jobs/{id}/artifacts/{name}", get(download).put(upload))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(download, upload))
 }
 
 #[utoipa::path(get, path = "/api/jobs/{id}/artifacts", tag = "artifacts",

@@ -1,14 +1,14 @@
 //! `/api/jobs…`: submit, list, inspect, cancel, retry; attempts, metrics and logs of a job.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use serde::Deserialize;
 use tracing::info;
 use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use kiln_proto::protocol::{
     AttemptInfo, CoordinatorMessage, JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry,
@@ -34,15 +34,16 @@ const DEFAULT_LOG_LIMIT: u32 = 1000;
 const MAX_LOG_LIMIT: u32 = 10_000;
 const MAX_GROUP_LEN: usize = 128;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/jobs", post(submit).get(list))
-        .route("/api/jobs/{id}", get(job).patch(annotate))
-        .route("/api/jobs/{id}/cancel", post(cancel))
-        .route("/api/jobs/{id}/retry", post(retry))
-        .route("/api/jobs/{id}/attempts", get(attempts))
-        .route("/api/jobs/{id}/metrics", get(metrics))
-        .route("/api/jobs/{id}/logs", get(logs))
+/// The routes and their OpenAPI operations, from each handler's `#[utoipa::path]`.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(submit, list))
+        .routes(routes!(job, annotate))
+        .routes(routes!(cancel))
+        .routes(routes!(retry))
+        .routes(routes!(attempts))
+        .routes(routes!(metrics))
+        .routes(routes!(logs))
 }
 
 /// A job id from the path; the error names it.

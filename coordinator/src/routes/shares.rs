@@ -8,12 +8,12 @@
 //! revoked token gets the same 404, so the answer does not say which links ever existed.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use tracing::info;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use kiln_proto::protocol::{JobId, MetricPoint, NewShare, ShareInfo, SharedRun};
 
@@ -30,17 +30,17 @@ const HINT_LEN: usize = 6;
 const NO_SUCH_LINK: &str = "this share link does not exist or was revoked";
 
 /// Admin routes: create, list, revoke.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/jobs/{id}/shares", get(list).post(create))
-        .route("/api/shares/{share_id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
 /// Public routes: no bearer token; a share token in the path.
-pub fn public_router() -> Router<AppState> {
-    Router::new()
-        .route("/api/share/{token}", get(shared_run))
-        .route("/api/share/{token}/metrics", get(shared_metrics))
+pub fn public_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(shared_run))
+        .routes(routes!(shared_metrics))
 }
 
 /// The link's path on the dashboard.

@@ -1,10 +1,10 @@
 //! `/api/workers…`: list workers, drain one.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
 use tracing::info;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use kiln_proto::protocol::WorkerInfo;
 
@@ -12,10 +12,10 @@ use crate::error::ApiError;
 use crate::openapi::{ApiErrorDoc, WorkerInfoDoc};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/workers", get(list))
-        .route("/api/workers/{id}/drain", post(drain))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(drain))
 }
 
 #[utoipa::path(get, path = "/api/workers", tag = "workers",

@@ -145,6 +145,92 @@ async fn worker_bad_first_frame_gets_goodbye_and_close() {
     }
 }
 
+/// The same JSON as a binary frame (some WebSocket clients send it that way).
+fn binary<T: serde::Serialize>(msg: &T) -> Result<Message, std::io::Error> {
+    Ok(Message::Binary(
+        serde_json::to_vec(msg).expect("serializes").into(),
+    ))
+}
+
+/// A worker's hello, heartbeat and a second hello (a protocol error, so the socket closes and
+/// the answers end), each framed by `frame`; what the coordinator sent back.
+async fn worker_conversation(
+    frame: fn(&WorkerMessage) -> Result<Message, std::io::Error>,
+) -> Vec<Message> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, _keep) = state(dir.path()).await;
+    let (in_tx, in_rx, out_tx, out) = pipes();
+    for msg in [
+        hello("w"),
+        WorkerMessage::Heartbeat { running: vec![] },
+        hello("w"),
+    ] {
+        in_tx.unbounded_send(frame(&msg)).expect("send");
+    }
+    worker::serve(state, out_tx, in_rx).await;
+    out.collect().await
+}
+
+#[tokio::test]
+async fn binary_frames_with_json_are_read_like_text_frames() {
+    let as_text = worker_conversation(text).await;
+    assert_eq!(as_text.len(), 3, "welcome, goodbye, close: {as_text:?}");
+    assert!(
+        matches!(&as_text[0], Message::Text(t) if t.contains("welcome")),
+        "{as_text:?}"
+    );
+    // The heartbeat was accepted: what ends the socket is the second hello.
+    assert!(
+        matches!(&as_text[1], Message::Text(t) if t.contains("hello may only be the first frame")),
+        "{as_text:?}"
+    );
+    assert_eq!(worker_conversation(binary).await, as_text);
+
+    // `/ws/events` too.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, _keep) = state(dir.path()).await;
+    let (in_tx, in_rx, out_tx, mut out) = pipes();
+    in_tx
+        .unbounded_send(binary(&ClientMessage::Hello {
+            protocol_version: PROTOCOL_VERSION,
+        }))
+        .expect("send");
+    let task = tokio::spawn(events::serve(state, out_tx, in_rx));
+    match next_out(&mut out).await {
+        Message::Text(t) => assert!(t.contains("welcome"), "{t}"),
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    drop(in_tx);
+    task.await.expect("ends");
+}
+
+#[tokio::test]
+async fn binary_frames_that_are_not_utf8_or_not_json_are_refused() {
+    for (frame, expected) in [
+        (
+            vec![0xff, 0xfe, b'{'],
+            "a binary frame must hold UTF-8 JSON",
+        ),
+        (b"not json".to_vec(), "the first frame must be a JSON hello"),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (state, _keep) = state(dir.path()).await;
+        let (in_tx, in_rx, out_tx, out) = pipes();
+        in_tx
+            .unbounded_send(Ok(Message::Binary(frame.into())))
+            .expect("send");
+        worker::serve(state, out_tx, in_rx).await;
+        let answers: Vec<Message> = out.collect().await;
+        match answers.as_slice() {
+            [Message::Text(goodbye), Message::Close(Some(close))] => {
+                assert!(goodbye.contains(expected), "{goodbye}");
+                assert_eq!(close.code, 4002);
+            }
+            other => panic!("expected goodbye and close, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn worker_is_superseded_by_a_second_connection_and_says_goodbye_on_shutdown() {
     let dir = tempfile::tempdir().expect("temp dir");
