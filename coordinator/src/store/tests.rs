@@ -13,6 +13,17 @@ fn spec(max_attempts: u32) -> JobSpec {
     .expect("valid spec")
 }
 
+/// A worker with no devices: what the store keeps of a worker's hello.
+fn caps() -> kiln_proto::protocol::Capabilities {
+    kiln_proto::protocol::Capabilities {
+        devices: vec![],
+        device_names: vec![],
+        memory_mb: 1,
+        cores: 1,
+        kiln_version: "t".into(),
+    }
+}
+
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path()).await.expect("opens");
@@ -255,13 +266,7 @@ async fn tokens_and_workers() {
         store.token_kind("h3").await.expect("query"),
         Some(TokenKind::Worker)
     );
-    let caps = kiln_proto::protocol::Capabilities {
-        devices: vec![],
-        device_names: vec![],
-        memory_mb: 1,
-        cores: 1,
-        kiln_version: "t".into(),
-    };
+    let caps = caps();
     let w = store
         .connect_worker("w", "box", &caps, false)
         .await
@@ -428,13 +433,7 @@ async fn notes_and_tags_are_kept_and_tags_filter_the_list() {
 #[tokio::test]
 async fn every_change_takes_a_higher_revision_from_one_counter() {
     let (dir, store) = store().await;
-    let caps = kiln_proto::protocol::Capabilities {
-        devices: vec![],
-        device_names: vec![],
-        memory_mb: 1,
-        cores: 1,
-        kiln_version: "t".into(),
-    };
+    let caps = caps();
     let w0 = store
         .connect_worker("w", "box", &caps, false)
         .await
