@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use burn::tensor::Device;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(not(target_arch = "wasm32"), feature = "wgpu"))]
 use burn::tensor::DeviceKind;
 
 use kiln_proto::spec::DeviceRequest;
@@ -63,7 +63,7 @@ pub fn resolve(requested: DeviceRequest) -> Result<ResolvedDevice, DeviceError> 
     let err = |message: String| DeviceError { requested, message };
     let resolved = match requested {
         DeviceRequest::Cpu => cpu(),
-        DeviceRequest::Wgpu => wgpu(None).map_err(err)?,
+        DeviceRequest::Wgpu => wgpu_any().map_err(err)?,
         DeviceRequest::Cuda => cuda().map_err(err)?,
         DeviceRequest::Webgpu => {
             return Err(err(
@@ -72,10 +72,7 @@ pub fn resolve(requested: DeviceRequest) -> Result<ResolvedDevice, DeviceError> 
             ));
         }
         // The first real GPU wins; a software adapter (lavapipe) is slower than the CPU backend.
-        DeviceRequest::Auto => cuda()
-            .or_else(|_| wgpu(Some(DeviceKind::DiscreteGpu(0))))
-            .or_else(|_| wgpu(Some(DeviceKind::IntegratedGpu(0))))
-            .unwrap_or_else(|_| cpu()),
+        DeviceRequest::Auto => cuda().or_else(|_| wgpu_gpu()).unwrap_or_else(|_| cpu()),
     };
     Ok(remember(requested, resolved))
 }
@@ -132,7 +129,34 @@ fn smoke_test(device: &Device) -> Result<(), String> {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+/// Any wgpu adapter, software ones included (`device = "wgpu"` asks for exactly that).
+#[cfg(all(not(target_arch = "wasm32"), feature = "wgpu"))]
+fn wgpu_any() -> Result<ResolvedDevice, String> {
+    wgpu(None)
+}
+
+/// A real GPU through wgpu (for `auto`): discrete first, then integrated.
+#[cfg(all(not(target_arch = "wasm32"), feature = "wgpu"))]
+fn wgpu_gpu() -> Result<ResolvedDevice, String> {
+    wgpu(Some(DeviceKind::DiscreteGpu(0))).or_else(|_| wgpu(Some(DeviceKind::IntegratedGpu(0))))
+}
+
+/// Without the `wgpu` feature there is no adapter to look for; say how to get one.
+#[cfg(all(not(target_arch = "wasm32"), not(feature = "wgpu")))]
+fn wgpu_any() -> Result<ResolvedDevice, String> {
+    Err(
+        "this kiln was built without the wgpu backend (rebuild with `--features wgpu`, \
+         e.g. `KILN_FEATURES=wgpu scripts/up`)"
+            .to_string(),
+    )
+}
+
+#[cfg(all(not(target_arch = "wasm32"), not(feature = "wgpu")))]
+fn wgpu_gpu() -> Result<ResolvedDevice, String> {
+    wgpu_any()
+}
+
+#[cfg(all(not(target_arch = "wasm32"), feature = "wgpu"))]
 fn wgpu(kind: Option<DeviceKind>) -> Result<ResolvedDevice, String> {
     let mut options = Device::wgpu_options();
     if let Some(kind) = kind {
@@ -165,7 +189,11 @@ fn cuda() -> Result<ResolvedDevice, String> {
     }
     #[cfg(not(feature = "cuda"))]
     {
-        Err("this kiln was built without CUDA (rebuild with `--features cuda`)".to_string())
+        Err(
+            "this kiln was built without CUDA (rebuild with `--features cuda`, \
+             e.g. `KILN_FEATURES=cuda scripts/up`)"
+                .to_string(),
+        )
     }
 }
 
