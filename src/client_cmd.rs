@@ -33,10 +33,16 @@ pub struct Remote {
 #[derive(Subcommand, Debug)]
 pub enum RemoteCommand {
     /// Submit a job spec; --follow shows live progress (Ctrl-C detaches, the job keeps running).
+    /// A relative `dataset.path` that exists here is uploaded to the coordinator (once per
+    /// content) and the job pinned to its digest; --no-upload leaves it to the worker's
+    /// --data-root.
     Submit {
         spec: PathBuf,
         #[arg(long, short)]
         follow: bool,
+        /// Do not upload a local dataset: the worker reads `dataset.path` under its --data-root.
+        #[arg(long)]
+        no_upload: bool,
         /// Tag the job (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -102,6 +108,9 @@ pub enum RemoteCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Datasets stored on the coordinator: push, ls, show, rm.
+    #[command(subcommand)]
+    Data(crate::data_cmd::DataCommand),
     /// One job per combination of the grid, grouped: `--grid optimizer.lr=1e-3,3e-3`.
     Sweep {
         spec: PathBuf,
@@ -110,6 +119,9 @@ pub enum RemoteCommand {
         /// Tag every job of the sweep (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Do not upload a local dataset (see `kiln submit`).
+        #[arg(long)]
+        no_upload: bool,
         #[arg(long)]
         json: bool,
     },
@@ -134,10 +146,14 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
             RemoteCommand::Submit {
                 spec,
                 follow,
+                no_upload,
                 tags,
                 json,
             } => {
-                let spec = read_spec(&spec)?;
+                let mut spec = read_spec(&spec)?;
+                if !no_upload {
+                    crate::data_cmd::upload_local_dataset(&client, &mut spec).await?;
+                }
                 let job = client
                     .submit(&SubmitJob {
                         spec,
@@ -211,6 +227,14 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     println!("  progress  {}/{} steps", job.step, job.total_steps);
                     if let Some(w) = &job.worker_id {
                         println!("  worker    {w}");
+                    }
+                    if let Some(Ok(kiln_proto::dataset::DatasetRef::Pinned(digest))) =
+                        kiln_proto::dataset::DatasetRef::of(&job.spec.dataset)
+                    {
+                        let name = job.dataset_name.as_deref().map(|n| format!("kiln:{n} = ")).unwrap_or_default();
+                        println!("  dataset   {name}{digest}");
+                    } else if let Some(path) = job.spec.dataset.path() {
+                        println!("  dataset   {path} (on the worker)");
                     }
                     if let Some(e) = &job.error {
                         println!("  error     {e}");
@@ -351,13 +375,18 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            RemoteCommand::Data(command) => crate::data_cmd::run(&client, command).await?,
             RemoteCommand::Sweep {
                 spec,
                 grid,
                 tags,
+                no_upload,
                 json,
             } => {
-                let base = read_spec(&spec)?;
+                let mut base = read_spec(&spec)?;
+                if !no_upload {
+                    crate::data_cmd::upload_local_dataset(&client, &mut base).await?;
+                }
                 let specs = expand_grid(&base, &grid)?;
                 let group = format!("{}-sweep-{}", base.name, chrono_stamp());
                 let mut jobs = Vec::new();

@@ -3,6 +3,7 @@
 //! kiln-worker.
 
 mod client_cmd;
+mod data_cmd;
 mod devices_cmd;
 mod server_cmd;
 mod train_cmd;

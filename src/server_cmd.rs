@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Folder with the built dashboard (default: web/dist beside the binary's repo, if built).
     #[arg(long)]
     pub static_dir: Option<PathBuf>,
+    /// Largest dataset upload accepted, in bytes (default 8 GiB).
+    #[arg(long, default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub dataset_max_bytes: u64,
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +49,28 @@ pub struct WorkerArgs {
     /// Base directory for relative dataset paths in job specs.
     #[arg(long, default_value = ".")]
     pub data_root: PathBuf,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The worker's cache of datasets stored on the coordinator (`kiln:` paths).
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// Where fetched datasets are kept (default: the user's cache dir, kiln/datasets).
+    #[arg(long, env = "KILN_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Size limit of the cache in bytes; the least recently used datasets go first.
+    #[arg(long, default_value_t = kiln_worker::DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: u64,
+}
+
+impl CacheArgs {
+    fn apply(&self, config: &mut WorkerConfig) {
+        if let Some(dir) = &self.cache_dir {
+            config.cache_dir = dir.clone();
+        }
+        config.cache_max_bytes = self.cache_max_bytes;
+    }
 }
 
 #[derive(Args, Debug)]
@@ -61,6 +86,8 @@ pub struct UpArgs {
     /// Run only the coordinator (same as `kiln serve`).
     #[arg(long)]
     pub no_worker: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 fn config(args: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
@@ -68,6 +95,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
         addr: args.addr,
         admin_token: args.admin_token.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
+        dataset_max_bytes: args.dataset_max_bytes,
         ..CoordinatorConfig::default()
     };
     if let Some(dir) = &args.data_dir {
@@ -148,6 +176,7 @@ pub fn worker(args: WorkerArgs, remote: crate::client_cmd::Remote) -> anyhow::Re
     let mut config = WorkerConfig::new(remote.server, token);
     config.device = args.device;
     config.data_root = args.data_root;
+    args.cache.apply(&mut config);
     if let Some(name) = args.name {
         config.name = name;
     }
@@ -174,6 +203,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             config.device = args.device;
             config.name = format!("{} (local)", config.name);
             config.max_backoff = Duration::from_secs(1);
+            args.cache.apply(&mut config);
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let handle = tokio::spawn(kiln_worker::run(config, async move {
                 let _ = stop_rx.await;

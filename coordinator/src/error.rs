@@ -62,6 +62,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::NotFound(m),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Invalid(field) => ApiError::InvalidSpec(vec![field]),
             other => ApiError::Internal(other.into()),
         }
     }

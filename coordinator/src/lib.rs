@@ -27,6 +27,7 @@ use kiln_proto::protocol::{CloseReason, ServerEvent};
 
 pub mod artifact;
 pub mod auth;
+pub mod dataset;
 pub mod error;
 pub mod openapi;
 pub mod registry;
@@ -48,7 +49,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct CoordinatorConfig {
     /// Where to listen; port 0 lets the OS choose.
     pub addr: SocketAddr,
-    /// Holds `kiln.db` (SQLite, WAL) and `artifacts/`; created if missing.
+    /// Holds `kiln.db` (SQLite, WAL), `artifacts/` and `datasets/`; created if missing.
     pub data_dir: PathBuf,
     /// If set, (re)stored as the admin token. If unset and none exists yet, one is generated
     /// (see [`Coordinator::new_admin_token`]).
@@ -59,6 +60,8 @@ pub struct CoordinatorConfig {
     pub max_body_bytes: usize,
     /// Limit of one artifact upload.
     pub artifact_max_bytes: usize,
+    /// Limit of one dataset upload.
+    pub dataset_max_bytes: u64,
     /// Limit of one WebSocket message.
     pub max_frame_bytes: usize,
     /// The dashboard's files, served at `/` with `index.html` as the fallback. `None`: a
@@ -77,6 +80,7 @@ impl Default for CoordinatorConfig {
             heartbeat_interval: Duration::from_secs(2),
             max_body_bytes: 2 * 1024 * 1024,
             artifact_max_bytes: 1024 * 1024 * 1024,
+            dataset_max_bytes: 8 * 1024 * 1024 * 1024,
             max_frame_bytes: 16 * 1024 * 1024,
             static_dir: None,
         }
@@ -136,6 +140,7 @@ impl Coordinator {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let data_dir = config.data_dir.clone();
         let state = AppState::new(config, store, shutdown_rx.clone());
+        state.datasets.clean_incoming().await;
         let router = app(state.clone());
         let mut server_shutdown = shutdown_rx;
         // Small frames (metric batches, events) must not wait for Nagle + delayed ACK: it

@@ -14,6 +14,9 @@ use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 macro_rules! wire_schema {
     ($doc:ident, $name:literal, $description:literal) => {
+        wire_schema!($doc, $name, $description, "protocol");
+    };
+    ($doc:ident, $name:literal, $description:literal, $module:literal) => {
         #[doc = $description]
         pub struct $doc;
         impl PartialSchema for $doc {
@@ -22,7 +25,9 @@ macro_rules! wire_schema {
                     .schema_type(Type::Object)
                     .description(Some(concat!(
                         $description,
-                        " Defined by `kiln_proto::protocol::",
+                        " Defined by `kiln_proto::",
+                        $module,
+                        "::",
                         $name,
                         "`."
                     )))
@@ -95,6 +100,19 @@ wire_schema!(
     "Every 4xx/5xx body: `error`, and `fields` for an invalid spec."
 );
 
+wire_schema!(
+    DatasetInfoDoc,
+    "DatasetInfo",
+    "A stored dataset version: name, SHA-256 digest, kind (idx, csv, text), size, version, and a preview (CSV header and first rows, text head, or each IDX file's shape).",
+    "dataset"
+);
+wire_schema!(
+    NameDatasetDoc,
+    "NameDataset",
+    "`{\"digest\": \"<64 hex>\"}`: an already-stored dataset to give a name (a new version).",
+    "dataset"
+);
+
 // The schema of `kiln_proto::protocol::Health`, here because kiln-proto does not depend on
 // utoipa. Its doc comment is the schema's description.
 /// `GET /api/health`.
@@ -121,11 +139,11 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Kiln coordinator", description = "Jobs, workers, metrics, artifacts and read-only share links."),
+    info(title = "Kiln coordinator", description = "Jobs, workers, metrics, artifacts, datasets and read-only share links."),
     components(schemas(
         JobInfoDoc, JobPageDoc, JobPatchDoc, SubmitJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
         ArtifactInfoDoc, WorkerInfoDoc, ShareInfoDoc, NewShareDoc, SharedRunDoc, ApiErrorDoc,
-        HealthDoc
+        DatasetInfoDoc, NameDatasetDoc, HealthDoc
     )),
     modifiers(&BearerAuth)
 )]

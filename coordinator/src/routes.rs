@@ -27,6 +27,7 @@ use crate::state::AppState;
 use crate::ws::{events, worker};
 
 pub mod artifacts;
+pub mod datasets;
 pub mod jobs;
 pub mod shares;
 pub mod workers;
@@ -48,15 +49,20 @@ pub fn app(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(shares::router())
         .merge(workers::router())
+        .merge(datasets::router())
         .routes(routes!(prometheus))
         .routes(routes!(events::upgrade))
         .route_layer(middleware::from_fn(require_admin))
         .layer(RequestBodyLimitLayer::new(max_body));
+    // Admin; dataset uploads have their own, larger limit (checked as they stream).
+    let admin_uploads = datasets::upload_router().route_layer(middleware::from_fn(require_admin));
     // Worker or admin; artifact uploads have their own, larger limit (checked as they stream).
     let any_token = OpenApiRouter::new()
         .merge(artifacts::router())
+        .merge(datasets::content_router())
         .routes(routes!(worker::upgrade));
     let protected = admin
+        .merge(admin_uploads)
         .merge(any_token)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // No bearer token: a share token in the path opens one job and its metrics, nothing

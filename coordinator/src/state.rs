@@ -10,6 +10,7 @@ use kiln_proto::protocol::{JobInfo, ServerEvent, WorkerInfo};
 
 use crate::CoordinatorConfig;
 use crate::artifact::ArtifactDir;
+use crate::dataset::DatasetDir;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -25,6 +26,7 @@ pub struct Shared {
     pub config: CoordinatorConfig,
     pub store: Store,
     pub artifacts: ArtifactDir,
+    pub datasets: DatasetDir,
     pub workers: Registry,
     pub telemetry: Telemetry,
     /// Fan-out to `/ws/events` clients.
@@ -48,11 +50,13 @@ impl AppState {
     /// `config.data_dir` must already be absolute and exist.
     pub fn new(config: CoordinatorConfig, store: Store, shutdown: watch::Receiver<bool>) -> Self {
         let artifacts = ArtifactDir::new(config.data_dir.join("artifacts"));
+        let datasets = DatasetDir::new(config.data_dir.join("datasets"));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         AppState(Arc::new(Shared {
             config,
             store,
             artifacts,
+            datasets,
             workers: Registry::default(),
             telemetry: Telemetry::default(),
             events,

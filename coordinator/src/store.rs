@@ -15,11 +15,13 @@ use kiln_proto::metric::Split;
 use kiln_proto::protocol::{AttemptInfo, JobState};
 
 mod artifacts;
+mod datasets;
 mod jobs;
 mod series;
 mod shares;
 mod workers;
 
+pub use datasets::NewBlob;
 pub use jobs::{Assignment, CancelOutcome, JobFilter, QueuedJob, RunningAttempt};
 pub use series::MetricRange;
 pub use workers::TokenKind;
@@ -35,6 +37,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A field of the caller's input is wrong (e.g. `dataset.path` names no stored dataset).
+    #[error("{0}")]
+    Invalid(kiln_proto::spec::FieldError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
     #[error("corrupt row in the database: {0}")]

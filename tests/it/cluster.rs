@@ -117,13 +117,26 @@ impl Cluster {
     }
 
     pub fn add_worker(&mut self, id: &str) {
+        self.add_worker_with(id, &mut kiln());
+    }
+
+    /// A worker from `cmd` (e.g. with another working directory), with its own dataset cache
+    /// under the data dir: `<data dir>/cache-<id>`.
+    pub fn add_worker_with(&mut self, id: &str, cmd: &mut Command) {
         let w = Proc::spawn(
             id,
-            kiln().args([
+            cmd.args([
                 "worker", "--server", &self.url, "--token", TOKEN, "--device", "cpu", "--id", id,
-            ]),
+            ])
+            .arg("--cache-dir")
+            .arg(self.cache_dir(id)),
         );
         self.workers.push(w);
+    }
+
+    /// The dataset cache of worker `id`.
+    pub fn cache_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join(format!("cache-{id}"))
     }
 
     /// Run `kiln ARGS --server <this cluster> --token <admin>`.

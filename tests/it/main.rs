@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `kiln` binary, real files, real training.
 
 mod cluster;
+mod datasets;
 mod support;
 mod train_cli;

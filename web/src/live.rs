@@ -180,6 +180,7 @@ mod tests {
             notes: String::new(),
             tags: Vec::new(),
             revision,
+            dataset_name: None,
         }
     }
 

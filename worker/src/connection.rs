@@ -27,6 +27,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::WorkerConfig;
+use crate::datasets::DatasetCache;
 use crate::executor::{self, RunningJob};
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -129,7 +130,9 @@ async fn run_worker(
         max_backoff_ms: u64::try_from(config.max_backoff.as_millis()).unwrap_or(u64::MAX),
         seed: seed(),
     });
+    let datasets = DatasetCache::new(config.cache_dir.clone(), config.cache_max_bytes);
     let mut driver = Driver {
+        datasets,
         config,
         url,
         client,
@@ -204,8 +207,9 @@ async fn upload(client: &Client, attempt: AttemptRef, name: &str, bytes: Vec<u8>
 struct Driver {
     config: WorkerConfig,
     url: String,
-    /// For the resume downloads.
+    /// For the resume and dataset downloads.
     client: Client,
+    datasets: DatasetCache,
     session: WorkerSession,
     /// Time zero of the session's milliseconds.
     clock: Instant,
@@ -302,14 +306,14 @@ impl Driver {
                         "assigned {}",
                         spec.name
                     );
-                    match executor::spawn(
-                        attempt,
-                        spec,
-                        resume,
-                        self.config.device,
-                        &self.config.data_root,
-                        self.events_tx.clone(),
-                    ) {
+                    let ctx = executor::JobContext {
+                        worker_device: self.config.device,
+                        data_root: self.config.data_root.clone(),
+                        datasets: self.datasets.clone(),
+                        client: self.client.clone(),
+                        runtime: tokio::runtime::Handle::current(),
+                    };
+                    match executor::spawn(attempt, spec, resume, ctx, self.events_tx.clone()) {
                         Ok(job) => self.job = Some(job),
                         Err(e) => self.input(Input::StartFailed {
                             attempt,

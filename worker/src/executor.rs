@@ -6,9 +6,11 @@
 //! model's files (burnpack, safetensors, config, summary) are made by the driver on this
 //! thread, so the state machine only sees bytes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
+use kiln_client::Client;
+use kiln_proto::dataset::{DatasetKind, DatasetRef};
 use kiln_proto::metric::Metric;
 use kiln_proto::protocol::{AttemptOutcome, AttemptRef, LogLine};
 use kiln_proto::spec::{DatasetSpec, DeviceRequest, JobSpec};
@@ -17,6 +19,22 @@ use kiln_train::driver::{self, RunError, RunOptions, RunReport, RunSink, RunStar
 use kiln_train::train::{CancelToken, Checkpoint, CheckpointError, Outcome, TrainError};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
+
+use crate::datasets::{CacheError, DatasetCache};
+
+/// What every job on this worker shares.
+#[derive(Clone)]
+pub(crate) struct JobContext {
+    /// The worker's device, for specs that say `auto`.
+    pub worker_device: DeviceRequest,
+    /// Base of relative dataset paths.
+    pub data_root: PathBuf,
+    /// Stored datasets (`kiln:sha256:…`), fetched from the coordinator.
+    pub datasets: DatasetCache,
+    pub client: Client,
+    /// Runs the dataset download for the job's thread.
+    pub runtime: tokio::runtime::Handle,
+}
 
 /// Why a job failed on this worker, and whether another attempt can end differently. The
 /// training core classifies its own errors ([`TrainError::is_retryable`]); what fails around
@@ -53,6 +71,15 @@ impl From<CheckpointError> for Failure {
         Failure {
             message: format!("the checkpoint to resume from cannot be read: {e}"),
             retryable: false,
+        }
+    }
+}
+
+impl From<CacheError> for Failure {
+    fn from(e: CacheError) -> Self {
+        Failure {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
         }
     }
 }
@@ -126,15 +153,60 @@ fn resolve_dataset(spec: &mut JobSpec, root: &Path) {
     }
 }
 
+/// Point the spec's dataset at a file on this machine: a stored dataset (`kiln:sha256:…`)
+/// from the cache, downloaded if needed; a relative path under the data root. `Ok(false)`:
+/// cancelled while downloading.
+fn place_dataset(
+    spec: &mut JobSpec,
+    ctx: &JobContext,
+    cancel: &CancelToken,
+    send: &dyn Fn(JobEvent),
+) -> Result<bool, Failure> {
+    let fixed = |message: String| Failure {
+        message,
+        retryable: false,
+    };
+    match DatasetRef::of(&spec.dataset) {
+        None | Some(Ok(DatasetRef::Local(_))) => {
+            resolve_dataset(spec, &ctx.data_root);
+            Ok(true)
+        }
+        Some(Err(e)) => Err(fixed(format!("dataset.path: {e}"))),
+        Some(Ok(DatasetRef::Named(name))) => Err(fixed(format!(
+            "dataset.path `kiln:{name}` reached the worker without being pinned to a digest \
+             (the coordinator pins it at submission)"
+        ))),
+        Some(Ok(DatasetRef::Pinned(digest))) => {
+            let Some(kind) = DatasetKind::of(&spec.dataset) else {
+                return Err(fixed("a synthetic dataset has no path".into()));
+            };
+            let got = ctx.datasets.get(
+                &ctx.runtime,
+                &ctx.client,
+                &digest,
+                kind,
+                cancel,
+                &mut |line| send(log(line)),
+            );
+            match got {
+                Ok((path, _)) => {
+                    spec.dataset.set_path(path.to_string_lossy().into_owned());
+                    Ok(true)
+                }
+                Err(CacheError::Cancelled) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
 pub(crate) fn spawn(
     attempt: AttemptRef,
-    mut spec: JobSpec,
+    spec: JobSpec,
     resume: Option<Vec<u8>>,
-    worker_device: DeviceRequest,
-    data_root: &Path,
+    ctx: JobContext,
     tx: UnboundedSender<(AttemptRef, JobEvent)>,
 ) -> std::io::Result<RunningJob> {
-    resolve_dataset(&mut spec, data_root);
     let cancel = CancelToken::default();
     let token = cancel.clone();
     let thread = std::thread::Builder::new()
@@ -143,8 +215,7 @@ pub(crate) fn spawn(
             let send = |e: JobEvent| {
                 let _ = tx.send((attempt, e));
             };
-            let run =
-                std::panic::AssertUnwindSafe(|| run_job(spec, resume, worker_device, token, &send));
+            let run = std::panic::AssertUnwindSafe(|| run_job(spec, resume, &ctx, token, &send));
             let finished = match std::panic::catch_unwind(run) {
                 Ok(Ok(f)) => f,
                 Ok(Err(failure)) => failure.finished(),
@@ -160,15 +231,25 @@ pub(crate) fn spawn(
 }
 
 fn run_job(
-    spec: JobSpec,
+    mut spec: JobSpec,
     resume: Option<Vec<u8>>,
-    worker_device: DeviceRequest,
+    ctx: &JobContext,
     cancel: CancelToken,
     send: &dyn Fn(JobEvent),
 ) -> Result<JobEvent, Failure> {
+    if !place_dataset(&mut spec, ctx, &cancel, send)? {
+        return Ok(JobEvent::Finished {
+            outcome: AttemptOutcome::Cancelled,
+            error: None,
+            retryable: None,
+            steps: 0,
+            artifacts: Vec::new(),
+            ts_ms: now_ms(),
+        });
+    }
     let resume = resume.map(|bytes| Checkpoint::decode(&bytes)).transpose()?;
     let options = RunOptions {
-        device: Some(device_for(&spec, worker_device)),
+        device: Some(device_for(&spec, ctx.worker_device)),
         max_steps: None,
         resume,
         cancel,

@@ -10,8 +10,10 @@
 //! - `connection`: the tokio driver of `kiln_proto::worker_session` (socket, timers, uploads,
 //!   the resume download); the protocol's decisions are the session's.
 //! - `executor`: one job on one thread: data, resume, training, the final model's files.
+//! - `datasets`: the cache of stored datasets (`kiln:sha256:…`), fetched by digest.
 
 mod connection;
+pub mod datasets;
 mod executor;
 
 use std::path::PathBuf;
@@ -35,8 +37,23 @@ pub struct WorkerConfig {
     pub name: String,
     /// Base directory for relative dataset paths in job specs.
     pub data_root: PathBuf,
+    /// Where stored datasets are cached (default: the user's cache dir, `kiln/datasets`).
+    pub cache_dir: PathBuf,
+    /// The cache's size limit; the least recently used datasets go first.
+    pub cache_max_bytes: u64,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
+}
+
+/// Default size limit of the dataset cache: 20 GB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 20_000_000_000;
+
+/// `<user cache dir>/kiln/datasets` (e.g. `~/.cache/kiln/datasets`).
+pub fn default_cache_dir() -> PathBuf {
+    dirs::cache_dir()
+        .unwrap_or_else(|| PathBuf::from(".kiln-cache"))
+        .join("kiln")
+        .join("datasets")
 }
 
 impl WorkerConfig {
@@ -60,6 +77,8 @@ impl WorkerConfig {
             worker_id: format!("{host}-{suffix:08x}"),
             name: host,
             data_root: PathBuf::from("."),
+            cache_dir: default_cache_dir(),
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             max_backoff: Duration::from_secs(10),
         }
     }

@@ -14,7 +14,7 @@ use super::{
 };
 
 const JOB_COLUMNS: &str = "id, name, spec_json, state, priority, \"group\", created_ms, started_ms, \
-     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error, notes, tags, revision";
+     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error, notes, tags, revision, dataset_name";
 
 /// `GET /api/jobs` filters, already checked.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +91,7 @@ fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<JobInfo> {
         tags: serde_json::from_str(row.try_get("tags")?)
             .map_err(|e| StoreError::Corrupt(format!("tags of job {id}: {e}")))?,
         revision: to_u64(row.try_get("revision")?, "jobs.revision")?,
+        dataset_name: row.try_get("dataset_name")?,
     })
 }
 
@@ -123,21 +124,30 @@ async fn load_job_for_update(
 }
 
 impl Store {
-    /// Store a new queued job (the spec is already validated).
-    /// A new queued job; `tags` already normalized (`JobPatch::normalized`).
+    /// A new queued job; the spec is already validated, `tags` already normalized
+    /// (`JobPatch::normalized`). A stored dataset (`kiln:NAME`, `kiln:sha256:…`) is pinned to
+    /// its digest in the same transaction that a delete of the dataset takes, so a job never
+    /// refers to data that is gone.
     pub async fn insert_job(
         &self,
         spec: &JobSpec,
         group: Option<&str>,
         tags: &[String],
     ) -> StoreResult<JobInfo> {
-        let spec_json = serde_json::to_string(spec)
-            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the spec: {e}")))?;
         let tags_json = tags_json(tags)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut spec = spec.clone();
+        let pinned = super::datasets::pin(&mut tx, &mut spec).await?;
+        let (digest, dataset_name) = match pinned {
+            Some((digest, name)) => (Some(digest.hex().to_string()), name),
+            None => (None, None),
+        };
+        let spec_json = serde_json::to_string(&spec)
+            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the spec: {e}")))?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO jobs (name, spec_json, state, priority, device, \"group\", created_ms, \
-             max_attempts, tags) VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING id",
+             max_attempts, tags, dataset_digest, dataset_name) \
+             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(&spec.name)
         .bind(spec_json)
@@ -147,6 +157,8 @@ impl Store {
         .bind(now_ms())
         .bind(i64::from(spec.max_attempts))
         .bind(tags_json)
+        .bind(digest)
+        .bind(dataset_name)
         .fetch_one(&mut *tx)
         .await?;
         let job = load_job(&mut tx, id).await?;
@@ -550,6 +562,7 @@ impl Store {
                 job.state.as_str()
             )));
         }
+        super::datasets::check_still_stored(&mut tx, id).await?;
         let max_attempts = job.attempts.saturating_add(job.spec.max_attempts);
         sqlx::query(
             "UPDATE jobs SET state = 'queued', max_attempts = ?, error = NULL, finished_ms = NULL, \

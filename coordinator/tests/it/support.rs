@@ -22,6 +22,7 @@ use kiln_proto::spec::DeviceRequest;
 pub const ADMIN: &str = "admin-secret-for-tests";
 pub const MAX_BODY: usize = 64 * 1024;
 pub const MAX_ARTIFACT: usize = 1024 * 1024;
+pub const MAX_DATASET: u64 = 1024 * 1024;
 pub const MAX_FRAME: usize = 64 * 1024;
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -33,6 +34,7 @@ pub async fn start(dir: &Path, heartbeat: Duration) -> Coordinator {
         heartbeat_interval: heartbeat,
         max_body_bytes: MAX_BODY,
         artifact_max_bytes: MAX_ARTIFACT,
+        dataset_max_bytes: MAX_DATASET,
         max_frame_bytes: MAX_FRAME,
         static_dir: None,
     })

@@ -18,6 +18,7 @@
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
+use kiln_proto::dataset::{DatasetInfo, Digest, NameDataset};
 use kiln_proto::metric::Split;
 use kiln_proto::protocol::{
     ApiErrorBody, ArtifactInfo, AttemptInfo, Health, JobId, JobInfo, JobPage, JobPatch, JobState,
@@ -372,7 +373,126 @@ impl Client {
         self.json(self.request(Method::POST, &format!("/api/workers/{worker_id}/drain")))
             .await
     }
+
+    /// The newest version of every stored dataset, newest first.
+    pub async fn datasets(&self) -> Result<Vec<DatasetInfo>, ClientError> {
+        self.json(self.request(Method::GET, "/api/datasets")).await
+    }
+
+    /// A dataset by name (its newest version) or by digest (`sha256:<hex>`).
+    pub async fn dataset(&self, reference: &str) -> Result<DatasetInfo, ClientError> {
+        let path = format!("/api/datasets/{}", path_segment(reference));
+        self.json(self.request(Method::GET, &path)).await
+    }
+
+    /// Every version of a name, newest first.
+    pub async fn dataset_versions(&self, name: &str) -> Result<Vec<DatasetInfo>, ClientError> {
+        let path = format!("/api/datasets/{}/versions", path_segment(name));
+        self.json(self.request(Method::GET, &path)).await
+    }
+
+    /// Give an already-stored dataset `name` (its newest version); nothing is uploaded.
+    pub async fn name_dataset(
+        &self,
+        name: &str,
+        digest: &Digest,
+    ) -> Result<DatasetInfo, ClientError> {
+        let path = format!("/api/datasets/{}/versions", path_segment(name));
+        let body = NameDataset {
+            digest: digest.clone(),
+        };
+        self.json(self.request(Method::POST, &path).json(&body))
+            .await
+    }
+
+    /// Delete every version of a name (refused while a queued or running job uses it).
+    pub async fn delete_dataset(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/api/datasets/{}", path_segment(name));
+        self.send(self.request(Method::DELETE, &path)).await?;
+        Ok(())
+    }
+
+    /// Upload a dataset's bytes as the newest version of `name`. `digest` is the SHA-256 of
+    /// `body` (the coordinator checks it) and `size` its length. Returns the stored version
+    /// and whether the bytes were new to the coordinator.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn upload_dataset(
+        &self,
+        name: &str,
+        kind: kiln_proto::dataset::DatasetKind,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<(DatasetInfo, bool), ClientError> {
+        let path = format!("/api/datasets/{}", path_segment(name));
+        let query = [("kind", kind.as_str()), ("sha256", digest.hex())];
+        let response = self
+            .send(
+                self.request(Method::PUT, &path)
+                    .query(&query)
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .body(body),
+            )
+            .await?;
+        let created = response.status() == StatusCode::CREATED;
+        let url = response.url().to_string();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        let info = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })?;
+        Ok((info, created))
+    }
+
+    /// Start downloading a dataset's bytes (by name or `sha256:<hex>`); read them with
+    /// [`Download::chunk`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn download_dataset(&self, reference: &str) -> Result<Download, ClientError> {
+        let path = format!("/api/datasets/{}/content", path_segment(reference));
+        let response = self.send(self.request(Method::GET, &path)).await?;
+        Ok(Download {
+            url: response.url().to_string(),
+            len: response.content_length(),
+            response,
+        })
+    }
 }
+
+/// A download in progress: the body arrives in chunks, so it never has to fit in memory.
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug)]
+pub struct Download {
+    response: reqwest::Response,
+    url: String,
+    /// The announced length, if any.
+    pub len: Option<u64>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl Download {
+    /// The next chunk, `None` at the end.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, ClientError> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: self.url.clone(),
+                source,
+            })
+    }
+}
+
+/// A request body for [`Client::upload_dataset`] (a stream of chunks, e.g. a file read
+/// piece by piece).
+#[cfg(not(target_arch = "wasm32"))]
+pub use reqwest::Body;
 
 /// `s` percent-encoded as one path segment (a share token is hex, but the caller may pass
 /// anything; it must not turn into another path).

@@ -15,6 +15,7 @@
 //! share it without pulling in the training core.
 
 pub mod artifact;
+pub mod dataset;
 pub mod downsample;
 pub mod fmt;
 pub mod metric;

@@ -324,6 +324,10 @@ pub struct JobInfo {
     /// (see [`Revision`]). 0 from a coordinator that predates revisions.
     #[serde(default)]
     pub revision: Revision,
+    /// The stored dataset's name when the job was submitted with `kiln:NAME` (the spec's
+    /// `dataset.path` is then pinned to `kiln:sha256:<digest>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_name: Option<String>,
 }
 
 /// One attempt's history.

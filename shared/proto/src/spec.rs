@@ -690,6 +690,13 @@ impl JobSpec {
                 !path.trim().is_empty(),
                 "a non-empty path",
             );
+            v.check(
+                "dataset.path",
+                format!("{path:?}"),
+                crate::dataset::DatasetRef::parse(path).is_ok(),
+                "a path on the worker, `kiln:NAME` (a stored dataset; names: letters, digits, \
+                 '.', '_', '-') or `kiln:sha256:<64 hex digits>`",
+            );
         }
         match &self.dataset {
             DatasetSpec::Idx {

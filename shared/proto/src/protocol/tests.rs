@@ -81,6 +81,7 @@ fn job() -> JobInfo {
         notes: String::new(),
         tags: Vec::new(),
         revision: 41,
+        dataset_name: None,
     }
 }
 
