@@ -159,6 +159,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         max_steps: args.max_steps,
         resume,
         cancel,
+        data: None,
     };
     let result = driver::run(&spec, options, &mut folder);
     bar.finish_and_clear();

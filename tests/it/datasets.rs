@@ -136,6 +136,10 @@ fn a_pushed_csv_trains_on_a_worker_with_no_data_and_is_cached_by_digest() {
         "{log}"
     );
     assert!(!log.contains("downloaded dataset"), "{log}");
+    assert!(
+        log.contains("dataset already in memory"),
+        "the worker keeps the last job's data loaded: {log}"
+    );
 
     // The job names exactly the data it trained on.
     let out = cluster.cli(&["job", &second.id.to_string()]);

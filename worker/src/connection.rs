@@ -133,6 +133,7 @@ async fn run_worker(
     let datasets = DatasetCache::new(config.cache_dir.clone(), config.cache_max_bytes);
     let mut driver = Driver {
         datasets,
+        loaded: Default::default(),
         config,
         url,
         client,
@@ -210,6 +211,8 @@ struct Driver {
     /// For the resume and dataset downloads.
     client: Client,
     datasets: DatasetCache,
+    /// The last job's stored dataset, loaded (see `executor::load_stored`).
+    loaded: std::sync::Arc<std::sync::Mutex<Option<executor::Loaded>>>,
     session: WorkerSession,
     /// Time zero of the session's milliseconds.
     clock: Instant,
@@ -312,6 +315,7 @@ impl Driver {
                         datasets: self.datasets.clone(),
                         client: self.client.clone(),
                         runtime: tokio::runtime::Handle::current(),
+                        loaded: self.loaded.clone(),
                     };
                     match executor::spawn(attempt, spec, resume, ctx, self.events_tx.clone()) {
                         Ok(job) => self.job = Some(job),

@@ -7,6 +7,7 @@
 //! thread, so the state machine only sees bytes.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use kiln_client::Client;
@@ -15,6 +16,7 @@ use kiln_proto::metric::Metric;
 use kiln_proto::protocol::{AttemptOutcome, AttemptRef, LogLine};
 use kiln_proto::spec::{DatasetSpec, DeviceRequest, JobSpec};
 use kiln_proto::worker_session::{Artifact, JobEvent};
+use kiln_train::data::{self, Inputs, Splits};
 use kiln_train::driver::{self, RunError, RunOptions, RunReport, RunSink, RunStarted};
 use kiln_train::train::{CancelToken, Checkpoint, CheckpointError, Outcome, TrainError};
 use tokio::sync::mpsc::UnboundedSender;
@@ -34,6 +36,42 @@ pub(crate) struct JobContext {
     pub client: Client,
     /// Runs the dataset download for the job's thread.
     pub runtime: tokio::runtime::Handle,
+    /// The last job's stored dataset, loaded: the next job on the same digest (a sweep, a
+    /// retry) starts without reading and decoding it again.
+    pub loaded: Arc<Mutex<Option<Loaded>>>,
+}
+
+/// Data loaded for a stored dataset, and what it was loaded for.
+pub(crate) struct Loaded {
+    key: String,
+    splits: Splits,
+}
+
+/// Loaded data larger than this is not kept in memory between jobs.
+const KEEP_LOADED_BYTES: usize = 1 << 30;
+
+/// What decides the loaded data of a stored dataset: its bytes (digest, in the path), how the
+/// spec reads them, the seed (the split) and the shaping for the model (charlm's windows).
+fn loaded_key(spec: &JobSpec) -> Option<String> {
+    let Some(Ok(DatasetRef::Pinned(digest))) = DatasetRef::of(&spec.dataset) else {
+        return None;
+    };
+    let reading = serde_json::to_string(&spec.dataset).ok()?;
+    let shaping = match &spec.model {
+        kiln_proto::spec::ModelSpec::Charlm { context, .. } => *context,
+        _ => 0,
+    };
+    Some(format!("{digest}|{reading}|{}|{shaping}", spec.seed))
+}
+
+fn approx_bytes(splits: &Splits) -> usize {
+    let inputs = |d: &kiln_train::data::Dataset| match &d.inputs {
+        Inputs::Dense { values, .. } => values.len() * 4,
+        Inputs::Tokens { values, .. } => values.len() * 4,
+    };
+    inputs(&splits.train)
+        + splits.valid.as_ref().map_or(0, inputs)
+        + splits.test.as_ref().map_or(0, inputs)
 }
 
 /// Why a job failed on this worker, and whether another attempt can end differently. The
@@ -237,6 +275,7 @@ fn run_job(
     cancel: CancelToken,
     send: &dyn Fn(JobEvent),
 ) -> Result<JobEvent, Failure> {
+    let key = loaded_key(&spec);
     if !place_dataset(&mut spec, ctx, &cancel, send)? {
         return Ok(JobEvent::Finished {
             outcome: AttemptOutcome::Cancelled,
@@ -248,11 +287,16 @@ fn run_job(
         });
     }
     let resume = resume.map(|bytes| Checkpoint::decode(&bytes)).transpose()?;
+    let data = match key {
+        Some(key) => Some(load_stored(&spec, key, ctx, send)?),
+        None => None,
+    };
     let options = RunOptions {
         device: Some(device_for(&spec, ctx.worker_device)),
         max_steps: None,
         resume,
         cancel,
+        data,
     };
     let report = driver::run(&spec, options, &mut Events { send })?;
     let outcome = match report.summary.outcome {
@@ -274,6 +318,42 @@ fn run_job(
             .collect(),
         ts_ms: now_ms(),
     })
+}
+
+/// A stored dataset's loaded data: the last job's, if it was loaded for the same key, else
+/// loaded now (and kept for the next job if not too large).
+fn load_stored(
+    spec: &JobSpec,
+    key: String,
+    ctx: &JobContext,
+    send: &dyn Fn(JobEvent),
+) -> Result<Splits, Failure> {
+    if let Ok(slot) = ctx.loaded.lock()
+        && let Some(loaded) = slot.as_ref()
+        && loaded.key == key
+    {
+        send(log(
+            "dataset already in memory (loaded for the previous job on the same data)".into(),
+        ));
+        return Ok(loaded.splits.clone());
+    }
+    send(log(format!(
+        "loading dataset {}",
+        spec.dataset.path().unwrap_or_default()
+    )));
+    let splits = data::load_for_model(&spec.dataset, &spec.model, spec.seed, &data::FsSource)
+        .map_err(|e| Failure::from(RunError::from(e)))?;
+    if let Ok(mut slot) = ctx.loaded.lock() {
+        // Drop the old data before keeping the new.
+        *slot = None;
+        if approx_bytes(&splits) <= KEEP_LOADED_BYTES {
+            *slot = Some(Loaded {
+                key,
+                splits: splits.clone(),
+            });
+        }
+    }
+    Ok(splits)
 }
 
 /// The driver's events as the protocol's [`JobEvent`]s. The finish notice is made by

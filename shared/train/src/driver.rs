@@ -10,7 +10,7 @@
 use kiln_proto::metric::Metric;
 use kiln_proto::spec::{DeviceRequest, JobSpec};
 
-use crate::data::{self, DataError, FsSource};
+use crate::data::{self, DataError, FsSource, Splits};
 use crate::device::{self, DeviceError};
 use crate::model::ModelConfig;
 use crate::train::{self, CancelToken, Checkpoint, TrainError, TrainEvent, TrainRun, TrainSummary};
@@ -25,6 +25,9 @@ pub struct RunOptions {
     /// The checkpoint to resume from (decoded by the caller, who knows where it came from).
     pub resume: Option<Checkpoint>,
     pub cancel: CancelToken,
+    /// The spec's data, already loaded and shaped by [`data::load_for_model`] (a worker keeps
+    /// the last job's data in memory); `None`: loaded here from `spec.dataset`.
+    pub data: Option<Splits>,
 }
 
 /// What a run is about to do, once the device, the data and the model are ready.
@@ -109,6 +112,7 @@ pub fn run(
         max_steps,
         resume,
         cancel,
+        data: loaded,
     } = options;
     if let Some(ckpt) = &resume {
         sink.log(&format!(
@@ -117,11 +121,17 @@ pub fn run(
         ));
     }
     let resolved = device::resolve(device_override.unwrap_or(spec.device))?;
-    sink.log(&format!(
-        "loading dataset {}",
-        spec.dataset.path().unwrap_or("(synthetic)")
-    ));
-    let splits = data::load_for_model(&spec.dataset, &spec.model, spec.seed, &FsSource)?;
+    let splits = match loaded {
+        // The caller says where it came from.
+        Some(splits) => splits,
+        None => {
+            sink.log(&format!(
+                "loading dataset {}",
+                spec.dataset.path().unwrap_or("(synthetic)")
+            ));
+            data::load_for_model(&spec.dataset, &spec.model, spec.seed, &FsSource)?
+        }
+    };
     let train_examples = splits.train.len();
     let valid_examples = splits.valid.as_ref().map(|v| v.len());
     sink.log(&format!(
