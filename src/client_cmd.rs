@@ -438,7 +438,8 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-fn age(then_ms: i64) -> String {
+/// How long ago `then_ms` was, by this machine's clock ("5m").
+pub(crate) fn age(then_ms: i64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -90,7 +90,6 @@ pub async fn run(client: &Client, command: DataCommand) -> anyhow::Result<()> {
                     "{:<28} {:<5} {:>9} {:>8}  {:<12}  AGE",
                     "NAME", "KIND", "SIZE", "VERSIONS", "DIGEST"
                 );
-                let now = now_ms();
                 for d in &list {
                     println!(
                         "{:<28} {:<5} {:>9} {:>8}  {:<12}  {}",
@@ -99,7 +98,7 @@ pub async fn run(client: &Client, command: DataCommand) -> anyhow::Result<()> {
                         bytes(d.size),
                         d.versions,
                         d.digest.short(),
-                        kiln_proto::fmt::age(d.created_ms, now)
+                        crate::client_cmd::age(d.created_ms)
                     );
                 }
                 println!("{} dataset(s)", list.len());
@@ -119,13 +118,6 @@ pub async fn run(client: &Client, command: DataCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn print_dataset(d: &DatasetInfo) {
@@ -232,11 +224,12 @@ fn payload(path: &Path, kind: DatasetKind) -> anyhow::Result<Payload> {
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     match (meta.is_dir(), kind) {
         (true, DatasetKind::Idx) => {
-            let tmp = std::env::temp_dir().join(format!(
-                "kiln-push-{}-{:x}.tar",
-                std::process::id(),
-                now_ms()
-            ));
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let tmp = std::env::temp_dir()
+                .join(format!("kiln-push-{}-{nanos:x}.tar", std::process::id()));
             let payload = Payload {
                 path: tmp,
                 temporary: true,

@@ -9,11 +9,11 @@ use tokio::io::AsyncWriteExt;
 
 use kiln_proto::protocol::JobId;
 
-/// Why an upload failed.
+/// Why an upload (an artifact's or a dataset's) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("the artifact is larger than the limit of {limit} bytes")]
-    TooLarge { limit: usize },
+    #[error("the upload is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
     #[error("the upload was interrupted: {0}")]
     Body(String),
     #[error("cannot write {path}: {source}")]
@@ -60,7 +60,7 @@ impl ArtifactDir {
                 source,
             })?;
         let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
-        let result = write_file(&tmp, body, limit).await;
+        let result = write_file(&tmp, body, limit as u64, |_| {}).await;
         let size = match result {
             Ok(size) => size,
             Err(e) => {
@@ -77,7 +77,15 @@ impl ArtifactDir {
     }
 }
 
-async fn write_file<S, B, E>(path: &Path, body: S, limit: usize) -> Result<u64, WriteError>
+/// Stream `body` into a new file at `path`, at most `limit` bytes, handing every chunk to
+/// `observe` as well (datasets hash it). Flushed and synced; returns the size. On error the
+/// caller removes the partial file.
+pub async fn write_file<S, B, E>(
+    path: &Path,
+    body: S,
+    limit: u64,
+    mut observe: impl FnMut(&[u8]),
+) -> Result<u64, WriteError>
 where
     S: Stream<Item = Result<B, E>>,
     B: AsRef<[u8]>,
@@ -88,18 +96,19 @@ where
         source,
     };
     let mut file = tokio::fs::File::create(path).await.map_err(io)?;
-    let mut size: usize = 0;
+    let mut size: u64 = 0;
     let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| WriteError::Body(e.to_string()))?;
         let bytes = chunk.as_ref();
-        size = size.saturating_add(bytes.len());
+        size = size.saturating_add(bytes.len() as u64);
         if size > limit {
             return Err(WriteError::TooLarge { limit });
         }
+        observe(bytes);
         file.write_all(bytes).await.map_err(io)?;
     }
     file.flush().await.map_err(io)?;
     file.sync_all().await.map_err(io)?;
-    Ok(size as u64)
+    Ok(size)
 }

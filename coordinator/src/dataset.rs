@@ -7,12 +7,13 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use kiln_proto::dataset::{DatasetKind, DatasetPreview, Digest, IdxFile};
+
+use crate::artifact::{WriteError, write_file};
 
 /// Rows of a CSV shown in its preview.
 const PREVIEW_ROWS: usize = 5;
@@ -175,26 +176,14 @@ where
     B: AsRef<[u8]>,
     E: std::fmt::Display,
 {
-    let io = |source| UploadError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
     let mut hasher = Sha256::new();
-    let mut size: u64 = 0;
-    let mut body = std::pin::pin!(body);
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
-        let bytes = chunk.as_ref();
-        size = size.saturating_add(bytes.len() as u64);
-        if size > limit {
-            return Err(UploadError::TooLarge { limit });
-        }
-        hasher.update(bytes);
-        file.write_all(bytes).await.map_err(io)?;
-    }
-    file.flush().await.map_err(io)?;
-    file.sync_all().await.map_err(io)?;
+    let size = write_file(path, body, limit, |bytes| hasher.update(bytes))
+        .await
+        .map_err(|e| match e {
+            WriteError::TooLarge { limit } => UploadError::TooLarge { limit },
+            WriteError::Body(message) => UploadError::Body(message),
+            WriteError::Io { path, source } => UploadError::Io { path, source },
+        })?;
     Ok((size, Digest::from_bytes(&hasher.finalize().into())))
 }
 

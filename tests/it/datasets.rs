@@ -68,6 +68,21 @@ fn submit_from(cluster: &Cluster, folder: &Path) -> (JobInfo, String) {
     (job, stderr(&out))
 }
 
+/// `kiln submit` of `spec` from `folder`, which must fail; its stderr.
+fn submit_refused(cluster: &Cluster, folder: &Path, spec: &str) -> String {
+    std::fs::write(folder.join("job.toml"), spec).expect("write spec");
+    let out = run(kiln().current_dir(folder).args([
+        "submit",
+        "job.toml",
+        "--server",
+        &cluster.url,
+        "--token",
+        TOKEN,
+    ]));
+    assert!(!out.status.success(), "kiln submit should have failed");
+    stderr(&out)
+}
+
 fn logs(cluster: &Cluster, id: JobId) -> String {
     cluster
         .rt
@@ -214,37 +229,17 @@ fn datasets_from_the_cli_push_ls_show_rm_and_bad_references() {
 
     // A spec naming a dataset that is not stored: a clear error naming the field.
     let spec = JOB.replace("path = \"points.csv\"", "path = \"kiln:nope\"");
-    std::fs::write(home.join("job.toml"), spec).expect("write spec");
-    let out = run(kiln().current_dir(&home).args([
-        "submit",
-        "job.toml",
-        "--server",
-        &cluster.url,
-        "--token",
-        TOKEN,
-    ]));
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = submit_refused(&cluster, &home, &spec);
     assert!(
         err.contains("dataset.path") && err.contains("none is named `nope`"),
         "{err}"
     );
     // The wrong kind: points.csv is CSV, the spec reads IDX.
     let spec = "name = \"x\"\n[model]\nkind = \"mlp\"\n[dataset]\nkind = \"idx\"\npath = \"kiln:points.csv\"\n";
-    std::fs::write(home.join("job.toml"), spec).expect("write spec");
-    let out = run(kiln().current_dir(&home).args([
-        "submit",
-        "job.toml",
-        "--server",
-        &cluster.url,
-        "--token",
-        TOKEN,
-    ]));
-    assert!(!out.status.success());
+    let err = submit_refused(&cluster, &home, spec);
     assert!(
-        stderr(&out).contains("a dataset of kind idx") && stderr(&out).contains("stored as csv"),
-        "{}",
-        stderr(&out)
+        err.contains("a dataset of kind idx") && err.contains("stored as csv"),
+        "{err}"
     );
 
     // Delete: gone from the list; deleting again says so.

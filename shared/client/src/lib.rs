@@ -189,19 +189,7 @@ impl Client {
     }
 
     async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
-        let response = self.send(req).await?;
-        let url = response.url().to_string();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url,
-            message: e.to_string(),
-        })
+        decode(self.send(req).await?).await
     }
 
     pub async fn health(&self) -> Result<Health, ClientError> {
@@ -436,19 +424,7 @@ impl Client {
             )
             .await?;
         let created = response.status() == StatusCode::CREATED;
-        let url = response.url().to_string();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
-        let info = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url,
-            message: e.to_string(),
-        })?;
-        Ok((info, created))
+        Ok((decode(response).await?, created))
     }
 
     /// Start downloading a dataset's bytes (by name or `sha256:<hex>`); read them with
@@ -493,6 +469,22 @@ impl Download {
 /// piece by piece).
 #[cfg(not(target_arch = "wasm32"))]
 pub use reqwest::Body;
+
+/// A successful answer's JSON body.
+async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
+    let url = response.url().to_string();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+        url,
+        message: e.to_string(),
+    })
+}
 
 /// `s` percent-encoded as one path segment (a share token is hex, but the caller may pass
 /// anything; it must not turn into another path).

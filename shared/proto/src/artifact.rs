@@ -13,19 +13,24 @@ pub const NAME_RULE: &str =
 /// Check an artifact name: `[A-Za-z0-9._-]{1,128}`, not starting with `.` (so no `..`, no
 /// path separators, no hidden or temporary files).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if is_plain_name(name, MAX_NAME_LEN) {
         Ok(())
     } else {
         Err(format!(
             "invalid artifact name `{name}`: allowed are {NAME_RULE}"
         ))
     }
+}
+
+/// `[A-Za-z0-9._-]{1,max}`, not starting with `.`: safe as one path segment and as a file name
+/// (no separators, no `..`, no hidden or temporary files). Dataset names follow it too.
+pub(crate) fn is_plain_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// `checkpoint-<step, zero-padded to 10>.ckpt`.

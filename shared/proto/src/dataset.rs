@@ -86,14 +86,10 @@ impl From<Digest> for String {
 
 /// Check a dataset name (a path segment of the REST API, so no separators).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && !name.starts_with('.')
+    // Like an artifact's name; not `-…` (it would read as a CLI flag) and not `sha256`.
+    let ok = crate::artifact::is_plain_name(name, MAX_NAME_LEN)
         && !name.starts_with('-')
-        && name != "sha256"
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && name != "sha256";
     if ok {
         Ok(())
     } else {
