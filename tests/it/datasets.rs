@@ -227,6 +227,48 @@ fn datasets_from_the_cli_push_ls_show_rm_and_bad_references() {
     );
     assert!(listed.contains("2 dataset(s)"), "{listed}");
 
+    // A sweep sends the spec's local data along too, once, and pins every job of it.
+    std::fs::write(home.join("job.toml"), JOB).expect("write spec");
+    let out = run(kiln().current_dir(&home).args([
+        "sweep",
+        "job.toml",
+        "--grid",
+        "training.batch_size=16,32",
+        "--json",
+        "--server",
+        &cluster.url,
+        "--token",
+        TOKEN,
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already stored; named"),
+        "{}",
+        stderr(&out)
+    );
+    let jobs: Vec<JobInfo> = serde_json::from_slice(&out.stdout).expect("sweep --json");
+    let hex = sha256_hex(points_csv().as_bytes());
+    assert_eq!(jobs.len(), 2);
+    for job in &jobs {
+        assert_eq!(
+            job.spec.dataset.path(),
+            Some(format!("kiln:sha256:{hex}").as_str())
+        );
+    }
+    // --no-upload leaves the path to the worker's --data-root.
+    let out = run(kiln().current_dir(&home).args([
+        "submit",
+        "job.toml",
+        "--no-upload",
+        "--json",
+        "--server",
+        &cluster.url,
+        "--token",
+        TOKEN,
+    ]));
+    let job: JobInfo = serde_json::from_slice(&out.stdout).expect("submit --json");
+    assert_eq!(job.spec.dataset.path(), Some("points.csv"));
+
     // A spec naming a dataset that is not stored: a clear error naming the field.
     let spec = JOB.replace("path = \"points.csv\"", "path = \"kiln:nope\"");
     let err = submit_refused(&cluster, &home, &spec);
