@@ -11,7 +11,10 @@
 //!   the resume download); the protocol's decisions are the session's.
 //! - `executor`: one job on one thread: data, resume, training, the final model's files.
 //! - `datasets`: the cache of stored datasets (`kiln:sha256:…`), fetched by digest.
+//! - `collective`: ring all-reduce and broadcast between the ranks of a data-parallel attempt,
+//!   over TCP (not yet wired to jobs: gang scheduling and rendezvous come next).
 
+pub mod collective;
 mod connection;
 pub mod datasets;
 mod executor;
