@@ -4,6 +4,7 @@
 // tests/web/screenshots/ (or $KILN_SCREENSHOTS).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -342,6 +343,140 @@ test('tags and notes: set on the job page, kept, checked, and a tag filters the 
   await page.close();
 });
 
+test('datasets: a CSV uploaded from the browser is hashed, previewed, picked in the form, and named by the job that trained on it', async () => {
+  // Two features, two classes: trains in a few seconds.
+  const lines = ['x,y,label'];
+  for (let i = 0; i < 240; i++) {
+    const c = i % 2;
+    lines.push(`${(c * 3 + (i % 7) * 0.1).toFixed(2)},${(c * -2 + (i % 5) * 0.1).toFixed(2)},${c ? 'b' : 'a'}`);
+  }
+  const csv = Buffer.from(lines.join('\n') + '\n');
+  const digest = createHash('sha256').update(csv).digest('hex');
+  const name = 'e2e-points';
+  const page = await ctx.newPage();
+  await page.goto(`${base}/datasets`);
+  await page.locator('p.empty').waitFor();
+  const submitUpload = () => page.click('form.upload button[type=submit]');
+  const status = page.locator('.upload-status');
+
+  // The name comes from the file (characters outside the rule become '-'), the kind from `.csv`.
+  await page.setInputFiles('#upload-file', { name: 'e2e points.csv', mimeType: 'text/csv', buffer: csv });
+  assert.equal(await page.inputValue('#upload-name'), 'e2e-points.csv');
+  assert.equal(await page.inputValue('#upload-kind'), 'csv');
+  // A bad name is named at its input and nothing is sent.
+  await page.fill('#upload-name', 'has space');
+  await submitUpload();
+  assert.match(await page.locator('#upload-name-error').innerText(), /`has space`/);
+  assert.equal(await page.locator('#upload-name').getAttribute('aria-invalid'), 'true');
+  assert.equal((await api('/api/datasets')).body.length, 0);
+
+  await page.fill('#upload-name', name);
+  await submitUpload();
+  await status.and(page.locator('[data-stage="done"]')).waitFor();
+  assert.equal(await status.locator('progress').getAttribute('value'), '100');
+  assert.match(await status.innerText(), new RegExp(`\`${name}\` version 1 \\(sha256:${digest}\\): uploaded`));
+  // The row appears with the digest the browser computed, which is the file's.
+  const row = page.locator(`tr[data-dataset="${name}"]`);
+  await row.waitFor();
+  assert.equal(await row.getAttribute('data-digest'), digest);
+  const cells = await row.locator('td').allInnerTexts();
+  assert.deepEqual(cells.slice(0, 3), [name, 'csv', `${(csv.length / 1000).toFixed(1)} kB`]);
+  assert.equal(cells[4], `sha256:${digest.slice(0, 12)}`);
+  assert.equal((await api(`/api/datasets/${name}`)).body.digest, digest);
+  await shot(page, 'datasets');
+
+  // The same bytes again: stored already, said so.
+  await submitUpload();
+  await status.and(page.locator('[data-stage="done"]')).filter({ hasText: 'already stored' }).waitFor();
+  // Bytes the coordinator refuses: its message is shown.
+  await page.setInputFiles('#upload-file', { name: 'empty.csv', mimeType: 'text/csv', buffer: Buffer.alloc(0) });
+  await submitUpload();
+  await status.and(page.locator('[data-stage="failed"]')).waitFor();
+  assert.match(await status.innerText(), /Upload failed: .*the file is empty/);
+  assert.equal((await api('/api/datasets')).body.length, 1);
+
+  // The preview: columns and first rows, the full digest and the references to copy.
+  await row.click();
+  await page.waitForURL(new RegExp(`/datasets/${name}$`));
+  const preview = page.locator('table.preview[data-preview="csv"]');
+  await preview.waitFor();
+  assert.deepEqual(await preview.locator('th').allInnerTexts(), ['x', 'y', 'label']);
+  assert.deepEqual(await preview.locator('tbody tr').first().locator('td').allInnerTexts(), lines[1].split(','));
+  assert.equal(await page.locator('code.digest').innerText(), `sha256:${digest}`);
+  assert.equal(await page.inputValue('#ref-named'), `kiln:${name}`);
+  assert.equal(await page.inputValue('#ref-pinned'), `kiln:sha256:${digest}`);
+  await shot(page, 'dataset');
+
+  // New job: the picker sets the kind and the path (still editable), the job trains on it.
+  await page.goto(`${base}/new`);
+  await page.locator(`#f-dataset-stored option[value="${name}"]`).waitFor({ state: 'attached' });
+  assert.equal(await page.inputValue('#f-dataset-kind'), 'synthetic');
+  await page.selectOption('#f-dataset-stored', name);
+  assert.equal(await page.inputValue('#f-dataset-kind'), 'csv');
+  assert.equal(await page.inputValue('#f-dataset-path'), `kiln:${name}`);
+  assert.match(await page.locator('[data-field="dataset.stored"] .help').innerText(), /columns: x, y, label/);
+  await page.fill('#f-name', 'e2e-dataset');
+  await page.fill('#f-dataset-label_column', 'label');
+  await shot(page, 'new-job-dataset');
+  await page.click('button[type=submit]');
+  await page.waitForURL(/\/jobs\/\d+$/);
+  const id = Number(page.url().match(/\/jobs\/(\d+)$/)[1]);
+  assert.equal((await api(`/api/jobs/${id}`)).body.spec.dataset.path, `kiln:sha256:${digest}`, 'pinned at submit');
+  const shown = page.locator('dd.dataset a');
+  await shown.waitFor();
+  assert.equal(await shown.innerText(), `kiln:${name} · sha256:${digest.slice(0, 12)}`);
+  assert.equal(await shown.getAttribute('title'), `kiln:sha256:${digest}`);
+  const done = await waitForState(id, ['succeeded', 'failed', 'cancelled']);
+  assert.equal(done.state, 'succeeded', done.error ?? '');
+  await shot(page, 'job-dataset');
+  // The link opens exactly that version.
+  await shown.click();
+  await page.waitForURL(new RegExp(`/datasets/sha256:${digest}$`));
+  await preview.waitFor();
+  assert.equal(await page.locator('section.dataset h1').innerText(), name);
+  assert.equal(await page.locator('table.versions tr.current td').first().innerText(), '1');
+
+  // A job on a worker path says so (this one fails there: no such file).
+  const local = await submit({
+    name: 'e2e-dataset-local', device: 'cpu', model: { kind: 'mlp', hidden: [8] },
+    dataset: { kind: 'csv', path: 'no/such/points.csv', label_column: 'label' },
+    optimizer: { kind: 'adam', lr: 0.001 }, training: { batch_size: 8, epochs: 1 },
+  });
+  await page.goto(`${base}/jobs/${local}`);
+  await page.locator('dd.dataset', { hasText: '(on the worker)' }).waitFor();
+  assert.equal(await page.locator('dd.dataset').innerText(), 'no/such/points.csv (on the worker)');
+  assert.equal(await page.locator('dd.dataset a').count(), 0);
+  await waitForState(local, ['failed', 'succeeded', 'cancelled']);
+
+  // Delete: refused while a queued or running job uses it (the coordinator's message, naming
+  // the job), done once it is not.
+  const busy = await submit({
+    name: 'e2e-dataset-busy', device: 'cpu', model: { kind: 'mlp', hidden: [8] },
+    dataset: { kind: 'csv', path: `kiln:${name}`, label_column: 'label' },
+    optimizer: { kind: 'adam', lr: 0.001 }, training: { batch_size: 8, epochs: 100000, log_every: 50 },
+  });
+  try {
+    await page.goto(`${base}/datasets/${name}`);
+    await preview.waitFor();
+    page.once('dialog', (d) => d.accept());
+    await page.getByRole('button', { name: 'Delete' }).click();
+    const refused = page.locator('section.dataset .error[role=alert]');
+    await refused.waitFor();
+    assert.match(await refused.innerText(), new RegExp(`Delete failed: dataset \`${name}\` is in use by job\\(s\\) ${busy} \\((queued|running)\\)`));
+    assert.equal((await api(`/api/datasets/${name}`)).status, 200);
+    await shot(page, 'dataset-in-use');
+  } finally {
+    await api(`/api/jobs/${busy}/cancel`, { method: 'POST' });
+  }
+  await waitForState(busy, ['cancelled']);
+  page.once('dialog', (d) => d.accept());
+  await page.getByRole('button', { name: 'Delete' }).click();
+  await page.waitForURL(new RegExp('/datasets$'));
+  await page.locator('p.empty').waitFor();
+  assert.equal((await api(`/api/datasets/${name}`)).status, 404);
+  await page.close();
+});
+
 test('pages reload to the same view (deep links), workers and sweep render, phones fit', async () => {
   const page = await ctx.newPage();
   await page.goto(`${base}/jobs/${formJob}?from=20&to=100`);
@@ -424,7 +559,7 @@ test('pages reload to the same view (deep links), workers and sweep render, phon
   assert.match(await page.locator('h1').innerText(), /Page not found/);
 
   // Every control has an accessible name.
-  for (const path of ['/', `/jobs/${formJob}`, '/new', '/sweep', '/compare', '/workers']) {
+  for (const path of ['/', `/jobs/${formJob}`, '/new', '/sweep', '/compare', '/workers', '/datasets']) {
     await page.goto(base + path);
     await page.waitForTimeout(300);
     const unnamed = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea, button')]

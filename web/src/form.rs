@@ -130,9 +130,9 @@ pub const SECTIONS: &[(&str, &[Field])] = &[
             ),
             f(
                 "dataset.path",
-                "Path on the worker",
+                "Path",
                 Input::Text,
-                "relative to the worker's working directory",
+                "on the worker, or kiln:NAME for a stored dataset",
                 Some(("dataset.kind", &["idx", "csv", "text"])),
             ),
             f(

@@ -62,7 +62,26 @@ impl std::fmt::Display for ApiError {
 }
 
 impl ApiError {
-    fn network(e: impl std::fmt::Display) -> Self {
+    /// A failed answer: the coordinator's `ApiErrorBody`, or the start of whatever came.
+    pub fn from_answer(status: u16, text: &str) -> Self {
+        match serde_json::from_str::<ApiErrorBody>(text) {
+            Ok(body) => ApiError {
+                status,
+                message: body.error,
+                fields: body.fields,
+            },
+            Err(_) => ApiError {
+                status,
+                message: format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+                fields: Vec::new(),
+            },
+        }
+    }
+
+    pub fn network(e: impl std::fmt::Display) -> Self {
         ApiError {
             status: 0,
             message: e.to_string(),
@@ -85,21 +104,7 @@ async fn check(response: Result<Response, gloo_net::Error>) -> Result<Response, 
     }
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    Err(match serde_json::from_str::<ApiErrorBody>(&text) {
-        Ok(body) => ApiError {
-            status,
-            message: body.error,
-            fields: body.fields,
-        },
-        Err(_) => ApiError {
-            status,
-            message: format!(
-                "HTTP {status}: {}",
-                text.chars().take(200).collect::<String>()
-            ),
-            fields: Vec::new(),
-        },
-    })
+    Err(ApiError::from_answer(status, &text))
 }
 
 async fn json<T: DeserializeOwned>(response: Response) -> Result<T, ApiError> {
@@ -138,6 +143,13 @@ pub async fn post_empty<T: DeserializeOwned>(path: &str) -> Result<T, ApiError> 
 
 pub async fn delete<T: DeserializeOwned>(path: &str) -> Result<T, ApiError> {
     json(check(authed(Request::delete(path)).send().await).await?).await
+}
+
+/// A `DELETE` answered with no body (204).
+pub async fn delete_empty(path: &str) -> Result<(), ApiError> {
+    check(authed(Request::delete(path)).send().await)
+        .await
+        .map(drop)
 }
 
 /// Download an artifact with the token (a plain link could not send it) and hand it to the

@@ -10,6 +10,7 @@ mod chart;
 mod events;
 mod nav;
 mod pages;
+mod upload;
 
 #[wasm_bindgen(start)]
 pub fn start() {
@@ -26,6 +27,8 @@ fn App() -> impl IntoView {
                 <Route path=path!("/jobs/:id") view=|| view! { <Layout><pages::job::JobPage/></Layout> }/>
                 <Route path=path!("/new") view=|| view! { <Layout><pages::new_job::NewJobPage/></Layout> }/>
                 <Route path=path!("/sweep") view=|| view! { <Layout><pages::sweep::SweepPage/></Layout> }/>
+                <Route path=path!("/datasets") view=|| view! { <Layout><pages::datasets::DatasetsPage/></Layout> }/>
+                <Route path=path!("/datasets/:name") view=|| view! { <Layout><pages::datasets::DatasetPage/></Layout> }/>
                 <Route path=path!("/workers") view=|| view! { <Layout><pages::workers::WorkersPage/></Layout> }/>
                 <Route path=path!("/compare") view=|| view! { <Layout><pages::compare::ComparePage/></Layout> }/>
                 <Route path=path!("/login") view=|| view! { <Layout><pages::login::LoginPage/></Layout> }/>
@@ -53,6 +56,7 @@ fn Layout(children: Children) -> impl IntoView {
                 <A href="/new">"New job"</A>
                 <A href="/sweep">"Sweep"</A>
                 <A href="/compare">"Compare"</A>
+                <A href="/datasets">"Datasets"</A>
                 <A href="/workers">"Workers"</A>
             </nav>
             <span class="spacer"></span>

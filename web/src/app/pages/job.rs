@@ -15,6 +15,7 @@ use super::annotate::Annotations;
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::chart::{Chart, ChartControls, ChartView};
 use crate::app::{api, events};
+use crate::datasets::{JobDataset, job_dataset};
 use crate::live::take_newer;
 use crate::runs::{Quantity, age, final_values, fmt_value, merge_live, series};
 
@@ -369,6 +370,12 @@ fn JobView(id: JobId) -> impl IntoView {
                 .unwrap_or_default()
         })
     });
+    let dataset = Memo::new(move |_| {
+        job.with(|j| {
+            j.as_ref()
+                .and_then(|j| job_dataset(j.spec.dataset.path(), j.dataset_name.as_deref()))
+        })
+    });
     let header = move || {
         title.get().map(|name| view! {
             <div class="title-row">
@@ -389,6 +396,16 @@ fn JobView(id: JobId) -> impl IntoView {
                 <div><dt>"Progress"</dt><dd>{move || { let (s, t) = step.get(); view! { <Progress step=s total=t/> } }}
                     <span class="small muted">{move || { let (s, t) = step.get(); format!(" step {s} / {t}") }}</span></dd></div>
                 <div><dt>"Worker"</dt><dd>{move || worker_name(job.with(|j| j.as_ref().and_then(|j| j.worker_id.clone())))}</dd></div>
+                {move || dataset.get().map(|d| view! {
+                    <div><dt>"Dataset"</dt><dd class="dataset">{match d {
+                        JobDataset::Stored { label, href, reference } => view! {
+                            <A href=href attr:title=reference.clone() attr:data-reference=reference>{label}</A>
+                        }.into_any(),
+                        JobDataset::Local(path) => view! {
+                            <code>{path}</code>" "<span class="muted small">"(on the worker)"</span>
+                        }.into_any(),
+                    }}</dd></div>
+                })}
                 <div><dt>"Device"</dt><dd>{field(|j| j.spec.device.as_str().to_string())}</dd></div>
                 <div><dt>"Submitted"</dt><dd>{move || job.with(|j| j.as_ref().map(|j| j.created_ms)).map(|t| format!("{} ago", age(t, now.get())))}</dd></div>
                 <div><dt>"Attempts"</dt><dd>{field(|j| format!("{} of {}", j.attempts, j.max_attempts))}</dd></div>

@@ -1,14 +1,20 @@
 //! The new-job form: presets, the inputs of `crate::form`, tags, errors at their fields (the
 //! same `JobSpec::validate` and tag check the coordinator runs, before anything is sent).
 
+use std::collections::BTreeMap;
+
 use kiln_proto::JobSpec;
+use kiln_proto::dataset::{DatasetInfo, DatasetPreview, SCHEME};
+use kiln_proto::fmt;
 use kiln_proto::protocol::{JobInfo, JobPatch, SubmitJob};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
+use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_query_map};
 
 use super::ErrorLine;
 use crate::app::api;
+use crate::datasets::{pick, picked};
 use crate::form::{
     FormValues, Input, PRESETS, SECTIONS, errors_by_field, spec_from_values, values_from_spec,
 };
@@ -31,11 +37,24 @@ pub fn NewJobPage() -> impl IntoView {
     let preset = RwSignal::new(start);
     // The run this form was filled from, for the fields the form has no input for.
     let base = RwSignal::new(None::<JobSpec>);
-    let errors = RwSignal::new(std::collections::BTreeMap::<String, Vec<String>>::new());
+    let errors = RwSignal::new(BTreeMap::<String, Vec<String>>::new());
     let error = RwSignal::new(None::<String>);
     let busy = RwSignal::new(false);
     let tags = RwSignal::new(String::new());
     let tag_error = RwSignal::new(None::<String>);
+
+    let stored = RwSignal::new(Vec::<DatasetInfo>::new());
+    let stored_error = RwSignal::new(None::<String>);
+    spawn_local(async move {
+        match api::get::<Vec<DatasetInfo>>("/api/datasets").await {
+            Ok(l) => {
+                let _ = stored.try_set(l);
+            }
+            Err(e) => {
+                let _ = stored_error.try_set(Some(format!("cannot list stored datasets: {e}")));
+            }
+        }
+    });
 
     // "New job like this": start from an existing run's spec.
     if let Some(from) = query.with_untracked(|q| q.get("from")) {
@@ -179,7 +198,9 @@ pub fn NewJobPage() -> impl IntoView {
                 </div>
             }
         }).collect_view();
-        view! { <fieldset><legend>{*title}</legend>{inputs}</fieldset> }
+        let picker = (*title == "Dataset")
+            .then(|| view! { <StoredPicker values errors stored stored_error/> });
+        view! { <fieldset><legend>{*title}</legend>{picker}{inputs}</fieldset> }
     }).collect_view();
     let general = move || errors.with(|e| e.get("").cloned().unwrap_or_default());
 
@@ -222,5 +243,74 @@ pub fn NewJobPage() -> impl IntoView {
                 <button type="submit" class="primary" disabled=move || busy.get()>"Submit job"</button>
             </form>
         </section>
+    }
+}
+
+/// Choose a stored dataset: sets `dataset.kind` to its kind and `dataset.path` to
+/// `kiln:NAME` (still editable by hand; a path naming no stored dataset shows "none" here).
+#[component]
+fn StoredPicker(
+    values: RwSignal<FormValues>,
+    errors: RwSignal<BTreeMap<String, Vec<String>>>,
+    stored: RwSignal<Vec<DatasetInfo>>,
+    stored_error: RwSignal<Option<String>>,
+) -> impl IntoView {
+    let chosen =
+        Memo::new(move |_| values.with(|v| stored.with(|l| picked(v, l).map(|d| d.name.clone()))));
+    let change = move |ev: leptos::ev::Event| {
+        let name = event_target_value(&ev);
+        let info = stored.with_untracked(|l| l.iter().find(|d| d.name == name).cloned());
+        values.update(|v| match &info {
+            Some(d) => pick(v, d),
+            // "None": a stored dataset's reference no longer applies.
+            None => {
+                if v.get("dataset.path").is_some_and(|p| p.starts_with(SCHEME)) {
+                    v.insert("dataset.path".into(), String::new());
+                }
+            }
+        });
+        errors.update(|e| {
+            e.remove("dataset.path");
+            e.remove("dataset.kind");
+        });
+    };
+    let help = move || {
+        let columns = chosen.get().and_then(|name| {
+            stored.with(|l| {
+                l.iter()
+                    .find(|d| d.name == name)
+                    .and_then(|d| match &d.preview {
+                        DatasetPreview::Csv { columns, .. } => Some(columns.join(", ")),
+                        _ => None,
+                    })
+            })
+        });
+        match (stored_error.get(), columns) {
+            (Some(e), _) => view! { <span class="error">{e}</span> }.into_any(),
+            (None, Some(c)) => view! { <span>"columns: "{c}</span> }.into_any(),
+            (None, None) => view! {
+                <span>"sets the kind and the path; upload on "<A href="/datasets">"Datasets"</A></span>
+            }
+            .into_any(),
+        }
+    };
+    view! {
+        <div class="field" data-field="dataset.stored">
+            <label for="f-dataset-stored">"Stored dataset"</label>
+            <select id="f-dataset-stored" on:change=change>
+                <option value="" prop:selected=move || chosen.get().is_none()>"(none: a path on the worker)"</option>
+                <For each=move || stored.get() key=|d| d.name.clone() let:d>
+                    {
+                        let name = d.name.clone();
+                        view! {
+                            <option value=d.name.clone() prop:selected=move || chosen.get().as_deref() == Some(name.as_str())>
+                                {format!("{} ({}, {})", d.name, d.kind.as_str(), fmt::bytes(d.size))}
+                            </option>
+                        }
+                    }
+                </For>
+            </select>
+            <small class="help">{help}</small>
+        </div>
     }
 }
