@@ -2,7 +2,10 @@
 //!
 //! One task; it runs a pass whenever woken (a job queued or ended, a worker connected or
 //! freed) and on a tick of half a heartbeat interval (for lost-worker detection). Order:
-//! priority (higher first), then FIFO. One job per worker.
+//! priority (higher first), then FIFO. One job per worker. Which job gets which workers is
+//! decided by [`plan`] (pure; gangs of several workers are planned whole).
+
+pub mod plan;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -112,17 +115,35 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
     if candidates.is_empty() {
         return Ok(());
     }
-    for job in state.store.queued_jobs().await? {
-        let Some(pos) = candidates
-            .iter()
-            .position(|c| can_run(&c.capabilities, job.device))
-        else {
+    // Every job wants one worker today; data-parallel gangs will want more.
+    let queue: Vec<plan::Want> = state
+        .store
+        .queued_jobs()
+        .await?
+        .into_iter()
+        .map(|job| plan::Want {
+            job: job.id,
+            device: job.device,
+            min: 1,
+            max: 1,
+            waited_ms: 0,
+            reserve_after_ms: u64::MAX,
+        })
+        .collect();
+    let free: Vec<plan::Free> = candidates
+        .into_iter()
+        .map(|c| plan::Free {
+            id: c.id,
+            capabilities: c.capabilities,
+        })
+        .collect();
+    for (job_id, workers) in plan::plan(&queue, &free).assign {
+        let Some(worker_id) = workers.into_iter().next() else {
             continue;
         };
-        let worker = candidates.remove(pos);
-        let span = info_span!("assign", job_id = job.id, worker_id = %worker.id);
+        let span = info_span!("assign", job_id, worker_id = %worker_id);
         async {
-            let Some(assignment) = state.store.assign(job.id, &worker.id).await? else {
+            let Some(assignment) = state.store.assign(job_id, &worker_id).await? else {
                 return anyhow::Ok(());
             };
             info!(
@@ -131,7 +152,7 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
                 "assigned"
             );
             let sent = state.workers.send(
-                &worker.id,
+                &worker_id,
                 Outbound::Message(CoordinatorMessage::Assign {
                     attempt: assignment.attempt,
                     spec: assignment.spec,
@@ -143,14 +164,11 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
                 warn!("worker went away before its assignment was sent");
             }
             state.job_changed(&assignment.job);
-            state.publish_worker(&worker.id).await;
+            state.publish_worker(&worker_id).await;
             anyhow::Ok(())
         }
         .instrument(span)
         .await?;
-        if candidates.is_empty() {
-            break;
-        }
     }
     Ok(())
 }
