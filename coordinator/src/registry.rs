@@ -37,6 +37,10 @@ struct Entry {
     /// free: an attempt declared lost while the worker was cut off runs until its cancel lands.
     running: Vec<AttemptRef>,
     last_seen: Instant,
+    /// The socket task is handling a frame of this worker (store writes, fan-out). That time
+    /// is the coordinator's, not the worker's silence: a slow disk must not make a worker
+    /// "lost" (see `drop_silent`).
+    handling: bool,
     connected_at: Instant,
 }
 
@@ -80,6 +84,7 @@ impl Registry {
                 ready: false,
                 running,
                 last_seen: now,
+                handling: false,
                 connected_at: now,
             },
         );
@@ -103,6 +108,18 @@ impl Registry {
         if let Some(e) = self.lock().get_mut(id)
             && e.conn_id == conn_id
         {
+            e.last_seen = Instant::now();
+        }
+    }
+
+    /// The socket task starts (`true`) or ends (`false`) handling a frame of this worker.
+    /// Silence is counted from the end of the handling, so only time spent waiting on the
+    /// worker's socket counts toward its lost timeout.
+    pub fn set_handling(&self, id: &str, conn_id: u64, handling: bool) {
+        if let Some(e) = self.lock().get_mut(id)
+            && e.conn_id == conn_id
+        {
+            e.handling = handling;
             e.last_seen = Instant::now();
         }
     }
@@ -173,11 +190,12 @@ impl Registry {
     }
 
     /// Connected workers not heard from for longer than `timeout`: disconnected here (their
-    /// socket tasks see the channel close and end). Returns their ids.
+    /// socket tasks see the channel close and end). Returns their ids. A worker whose frame
+    /// is being handled is not silent, however long the handling takes.
     pub fn drop_silent(&self, timeout: Duration) -> Vec<String> {
         let mut dropped = Vec::new();
         for (id, e) in self.lock().iter_mut() {
-            if e.tx.is_some() && e.last_seen.elapsed() > timeout {
+            if e.tx.is_some() && !e.handling && e.last_seen.elapsed() > timeout {
                 e.tx = None;
                 dropped.push(id.clone());
             }
@@ -196,5 +214,55 @@ impl Registry {
                 let _ = tx.send(Outbound::Close(reason.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps() -> Capabilities {
+        Capabilities {
+            devices: Vec::new(),
+            device_names: Vec::new(),
+            memory_mb: 0,
+            cores: 1,
+            kiln_version: "test".into(),
+        }
+    }
+
+    fn registry_with(id: &str) -> (Registry, u64, mpsc::UnboundedReceiver<Outbound>) {
+        let registry = Registry::default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (conn, _) = registry.connect(id, caps(), false, Vec::new(), tx);
+        (registry, conn, rx)
+    }
+
+    #[test]
+    fn a_worker_whose_frame_is_being_handled_is_not_silent() {
+        let (registry, conn, _rx) = registry_with("w");
+        let timeout = Duration::from_millis(30);
+        registry.set_handling("w", conn, true);
+        std::thread::sleep(timeout * 2);
+        assert!(registry.drop_silent(timeout).is_empty());
+        // Silence counts from the end of the handling.
+        registry.set_handling("w", conn, false);
+        assert!(registry.drop_silent(timeout).is_empty());
+        std::thread::sleep(timeout * 2);
+        assert_eq!(registry.drop_silent(timeout), vec!["w".to_string()]);
+        assert_eq!(registry.seen("w").map(|(connected, _)| connected), Some(false));
+    }
+
+    #[test]
+    fn handling_marks_of_a_replaced_connection_are_ignored() {
+        let (registry, old, _rx) = registry_with("w");
+        let (tx, _rx2) = mpsc::unbounded_channel();
+        let (_new, replaced) =
+            registry.connect("w", caps(), false, Vec::new(), tx);
+        assert!(replaced.is_some());
+        registry.set_handling("w", old, true);
+        let timeout = Duration::from_millis(30);
+        std::thread::sleep(timeout * 2);
+        assert_eq!(registry.drop_silent(timeout), vec!["w".to_string()]);
     }
 }

@@ -219,8 +219,11 @@ fn start_coordinator(data_dir: &Path, port: u16) -> Proc {
                 &format!("127.0.0.1:{port}"),
                 "--admin-token",
                 TOKEN,
+                // Lost after three missed heartbeats (1.5 s): short enough for the kill tests,
+                // long enough that a 2-core CI machine running several trainings at once
+                // does not starve a live worker into "lost".
                 "--heartbeat-ms",
-                "200",
+                "500",
             ])
             .arg("--data-dir")
             .arg(data_dir),

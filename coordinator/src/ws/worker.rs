@@ -243,7 +243,10 @@ impl Conn<'_> {
             tokio::select! {
                 frame = next_text(stream, || registry.touch(id, conn_id)) => match frame {
                     Ok(text) => {
-                        if let Err(reason) = self.handle(&text).await {
+                        registry.set_handling(id, conn_id, true);
+                        let handled = self.handle(&text).await;
+                        registry.set_handling(id, conn_id, false);
+                        if let Err(reason) = handled {
                             warn!(?reason, "closing the worker's socket");
                             goodbye(sink, goodbye_json(&reason), &reason).await;
                             return;
