@@ -43,6 +43,10 @@ pub enum RemoteCommand {
         /// Do not upload a local dataset: the worker reads `dataset.path` under its --data-root.
         #[arg(long)]
         no_upload: bool,
+        /// Train on this many workers together (data-parallel; sets `distributed.workers`,
+        /// and `distributed.min_workers` if the spec has none).
+        #[arg(long, value_name = "N")]
+        workers: Option<u32>,
         /// Tag the job (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -147,10 +151,24 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 spec,
                 follow,
                 no_upload,
+                workers,
                 tags,
                 json,
             } => {
                 let mut spec = read_spec(&spec)?;
+                if let Some(n) = workers {
+                    spec.distributed.workers = n;
+                    if let Err(errors) = spec.validate() {
+                        anyhow::bail!(
+                            "--workers {n}: {}",
+                            errors
+                                .iter()
+                                .map(|e| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        );
+                    }
+                }
                 if !no_upload {
                     crate::data_cmd::upload_local_dataset(&client, &mut spec).await?;
                 }

@@ -49,6 +49,11 @@ pub struct WorkerArgs {
     /// Base directory for relative dataset paths in job specs.
     #[arg(long, default_value = ".")]
     pub data_root: PathBuf,
+    /// Where data-parallel peers connect to this worker, IP:PORT (default: any free port on
+    /// the address this machine reaches the coordinator from; 0.0.0.0:PORT listens on every
+    /// interface).
+    #[arg(long, value_name = "IP:PORT")]
+    pub peer_addr: Option<String>,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -176,6 +181,7 @@ pub fn worker(args: WorkerArgs, remote: crate::client_cmd::Remote) -> anyhow::Re
     let mut config = WorkerConfig::new(remote.server, token);
     config.device = args.device;
     config.data_root = args.data_root;
+    config.peer_addr = args.peer_addr;
     args.cache.apply(&mut config);
     if let Some(name) = args.name {
         config.name = name;

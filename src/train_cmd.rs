@@ -159,8 +159,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         max_steps: args.max_steps,
         resume,
         cancel,
-        data: None,
+        ..RunOptions::default()
     };
+    if spec.distributed.workers > 1 {
+        eprintln!(
+            "note: distributed.workers = {} applies on a coordinator (`kiln submit`); \
+             `kiln train` trains alone with batch {} per step",
+            spec.distributed.workers, spec.training.batch_size
+        );
+    }
     let result = driver::run(&spec, options, &mut folder);
     bar.finish_and_clear();
     if let Some(e) = folder.io_error {

@@ -120,6 +120,7 @@ impl Bench<'_> {
                 memory_mb: 1024,
                 cores: 2,
                 kiln_version: "bench".into(),
+                peer_addr: None,
             },
             running: vec![],
         };

@@ -153,6 +153,16 @@ impl Registry {
         }
     }
 
+    /// `attempt` was assigned to the worker: it runs it until it says otherwise (so it is no
+    /// candidate even where the attempt ends in the database before its next heartbeat).
+    pub fn assigned(&self, id: &str, attempt: AttemptRef) {
+        if let Some(e) = self.lock().get_mut(id)
+            && !e.running.contains(&attempt)
+        {
+            e.running.push(attempt);
+        }
+    }
+
     /// A worker finished `attempt`: it no longer runs it.
     pub fn finished(&self, id: &str, conn_id: u64, attempt: AttemptRef) {
         if let Some(e) = self.lock().get_mut(id)
@@ -228,6 +238,7 @@ mod tests {
             memory_mb: 0,
             cores: 1,
             kiln_version: "test".into(),
+            peer_addr: None,
         }
     }
 

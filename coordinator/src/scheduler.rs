@@ -10,9 +10,9 @@ pub mod plan;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
-use kiln_proto::protocol::{AttemptOutcome, Capabilities, CoordinatorMessage};
+use kiln_proto::protocol::{AttemptOutcome, Capabilities, CoordinatorMessage, Group};
 use kiln_proto::spec::DeviceRequest;
 
 use crate::registry::Outbound;
@@ -73,15 +73,20 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
         let span =
             info_span!("lost", job_id = running.attempt.job_id, worker_id = %running.worker_id);
         async {
+            let workers = state.store.attempt_workers(running.attempt).await?;
+            let error = if workers.len() > 1 {
+                format!(
+                    "{WORKER_LOST}: rank {} ({}) of {}",
+                    running.rank,
+                    running.worker_id,
+                    workers.len()
+                )
+            } else {
+                WORKER_LOST.to_string()
+            };
             let job = state
                 .store
-                .finish_attempt(
-                    running.attempt,
-                    AttemptOutcome::Failed,
-                    Some(WORKER_LOST),
-                    None,
-                    true,
-                )
+                .finish_attempt(running.attempt, AttemptOutcome::Failed, Some(&error), None, true)
                 .await?;
             if let Some(job) = job {
                 info!(
@@ -90,6 +95,7 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
                     "attempt lost"
                 );
                 state.job_changed(&job);
+                stop_other_ranks(state, running.attempt, &workers, &running.worker_id);
             }
             anyhow::Ok(())
         }
@@ -97,6 +103,54 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
         .await?;
     }
     Ok(())
+}
+
+/// An attempt of several workers ended (one rank finished, failed or was lost): tell the other
+/// ranks to stop. They are not waited for: a rank still running is no scheduling candidate
+/// until it says it is free (see `Registry::candidates`).
+pub fn stop_other_ranks(
+    state: &AppState,
+    attempt: kiln_proto::protocol::AttemptRef,
+    workers: &[String],
+    except: &str,
+) {
+    for worker_id in workers.iter().filter(|w| w.as_str() != except) {
+        state
+            .workers
+            .send(worker_id, Outbound::Message(CoordinatorMessage::Cancel { attempt }));
+    }
+}
+
+/// What each rank of an attempt on `workers` is told: nothing for one worker; else its rank,
+/// the world, every rank's peer address and a fresh per-attempt secret.
+fn groups(
+    workers: &[String],
+    free: &[plan::Free],
+) -> anyhow::Result<Vec<Option<Group>>> {
+    if workers.len() <= 1 {
+        return Ok(vec![None; workers.len()]);
+    }
+    let peers: Vec<String> = workers
+        .iter()
+        .map(|id| {
+            free.iter()
+                .find(|f| &f.id == id)
+                .and_then(|f| f.capabilities.peer_addr.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    let secret = crate::auth::random_hex()?;
+    let world = workers.len() as u32;
+    Ok((0..world)
+        .map(|rank| {
+            Some(Group {
+                rank,
+                world,
+                peers: peers.clone(),
+                secret: secret.clone(),
+            })
+        })
+        .collect())
 }
 
 async fn assign(state: &AppState) -> anyhow::Result<()> {
@@ -115,7 +169,7 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
     if candidates.is_empty() {
         return Ok(());
     }
-    // Every job wants one worker today; data-parallel gangs will want more.
+    let now = crate::store::now_ms();
     let queue: Vec<plan::Want> = state
         .store
         .queued_jobs()
@@ -124,10 +178,10 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
         .map(|job| plan::Want {
             job: job.id,
             device: job.device,
-            min: 1,
-            max: 1,
-            waited_ms: 0,
-            reserve_after_ms: u64::MAX,
+            min: job.min_workers as usize,
+            max: job.max_workers as usize,
+            waited_ms: u64::try_from(now.saturating_sub(job.created_ms)).unwrap_or(0),
+            reserve_after_ms: job.gang_wait_ms,
         })
         .collect();
     let free: Vec<plan::Free> = candidates
@@ -137,34 +191,44 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
             capabilities: c.capabilities,
         })
         .collect();
-    for (job_id, workers) in plan::plan(&queue, &free).assign {
-        let Some(worker_id) = workers.into_iter().next() else {
-            continue;
-        };
-        let span = info_span!("assign", job_id, worker_id = %worker_id);
+    let plan = plan::plan(&queue, &free);
+    for (job_id, held) in &plan.reserved {
+        debug!(job_id, workers = ?held, "free workers held for a waiting gang");
+    }
+    for (job_id, workers) in plan.assign {
+        let span = info_span!("assign", job_id, workers = ?workers);
         async {
-            let Some(assignment) = state.store.assign(job_id, &worker_id).await? else {
+            let Some(assignment) = state.store.assign_ranks(job_id, &workers).await? else {
                 return anyhow::Ok(());
             };
             info!(
                 attempt = assignment.attempt.attempt,
                 resume = assignment.resume.as_deref().unwrap_or("-"),
+                world = workers.len(),
                 "assigned"
             );
-            let sent = state.workers.send(
-                &worker_id,
-                Outbound::Message(CoordinatorMessage::Assign {
-                    attempt: assignment.attempt,
-                    spec: assignment.spec,
-                    resume: assignment.resume,
-                }),
-            );
-            if !sent {
-                // It disconnected in between; the lost-worker check requeues the job.
-                warn!("worker went away before its assignment was sent");
+            let groups = groups(&workers, &free)?;
+            for (worker_id, group) in workers.iter().zip(groups) {
+                let sent = state.workers.send(
+                    worker_id,
+                    Outbound::Message(CoordinatorMessage::Assign {
+                        attempt: assignment.attempt,
+                        spec: assignment.spec.clone(),
+                        resume: assignment.resume.clone(),
+                        group,
+                    }),
+                );
+                if sent {
+                    state.workers.assigned(worker_id, assignment.attempt);
+                } else {
+                    // It disconnected in between; the lost-worker check fails the attempt.
+                    warn!(%worker_id, "worker went away before its assignment was sent");
+                }
             }
             state.job_changed(&assignment.job);
-            state.publish_worker(&worker_id).await;
+            for worker_id in &workers {
+                state.publish_worker(worker_id).await;
+            }
             anyhow::Ok(())
         }
         .instrument(span)

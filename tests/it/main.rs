@@ -2,5 +2,6 @@
 
 mod cluster;
 mod datasets;
+mod ddp;
 mod support;
 mod train_cli;

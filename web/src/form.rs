@@ -822,9 +822,11 @@ pub fn spec_from_values(
         optimizer,
         schedule,
         training,
+        distributed: Default::default(),
     };
     if let Some(base) = base {
         spec.max_attempts = base.max_attempts;
+        spec.distributed = base.distributed.clone();
         spec.optimizer.beta1 = base.optimizer.beta1;
         spec.optimizer.beta2 = base.optimizer.beta2;
         spec.optimizer.epsilon = base.optimizer.epsilon;

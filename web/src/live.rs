@@ -275,6 +275,7 @@ mod tests {
                 memory_mb: 0,
                 cores: 1,
                 kiln_version: "t".into(),
+                peer_addr: None,
             },
             connected,
             draining: false,

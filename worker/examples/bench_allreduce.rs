@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let next = addrs[(rank + 1) % world];
         joins.push(tokio::spawn(async move {
-            Ring::connect(&me, listener, next, Duration::from_secs(10)).await
+            Ring::connect(&me, &listener, next, Duration::from_secs(10)).await
         }));
     }
     let mut rings = Vec::new();

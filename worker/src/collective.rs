@@ -154,7 +154,7 @@ impl Ring {
     /// the successor at `next_addr`, both within `deadline`. A world of 1 needs no peers.
     pub async fn connect(
         me: &Handshake,
-        listener: TcpListener,
+        listener: &TcpListener,
         next_addr: SocketAddr,
         deadline: Duration,
     ) -> Result<Ring, CollectiveError> {
@@ -450,7 +450,7 @@ mod tests {
             .map(|(rank, listener)| {
                 let next = addrs[(rank + 1) % world];
                 tokio::spawn(async move {
-                    Ring::connect(&me(rank, world), listener, next, deadline)
+                    Ring::connect(&me(rank, world), &listener, next, deadline)
                         .await
                         .unwrap()
                 })
@@ -557,7 +557,7 @@ mod tests {
         };
         let ring1 =
             tokio::spawn(
-                async move { Ring::connect(&me(1, 2), l1, a0, Duration::from_secs(10)).await },
+                async move { Ring::connect(&me(1, 2), &l1, a0, Duration::from_secs(10)).await },
             );
         let (v, reason) = stray(Handshake {
             attempt: 1,
@@ -573,7 +573,7 @@ mod tests {
         .await;
         assert_eq!(v, 0);
         assert_eq!(reason, "wrong secret");
-        let ring0 = Ring::connect(&me(0, 2), l0, a1, Duration::from_secs(10))
+        let ring0 = Ring::connect(&me(0, 2), &l0, a1, Duration::from_secs(10))
             .await
             .unwrap();
         let ring1 = ring1.await.unwrap().unwrap();

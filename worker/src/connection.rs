@@ -41,6 +41,8 @@ pub enum WorkerError {
     Refused(#[from] Fatal),
     #[error("bad server URL {url:?}: {message}")]
     Url { url: String, message: String },
+    #[error("--peer-addr {addr:?}: {message}")]
+    PeerAddr { addr: String, message: String },
 }
 
 fn ws_url(server: &str) -> Result<String, WorkerError> {
@@ -81,7 +83,65 @@ pub fn capabilities(device: DeviceRequest) -> Capabilities {
             .map(|n| n.get() as u32)
             .unwrap_or(1),
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        peer_addr: None,
     }
+}
+
+/// The address this machine reaches `server` from (no packet is sent: a UDP socket is only
+/// pointed at it, and the OS picks the route).
+fn local_ip_toward(server: &str) -> Option<std::net::IpAddr> {
+    let (scheme, rest) = server.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let with_port = if has_port {
+        authority.to_string()
+    } else {
+        let port = if matches!(scheme, "https" | "wss") { 443 } else { 80 };
+        format!("{authority}:{port}")
+    };
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+        .ok()?
+        .next()?;
+    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(target).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+/// Bind the listener data-parallel peers dial, and the address to advertise for it.
+async fn peer_listener(
+    config: &WorkerConfig,
+) -> Result<(tokio::net::TcpListener, String), WorkerError> {
+    let bad = |message: String| WorkerError::PeerAddr {
+        addr: config.peer_addr.clone().unwrap_or_default(),
+        message,
+    };
+    let toward = local_ip_toward(&config.server);
+    let bind: std::net::SocketAddr = match &config.peer_addr {
+        Some(text) => text
+            .parse()
+            .map_err(|e| bad(format!("not an IP:PORT address: {e}")))?,
+        None => std::net::SocketAddr::new(
+            toward.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            0,
+        ),
+    };
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| bad(format!("cannot listen there: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| bad(format!("cannot read the bound address: {e}")))?;
+    let advertised = if local.ip().is_unspecified() {
+        let ip = toward.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        std::net::SocketAddr::new(ip, local.port())
+    } else {
+        local
+    };
+    Ok((listener, advertised.to_string()))
 }
 
 fn memory_mb() -> u64 {
@@ -112,8 +172,11 @@ async fn run_worker(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), WorkerError> {
     let url = ws_url(&config.server)?;
-    let capabilities = capabilities(config.device);
-    info!(devices = ?capabilities.devices, "worker starting");
+    let mut capabilities = capabilities(config.device);
+    let (listener, peer_addr) = peer_listener(&config).await?;
+    capabilities.peer_addr = Some(peer_addr);
+    info!(devices = ?capabilities.devices, peer_addr = ?capabilities.peer_addr, "worker starting");
+    let peer_listener = Some(std::sync::Arc::new(listener));
     let client =
         Client::new(&config.server, Some(config.token.clone())).map_err(|e| WorkerError::Url {
             url: config.server.clone(),
@@ -132,6 +195,7 @@ async fn run_worker(
     });
     let datasets = DatasetCache::new(config.cache_dir.clone(), config.cache_max_bytes);
     let mut driver = Driver {
+        peer_listener,
         datasets,
         loaded: Default::default(),
         config,
@@ -207,6 +271,8 @@ async fn upload(client: &Client, attempt: AttemptRef, name: &str, bytes: Vec<u8>
 
 struct Driver {
     config: WorkerConfig,
+    /// Where data-parallel peers connect (shared with the job threads).
+    peer_listener: Option<std::sync::Arc<tokio::net::TcpListener>>,
     url: String,
     /// For the resume and dataset downloads.
     client: Client,
@@ -302,6 +368,7 @@ impl Driver {
                     attempt,
                     spec,
                     resume,
+                    group,
                 } => {
                     info!(
                         job_id = attempt.job_id,
@@ -316,8 +383,10 @@ impl Driver {
                         client: self.client.clone(),
                         runtime: tokio::runtime::Handle::current(),
                         loaded: self.loaded.clone(),
+                        peer_listener: self.peer_listener.clone(),
                     };
-                    match executor::spawn(attempt, spec, resume, ctx, self.events_tx.clone()) {
+                    let events = self.events_tx.clone();
+                    match executor::spawn(attempt, spec, resume, group, ctx, events) {
                         Ok(job) => self.job = Some(job),
                         Err(e) => self.input(Input::StartFailed {
                             attempt,

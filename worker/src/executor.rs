@@ -13,16 +13,20 @@ use std::thread::JoinHandle;
 use kiln_client::Client;
 use kiln_proto::dataset::{DatasetKind, DatasetRef};
 use kiln_proto::metric::Metric;
-use kiln_proto::protocol::{AttemptOutcome, AttemptRef, LogLine};
+use kiln_proto::protocol::{AttemptOutcome, AttemptRef, Group, LogLine};
 use kiln_proto::spec::{DatasetSpec, DeviceRequest, JobSpec};
 use kiln_proto::worker_session::{Artifact, JobEvent};
 use kiln_train::data::{self, Inputs, Splits};
 use kiln_train::driver::{self, RunError, RunOptions, RunReport, RunSink, RunStarted};
-use kiln_train::train::{CancelToken, Checkpoint, CheckpointError, Outcome, TrainError};
+use kiln_train::train::{
+    CancelToken, Checkpoint, CheckpointError, GradientHook, Outcome, Replica, TrainError,
+    weights_sha256,
+};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
 
 use crate::datasets::{CacheError, DatasetCache};
+use crate::ddp::RingHook;
 
 /// What every job on this worker shares.
 #[derive(Clone)]
@@ -39,6 +43,9 @@ pub(crate) struct JobContext {
     /// The last job's stored dataset, loaded: the next job on the same digest (a sweep, a
     /// retry) starts without reading and decoding it again.
     pub loaded: Arc<Mutex<Option<Loaded>>>,
+    /// Where this worker's data-parallel peers connect (`None`: no peers, one-worker jobs
+    /// only).
+    pub peer_listener: Option<Arc<tokio::net::TcpListener>>,
 }
 
 /// Data loaded for a stored dataset, and what it was loaded for.
@@ -242,6 +249,7 @@ pub(crate) fn spawn(
     attempt: AttemptRef,
     spec: JobSpec,
     resume: Option<Vec<u8>>,
+    group: Option<Group>,
     ctx: JobContext,
     tx: UnboundedSender<(AttemptRef, JobEvent)>,
 ) -> std::io::Result<RunningJob> {
@@ -253,7 +261,10 @@ pub(crate) fn spawn(
             let send = |e: JobEvent| {
                 let _ = tx.send((attempt, e));
             };
-            let run = std::panic::AssertUnwindSafe(|| run_job(spec, resume, &ctx, token, &send));
+            let log_tx = tx.clone();
+            let run = std::panic::AssertUnwindSafe(|| {
+                run_job(attempt, spec, resume, group, &ctx, token, &send, log_tx)
+            });
             let finished = match std::panic::catch_unwind(run) {
                 Ok(Ok(f)) => f,
                 Ok(Err(failure)) => failure.finished(),
@@ -268,13 +279,54 @@ pub(crate) fn spawn(
     })
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; the job thread's inputs, each used once"
+)]
 fn run_job(
+    attempt: AttemptRef,
     mut spec: JobSpec,
     resume: Option<Vec<u8>>,
+    group: Option<Group>,
     ctx: &JobContext,
     cancel: CancelToken,
     send: &dyn Fn(JobEvent),
+    log_tx: UnboundedSender<(AttemptRef, JobEvent)>,
 ) -> Result<JobEvent, Failure> {
+    // A data-parallel rank: its place in the ring, and the hook that keeps it one model with
+    // the others.
+    let (replica, hook) = match group.as_ref().filter(|g| g.world > 1) {
+        None => (Replica::default(), None),
+        Some(group) => {
+            let Some(listener) = ctx.peer_listener.clone() else {
+                return Err(Failure {
+                    message: "this worker has no peer listener for data-parallel training"
+                        .into(),
+                    retryable: true,
+                });
+            };
+            let rank = group.rank;
+            let log_line = move |text: String| {
+                let _ = log_tx.send((attempt, log(text)));
+            };
+            let hook = RingHook::new(
+                ctx.runtime.clone(),
+                listener,
+                attempt,
+                group,
+                Box::new(log_line),
+            )
+            .map_err(|message| Failure {
+                message,
+                retryable: false,
+            })?;
+            let replica = Replica {
+                rank: rank as usize,
+                world: group.world as usize,
+            };
+            (replica, Some(Box::new(hook) as Box<dyn GradientHook>))
+        }
+    };
     let key = loaded_key(&spec);
     if !place_dataset(&mut spec, ctx, &cancel, send)? {
         return Ok(JobEvent::Finished {
@@ -297,25 +349,50 @@ fn run_job(
         resume,
         cancel,
         data,
+        replica,
+        hook,
     };
-    let report = driver::run(&spec, options, &mut Events { send })?;
+    let report = driver::run(
+        &spec,
+        options,
+        &mut Events {
+            send,
+            rank: replica.rank,
+        },
+    )?;
     let outcome = match report.summary.outcome {
         Outcome::Completed => AttemptOutcome::Succeeded,
         Outcome::Cancelled => AttemptOutcome::Cancelled,
     };
-    Ok(JobEvent::Finished {
-        outcome,
-        error: None,
-        retryable: None,
-        steps: report.summary.steps,
-        artifacts: report
+    if replica.world > 1
+        && let Some(weights) = &report.summary.weights
+    {
+        send(log(format!(
+            "rank {} of {}: final weights sha256 {}",
+            replica.rank,
+            replica.world,
+            weights_sha256(weights)
+        )));
+    }
+    // Rank 0 writes the run's files; the other ranks' weights are the same bits.
+    let artifacts = if replica.rank == 0 {
+        report
             .files
             .into_iter()
             .map(|f| Artifact {
                 name: f.name.to_string(),
                 bytes: f.bytes,
             })
-            .collect(),
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(JobEvent::Finished {
+        outcome,
+        error: None,
+        retryable: None,
+        steps: report.summary.steps,
+        artifacts,
         ts_ms: now_ms(),
     })
 }
@@ -357,14 +434,20 @@ fn load_stored(
 }
 
 /// The driver's events as the protocol's [`JobEvent`]s. The finish notice is made by
-/// [`run_job`] from the driver's report, with the final files as artifacts.
+/// [`run_job`] from the driver's report, with the final files as artifacts. Of a data-parallel
+/// run, rank 0 speaks for the job (metrics, checkpoints); the others only log.
 struct Events<'a> {
     send: &'a dyn Fn(JobEvent),
+    rank: usize,
 }
 
 impl RunSink for Events<'_> {
     fn log(&mut self, line: &str) {
-        (self.send)(log(line.to_string()));
+        let line = match self.rank {
+            0 => line.to_string(),
+            rank => format!("rank {rank}: {line}"),
+        };
+        (self.send)(log(line));
     }
 
     fn started(&mut self, s: &RunStarted) {
@@ -380,11 +463,15 @@ impl RunSink for Events<'_> {
     }
 
     fn metric(&mut self, metric: &Metric) {
-        (self.send)(JobEvent::Metric(metric.clone()));
+        if self.rank == 0 {
+            (self.send)(JobEvent::Metric(metric.clone()));
+        }
     }
 
     fn checkpoint(&mut self, step: u64, bytes: Vec<u8>) {
-        (self.send)(JobEvent::Checkpoint { step, bytes });
+        if self.rank == 0 {
+            (self.send)(JobEvent::Checkpoint { step, bytes });
+        }
     }
 
     fn warning(&mut self, text: &str) {

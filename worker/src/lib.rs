@@ -12,11 +12,13 @@
 //! - `executor`: one job on one thread: data, resume, training, the final model's files.
 //! - `datasets`: the cache of stored datasets (`kiln:sha256:…`), fetched by digest.
 //! - `collective`: ring all-reduce and broadcast between the ranks of a data-parallel attempt,
-//!   over TCP (not yet wired to jobs: gang scheduling and rendezvous come next).
+//!   over TCP.
+//! - `ddp`: the training core's gradient hook on that ring (one rank of a data-parallel job).
 
 pub mod collective;
 mod connection;
 pub mod datasets;
+mod ddp;
 mod executor;
 
 use std::path::PathBuf;
@@ -46,6 +48,10 @@ pub struct WorkerConfig {
     pub cache_max_bytes: u64,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
+    /// Where to accept data-parallel peers, `HOST:PORT`. `None`: any port, on the address this
+    /// machine reaches the coordinator from. A host of `0.0.0.0` listens everywhere and
+    /// advertises that address with the given port.
+    pub peer_addr: Option<String>,
 }
 
 /// Default size limit of the dataset cache: 20 GB.
@@ -83,6 +89,7 @@ impl WorkerConfig {
             cache_dir: default_cache_dir(),
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             max_backoff: Duration::from_secs(10),
+            peer_addr: None,
         }
     }
 }

@@ -204,6 +204,9 @@ pub async fn cancel(
                 &worker_id,
                 Outbound::Message(CoordinatorMessage::Cancel { attempt }),
             );
+            // Every other rank of a data-parallel attempt stops too.
+            let ranks = state.store.attempt_workers(attempt).await?;
+            crate::scheduler::stop_other_ranks(&state, attempt, &ranks, &worker_id);
             if told {
                 job
             } else {

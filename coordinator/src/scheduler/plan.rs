@@ -57,7 +57,13 @@ pub fn plan(queue: &[Want], free: &[Free]) -> Plan {
     for want in queue {
         let eligible: Vec<&Free> = free
             .iter()
-            .filter(|f| !taken.contains(f.id.as_str()) && can_run(&f.capabilities, want.device))
+            .filter(|f| {
+                !taken.contains(f.id.as_str())
+                    && can_run(&f.capabilities, want.device)
+                    // A gang's ranks dial each other: a worker without a peer address (an
+                    // older one) only takes one-worker jobs.
+                    && (want.max <= 1 || f.capabilities.peer_addr.is_some())
+            })
             .collect();
         let min = want.min.max(1);
         if eligible.len() >= min {
@@ -94,6 +100,7 @@ mod tests {
                     memory_mb: 1024,
                     cores: 2,
                     kiln_version: "test".into(),
+                    peer_addr: Some(format!("{id}:7070")),
                 },
             })
             .collect()
@@ -173,5 +180,13 @@ mod tests {
             &workers,
         );
         assert_eq!(p.assign, [(2, ids(&["b"]))]);
+    }
+
+    #[test]
+    fn workers_without_a_peer_address_only_take_one_worker_jobs() {
+        let mut workers = free(&["a", "b", "c"]);
+        workers[0].capabilities.peer_addr = None;
+        let p = plan(&[job(1, 2, 2, 0), job(2, 1, 1, 0)], &workers);
+        assert_eq!(p.assign, [(1, ids(&["b", "c"])), (2, ids(&["a"]))]);
     }
 }

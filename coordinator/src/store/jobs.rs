@@ -34,12 +34,20 @@ pub struct JobFilter {
 pub struct QueuedJob {
     pub id: JobId,
     pub device: DeviceRequest,
+    /// Workers an attempt may start with (`distributed.min_workers ..= workers`).
+    pub min_workers: u32,
+    pub max_workers: u32,
+    /// Milliseconds in the queue after which free workers are held for it.
+    pub gang_wait_ms: u64,
+    pub created_ms: i64,
 }
 
-/// An attempt the database believes is running.
+/// One rank of an attempt the database believes is running (an attempt of N workers is N
+/// rows).
 #[derive(Debug, Clone)]
 pub struct RunningAttempt {
     pub attempt: AttemptRef,
+    pub rank: u32,
     pub worker_id: String,
 }
 
@@ -313,24 +321,36 @@ impl Store {
     /// Queued jobs in scheduling order: priority (higher first), then FIFO.
     pub async fn queued_jobs(&self) -> StoreResult<Vec<QueuedJob>> {
         let rows = sqlx::query(
-            "SELECT id, device FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id ASC",
+            "SELECT id, device, spec_json, created_ms FROM jobs WHERE state = 'queued' \
+             ORDER BY priority DESC, id ASC",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
                 let device: &str = row.try_get("device")?;
+                let spec: &str = row.try_get("spec_json")?;
+                let spec: JobSpec = serde_json::from_str(spec)
+                    .map_err(|e| StoreError::Corrupt(format!("jobs.spec_json: {e}")))?;
+                let d = &spec.distributed;
                 Ok(QueuedJob {
                     id: row.try_get("id")?,
                     device: device.parse().map_err(StoreError::Corrupt)?,
+                    min_workers: d.min().clamp(1, d.workers.max(1)),
+                    max_workers: d.workers.max(1),
+                    gang_wait_ms: d.gang_wait_s.saturating_mul(1000),
+                    created_ms: row.try_get("created_ms")?,
                 })
             })
             .collect()
     }
 
+    /// Every rank of every running attempt, in job then rank order.
     pub async fn running_attempts(&self) -> StoreResult<Vec<RunningAttempt>> {
         let rows = sqlx::query(
-            "SELECT id, attempts, worker_id FROM jobs WHERE state = 'running' ORDER BY id",
+            "SELECT j.id, j.attempts, r.rank, r.worker_id FROM jobs j \
+             JOIN attempt_ranks r ON r.job_id = j.id AND r.attempt = j.attempts \
+             WHERE j.state = 'running' ORDER BY j.id, r.rank",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -341,17 +361,46 @@ impl Store {
                         job_id: row.try_get("id")?,
                         attempt: to_u32(row.try_get("attempts")?, "jobs.attempts")?,
                     },
-                    worker_id: row
-                        .try_get::<Option<String>, _>("worker_id")?
-                        .unwrap_or_default(),
+                    rank: to_u32(row.try_get("rank")?, "attempt_ranks.rank")?,
+                    worker_id: row.try_get("worker_id")?,
                 })
             })
             .collect()
     }
 
-    /// Start the next attempt of a queued job on `worker_id`. `None` if the job is no longer
+    /// The workers of an attempt, in rank order (one for a one-worker attempt).
+    pub async fn attempt_workers(&self, attempt: AttemptRef) -> StoreResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT worker_id FROM attempt_ranks WHERE job_id = ? AND attempt = ? ORDER BY rank",
+        )
+        .bind(attempt.job_id)
+        .bind(i64::from(attempt.attempt))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok(row.try_get("worker_id")?))
+            .collect()
+    }
+
+    /// Start the next attempt of a queued job on one worker. `None` if the job is no longer
     /// queued (cancelled in between).
     pub async fn assign(&self, job_id: JobId, worker_id: &str) -> StoreResult<Option<Assignment>> {
+        self.assign_ranks(job_id, &[worker_id.to_string()]).await
+    }
+
+    /// Start the next attempt of a queued job on `workers` (rank order; rank 0 first), all in
+    /// one transaction. `None` if the job is no longer queued (cancelled in between).
+    pub async fn assign_ranks(
+        &self,
+        job_id: JobId,
+        workers: &[String],
+    ) -> StoreResult<Option<Assignment>> {
+        let Some(worker_id) = workers.first() else {
+            return Err(StoreError::Conflict(format!(
+                "job {job_id} cannot start on no worker"
+            )));
+        };
+        let worker_id = worker_id.as_str();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let job = load_job(&mut tx, job_id).await?;
         if job.state != JobState::Queued {
@@ -372,14 +421,18 @@ impl Store {
         .bind(resume.as_ref().map(|(name, _)| name.clone()))
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) VALUES (?, ?, 0, ?)",
-        )
-        .bind(job_id)
-        .bind(i64::from(attempt))
-        .bind(worker_id)
-        .execute(&mut *tx)
-        .await?;
+        for (rank, worker) in workers.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) \
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(job_id)
+            .bind(i64::from(attempt))
+            .bind(rank as i64)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE jobs SET state = 'running', attempts = ?, worker_id = ?, \
              started_ms = COALESCE(started_ms, ?), step = ? WHERE id = ?",

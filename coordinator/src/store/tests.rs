@@ -21,6 +21,7 @@ fn caps() -> kiln_proto::protocol::Capabilities {
         memory_mb: 1,
         cores: 1,
         kiln_version: "t".into(),
+        peer_addr: None,
     }
 }
 

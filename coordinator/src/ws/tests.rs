@@ -62,6 +62,7 @@ fn capabilities() -> Capabilities {
         memory_mb: 1,
         cores: 1,
         kiln_version: "t".into(),
+        peer_addr: None,
     }
 }
 

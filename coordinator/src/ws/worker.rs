@@ -201,6 +201,8 @@ async fn reattach(state: &AppState, id: &str, running: &[AttemptRef]) -> anyhow:
             .await?
         {
             state.job_changed(&job);
+            let ranks = state.store.attempt_workers(r.attempt).await?;
+            crate::scheduler::stop_other_ranks(state, r.attempt, &ranks, id);
         }
     }
     for attempt in claimed.difference(&attached) {
@@ -426,21 +428,42 @@ impl Conn<'_> {
         retryable: bool,
     ) -> anyhow::Result<()> {
         self.state.workers.finished(self.id, self.conn_id, attempt);
+        let ranks = self.state.store.attempt_workers(attempt).await?;
+        let rank = ranks.iter().position(|w| w == self.id).unwrap_or(0);
+        if rank > 0 && outcome != AttemptOutcome::Failed {
+            // Rank 0 speaks for the attempt; another rank's end only frees its worker.
+            debug!(job_id = attempt.job_id, rank, ?outcome, "rank finished");
+            self.state.wake.notify_one();
+            self.state.publish_worker(self.id).await;
+            return Ok(());
+        }
+        let error = match error {
+            Some(e) if ranks.len() > 1 => Some(format!(
+                "rank {rank} ({}) of {}: {e}",
+                self.id,
+                ranks.len()
+            )),
+            other => other,
+        };
+        // Only rank 0's step count is the job's.
+        let steps = (rank == 0).then_some(steps);
         let job = self
             .state
             .store
-            .finish_attempt(attempt, outcome, error.as_deref(), Some(steps), retryable)
+            .finish_attempt(attempt, outcome, error.as_deref(), steps, retryable)
             .await?;
         match job {
             Some(job) => {
                 info!(
                     job_id = job.id,
                     attempt = attempt.attempt,
+                    rank,
                     ?outcome,
                     state = job.state.as_str(),
                     "finished"
                 );
                 self.state.job_changed(&job);
+                crate::scheduler::stop_other_ranks(self.state, attempt, &ranks, self.id);
                 self.state.publish_worker(self.id).await;
             }
             None => {

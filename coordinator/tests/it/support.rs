@@ -87,6 +87,7 @@ pub fn caps(devices: Vec<DeviceRequest>) -> Capabilities {
         memory_mb: 1024,
         cores: 2,
         kiln_version: "test".into(),
+        peer_addr: None,
     }
 }
 

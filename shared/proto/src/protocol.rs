@@ -28,6 +28,24 @@ pub struct Capabilities {
     pub memory_mb: u64,
     pub cores: u32,
     pub kiln_version: String,
+    /// `HOST:PORT` where this worker accepts its data-parallel peers' connections. A worker
+    /// without one (older, or started without peers) only takes one-worker attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_addr: Option<String>,
+}
+
+/// The ranks of a data-parallel attempt, as one of them is told at assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// This worker's rank, `0..world`. Rank 0 reports metrics and writes checkpoints and the
+    /// final model.
+    pub rank: u32,
+    pub world: u32,
+    /// Every rank's peer address, in rank order.
+    pub peers: Vec<String>,
+    /// Per-attempt secret every ring connection presents (strays from other attempts are
+    /// refused).
+    pub secret: String,
 }
 
 /// One attempt of one job.
@@ -142,6 +160,10 @@ pub enum CoordinatorMessage {
         spec: JobSpec,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resume: Option<String>,
+        /// For an attempt of several workers: this worker's rank and its peers. Left out for
+        /// one worker. Only workers that advertise a `peer_addr` are given one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<Group>,
     },
     Cancel {
         #[serde(flatten)]

@@ -34,6 +34,9 @@ pub struct JobSpec {
     pub schedule: ScheduleSpec,
     #[serde(default)]
     pub training: TrainingSpec,
+    /// Data-parallel training over several workers (absent: one worker).
+    #[serde(default, skip_serializing_if = "DistributedSpec::is_single")]
+    pub distributed: DistributedSpec,
 }
 
 fn default_seed() -> u64 {
@@ -440,6 +443,87 @@ impl Default for TrainingSpec {
     }
 }
 
+/// Most workers one job may train on.
+pub const MAX_WORLD: u32 = 64;
+
+/// Data-parallel training: `workers` ranks train one model, each on its shard of every epoch
+/// with `training.batch_size` examples per step (the global batch is `workers ×
+/// batch_size`). An attempt starts with at most `workers` and at least `min_workers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedSpec {
+    /// World size: how many workers train the job together (1: one worker, as without the
+    /// section).
+    #[serde(default = "one_u32")]
+    pub workers: u32,
+    /// Fewest workers an attempt may start with (elastic; default: `workers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_workers: Option<u32>,
+    /// How the ranks keep one model.
+    #[serde(default, skip_serializing_if = "SyncSpec::is_gradients")]
+    pub sync: SyncSpec,
+    /// After this many seconds in the queue, free workers are held for the job until its
+    /// gang can form (before that, smaller jobs may take them).
+    #[serde(default = "default_gang_wait_s")]
+    pub gang_wait_s: u64,
+}
+
+fn default_gang_wait_s() -> u64 {
+    60
+}
+
+impl Default for DistributedSpec {
+    fn default() -> Self {
+        DistributedSpec {
+            workers: 1,
+            min_workers: None,
+            sync: SyncSpec::Gradients,
+            gang_wait_s: default_gang_wait_s(),
+        }
+    }
+}
+
+impl DistributedSpec {
+    /// One worker and nothing else set: what a spec without the section means.
+    pub fn is_single(&self) -> bool {
+        *self == DistributedSpec::default()
+    }
+
+    /// Fewest workers an attempt may start with.
+    pub fn min(&self) -> u32 {
+        self.min_workers.unwrap_or(self.workers)
+    }
+}
+
+/// How the ranks of a data-parallel job keep one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncSpec {
+    /// Sum the gradients of all ranks every step (all-reduce) and divide by the world size:
+    /// every rank applies the same update and keeps bitwise-identical weights.
+    #[default]
+    Gradients,
+    /// Local SGD: every rank steps on its own gradients and the parameters are averaged
+    /// every `every` steps (for slow links).
+    #[serde(untagged)]
+    Every { every: u64 },
+}
+
+impl SyncSpec {
+    pub fn is_gradients(&self) -> bool {
+        *self == SyncSpec::Gradients
+    }
+}
+
+impl fmt::Display for SyncSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SyncSpec::Gradients => f.write_str("gradients"),
+            SyncSpec::Every { every } => write!(f, "every {every} steps"),
+        }
+    }
+}
+
 /// Gradient clipping, applied after the gradient hook and before the optimizer.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -541,6 +625,7 @@ impl JobSpec {
         self.validate_optimizer(&mut v);
         self.validate_schedule(&mut v);
         self.validate_training(&mut v);
+        self.validate_distributed(&mut v);
         if v.errors.is_empty() {
             Ok(())
         } else {
@@ -808,6 +893,38 @@ impl JobSpec {
                 "0 to optimizer.lr",
             ),
         }
+    }
+
+    fn validate_distributed(&self, v: &mut Validator) {
+        let d = &self.distributed;
+        v.check(
+            "distributed.workers",
+            d.workers,
+            (1..=MAX_WORLD).contains(&d.workers),
+            &format!("1 to {MAX_WORLD}"),
+        );
+        if let Some(min) = d.min_workers {
+            v.check(
+                "distributed.min_workers",
+                min,
+                min >= 1 && min <= d.workers,
+                &format!("1 to distributed.workers ({})", d.workers),
+            );
+        }
+        if let SyncSpec::Every { every } = d.sync {
+            v.check(
+                "distributed.sync.every",
+                every,
+                (1..=1_000_000).contains(&every),
+                "1 to 1000000 steps",
+            );
+        }
+        v.check(
+            "distributed.gang_wait_s",
+            d.gang_wait_s,
+            d.gang_wait_s <= 7 * 24 * 3600,
+            "0 to 604800 (a week)",
+        );
     }
 
     fn validate_training(&self, v: &mut Validator) {

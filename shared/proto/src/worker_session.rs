@@ -27,7 +27,7 @@ use std::fmt;
 use crate::artifact::checkpoint_name;
 use crate::metric::Metric;
 use crate::protocol::{
-    AttemptOutcome, AttemptRef, Capabilities, CloseReason, CoordinatorMessage, LogLine,
+    AttemptOutcome, AttemptRef, Capabilities, CloseReason, CoordinatorMessage, Group, LogLine,
     PROTOCOL_VERSION, WorkerMessage,
 };
 use crate::spec::JobSpec;
@@ -148,6 +148,8 @@ pub enum Action {
         spec: JobSpec,
         /// The encoded checkpoint to resume from.
         resume: Option<Vec<u8>>,
+        /// This worker's rank in a data-parallel attempt.
+        group: Option<Group>,
     },
     /// Ask the running job to stop (it still finishes, with its own outcome).
     CancelJob { attempt: AttemptRef },
@@ -206,8 +208,9 @@ enum Link {
 #[derive(Debug)]
 struct Slot {
     attempt: AttemptRef,
-    /// The resume checkpoint being downloaded, with the spec to start once it is here.
-    downloading: Option<(JobSpec, String)>,
+    /// The resume checkpoint being downloaded, with the spec (and group) to start once it is
+    /// here.
+    downloading: Option<(JobSpec, Option<Group>, String)>,
 }
 
 /// Messages to send once an upload is done.
@@ -403,19 +406,20 @@ impl WorkerSession {
             Input::ResumeDownloaded { attempt, bytes } => {
                 if let Some(slot) = self.slot.as_mut()
                     && slot.attempt == attempt
-                    && let Some((spec, _)) = slot.downloading.take()
+                    && let Some((spec, group, _)) = slot.downloading.take()
                 {
                     self.actions.push_back(Action::StartJob {
                         attempt,
                         spec,
                         resume: Some(bytes),
+                        group,
                     });
                 }
             }
             Input::ResumeFailed { attempt, error } => {
                 if let Some(slot) = &self.slot
                     && slot.attempt == attempt
-                    && let Some((_, name)) = &slot.downloading
+                    && let Some((_, _, name)) = &slot.downloading
                 {
                     let message = format!("cannot download checkpoint {name}: {error}");
                     self.slot = None;
@@ -524,7 +528,8 @@ impl WorkerSession {
                 attempt,
                 spec,
                 resume,
-            } => self.assign(attempt, spec, resume),
+                group,
+            } => self.assign(attempt, spec, resume, group),
             CoordinatorMessage::Cancel { attempt } => {
                 let Some(slot) = &self.slot else { return };
                 // By job: the coordinator cancels the job, whatever attempt it thinks we run.
@@ -558,7 +563,13 @@ impl WorkerSession {
         }
     }
 
-    fn assign(&mut self, attempt: AttemptRef, spec: JobSpec, resume: Option<String>) {
+    fn assign(
+        &mut self,
+        attempt: AttemptRef,
+        spec: JobSpec,
+        resume: Option<String>,
+        group: Option<Group>,
+    ) {
         if let Some(running) = self.running() {
             if running == attempt {
                 return; // already ours (re-sent after a reconnect)
@@ -582,7 +593,7 @@ impl WorkerSession {
             Some(artifact) => {
                 self.slot = Some(Slot {
                     attempt,
-                    downloading: Some((spec, artifact.clone())),
+                    downloading: Some((spec, group, artifact.clone())),
                 });
                 self.actions
                     .push_back(Action::DownloadResume { attempt, artifact });
@@ -596,6 +607,7 @@ impl WorkerSession {
                     attempt,
                     spec,
                     resume: None,
+                    group,
                 });
             }
         }

@@ -13,10 +13,13 @@ use kiln_proto::spec::{DeviceRequest, JobSpec};
 use crate::data::{self, DataError, FsSource, Splits};
 use crate::device::{self, DeviceError};
 use crate::model::ModelConfig;
-use crate::train::{self, CancelToken, Checkpoint, TrainError, TrainEvent, TrainRun, TrainSummary};
+use crate::train::{
+    self, CancelToken, Checkpoint, GradientHook, Replica, TrainError, TrainEvent, TrainRun,
+    TrainSummary,
+};
 
 /// How to run a spec, beyond the spec itself.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RunOptions {
     /// The device to train on instead of the spec's `device`.
     pub device: Option<DeviceRequest>,
@@ -28,6 +31,23 @@ pub struct RunOptions {
     /// The spec's data, already loaded and shaped by [`data::load_for_model`] (a worker keeps
     /// the last job's data in memory); `None`: loaded here from `spec.dataset`.
     pub data: Option<Splits>,
+    /// This run's rank among the replicas of a data-parallel run (rank 0 of 1 alone).
+    pub replica: Replica,
+    /// What keeps the replicas one model (their all-reduce); `None` alone.
+    pub hook: Option<Box<dyn GradientHook>>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("device", &self.device)
+            .field("max_steps", &self.max_steps)
+            .field("resume", &self.resume.as_ref().map(|c| c.state.step))
+            .field("data", &self.data.as_ref().map(|d| d.train.len()))
+            .field("replica", &self.replica)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
 }
 
 /// What a run is about to do, once the device, the data and the model are ready.
@@ -113,6 +133,8 @@ pub fn run(
         resume,
         cancel,
         data: loaded,
+        replica,
+        mut hook,
     } = options;
     if let Some(ckpt) = &resume {
         sink.log(&format!(
@@ -164,6 +186,8 @@ pub fn run(
     run.resume = resume;
     run.cancel = cancel;
     run.max_steps = max_steps;
+    run.replica = replica;
+    run.hook = hook.as_deref_mut().map(|h| h as &mut dyn GradientHook);
     let summary = pollster::block_on(train::train(run))?;
 
     let (files, warnings) = final_files(&summary, &spec.name, resolved.kind);

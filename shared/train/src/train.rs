@@ -68,6 +68,18 @@ pub struct TrainSummary {
     pub test: Option<Metric>,
     /// Samples per second over the whole loop (training steps only, evaluation excluded).
     pub train_samples_per_sec: f64,
+    /// How many replicas trained (1 alone).
+    pub world: usize,
+}
+
+/// SHA-256 of weights (burnpack bytes), lowercase hex: equal on every rank of a data-parallel
+/// run.
+pub fn weights_sha256(weights: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(weights)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl TrainSummary {
@@ -82,6 +94,9 @@ impl TrainSummary {
             "device": device,
             "steps": self.steps,
             "samples": self.samples,
+            "world": self.world,
+            // Every rank of a data-parallel run ends with these same bytes.
+            "weights_sha256": self.weights.as_deref().map(weights_sha256),
             "train_samples_per_sec": self.train_samples_per_sec,
             "train": self.last_train,
             "val": self.last_val,
@@ -644,6 +659,7 @@ impl<M: TrainModel> Loop<M> {
             last_val,
             test,
             train_samples_per_sec: train_samples as f64 / train_secs.max(1e-9),
+            world,
         })
     }
 }

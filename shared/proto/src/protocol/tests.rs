@@ -41,6 +41,7 @@ fn caps() -> Capabilities {
         memory_mb: 2048,
         cores: 2,
         kiln_version: "0.1.0".into(),
+        peer_addr: None,
     }
 }
 
@@ -113,6 +114,19 @@ fn worker_messages() {
         &format!(
             r#"{{"type":"hello","protocol_version":1,"worker_id":"w1","name":"box","capabilities":{CAPS},"running":[{{"job_id":7,"attempt":2}}]}}"#
         ),
+    );
+    check(
+        WorkerMessage::Hello {
+            protocol_version: 1,
+            worker_id: "w2".into(),
+            name: "box".into(),
+            capabilities: Capabilities {
+                peer_addr: Some("10.0.0.2:7070".into()),
+                ..caps()
+            },
+            running: vec![],
+        },
+        r#"{"type":"hello","protocol_version":1,"worker_id":"w2","name":"box","capabilities":{"devices":["cpu","wgpu"],"device_names":["cpu","llvmpipe"],"memory_mb":2048,"cores":2,"kiln_version":"0.1.0","peer_addr":"10.0.0.2:7070"},"running":[]}"#,
     );
     check(
         WorkerMessage::Heartbeat { running: vec![A] },
@@ -227,6 +241,7 @@ fn coordinator_messages() {
             attempt: A,
             spec: spec(),
             resume: Some("checkpoint-0000000010.ckpt".into()),
+            group: None,
         },
         r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC,"resume":"checkpoint-0000000010.ckpt"}"#,
     );
@@ -235,8 +250,23 @@ fn coordinator_messages() {
             attempt: A,
             spec: spec(),
             resume: None,
+            group: None,
         },
         r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC}"#,
+    );
+    check(
+        CoordinatorMessage::Assign {
+            attempt: A,
+            spec: spec(),
+            resume: None,
+            group: Some(Group {
+                rank: 1,
+                world: 2,
+                peers: vec!["10.0.0.1:7070".into(), "10.0.0.2:7070".into()],
+                secret: "s3cret".into(),
+            }),
+        },
+        r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC,"group":{"rank":1,"world":2,"peers":["10.0.0.1:7070","10.0.0.2:7070"],"secret":"s3cret"}}"#,
     );
     check(
         CoordinatorMessage::Cancel { attempt: A },

@@ -52,6 +52,24 @@ fn each_bad_value_is_reported_at_its_field() {
             "training.checkpoint_every",
         ),
         ("training", "log_every = 0", "training.log_every"),
+        ("distributed", "workers = 0", "distributed.workers"),
+        ("distributed", "workers = 65", "distributed.workers"),
+        (
+            "distributed",
+            "workers = 2\nmin_workers = 3",
+            "distributed.min_workers",
+        ),
+        ("distributed", "min_workers = 0", "distributed.min_workers"),
+        (
+            "distributed",
+            "sync = { every = 0 }",
+            "distributed.sync.every",
+        ),
+        (
+            "distributed",
+            "gang_wait_s = 99999999",
+            "distributed.gang_wait_s",
+        ),
         (
             "training",
             "grad_clip = { norm = -1.0 }",
@@ -225,4 +243,31 @@ fn json_errors_are_reported_too() {
         matches!(err, SpecError::Parse { format: "JSON", .. }),
         "{err}"
     );
+}
+
+#[test]
+fn distributed_section_defaults_and_round_trips() {
+    let single = JobSpec::from_toml_str(BASE).expect("base spec");
+    assert!(single.distributed.is_single());
+    // A spec without the section serializes without it (stored specs stay as they were).
+    assert!(!serde_json::to_string(&single).unwrap().contains("distributed"));
+
+    let text = spec_with("distributed", "workers = 3\nmin_workers = 2\nsync = { every = 8 }");
+    let spec = JobSpec::from_toml_str(&text).expect("distributed spec");
+    assert_eq!(spec.distributed.workers, 3);
+    assert_eq!(spec.distributed.min(), 2);
+    assert_eq!(spec.distributed.sync, SyncSpec::Every { every: 8 });
+    let json = serde_json::to_string(&spec).unwrap();
+    assert!(json.contains(r#""sync":{"every":8}"#), "{json}");
+    assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
+    assert_eq!(JobSpec::from_toml_str(&spec.to_toml_string()).unwrap(), spec);
+
+    let text = spec_with("distributed", "workers = 2\nsync = \"gradients\"");
+    let spec = JobSpec::from_toml_str(&text).expect("gradients");
+    assert_eq!(spec.distributed.sync, SyncSpec::Gradients);
+    assert_eq!(spec.distributed.min(), 2);
+
+    let bad = spec_with("distributed", "sync = \"sometimes\"");
+    let fields = fields_of(&bad);
+    assert!(fields[0].starts_with("parse:"), "{fields:?}");
 }

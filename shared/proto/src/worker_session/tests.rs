@@ -27,6 +27,7 @@ fn capabilities() -> Capabilities {
         memory_mb: 1024,
         cores: 2,
         kiln_version: "test".into(),
+        peer_addr: None,
     }
 }
 
@@ -47,6 +48,7 @@ fn assign(attempt: AttemptRef, resume: Option<&str>) -> Input {
         attempt,
         spec: spec(),
         resume: resume.map(str::to_string),
+        group: None,
     })
 }
 
@@ -608,7 +610,8 @@ fn the_resume_checkpoint_downloads_while_heartbeats_go_on() {
         vec![Action::StartJob {
             attempt: A,
             spec: spec(),
-            resume: Some(vec![9; 4])
+            resume: Some(vec![9; 4]),
+            group: None,
         }]
     );
 }
@@ -780,4 +783,45 @@ fn the_backoff_grows_to_its_cap_and_a_welcome_resets_it() {
     h.input(Input::Disconnected { reason: None });
     let wait = h.s.poll_timeout().expect("deadline") - h.now;
     assert!((200..400).contains(&wait), "{wait}");
+}
+
+#[test]
+fn a_ranks_group_reaches_the_job_also_after_the_resume_download() {
+    let group = Group {
+        rank: 1,
+        world: 2,
+        peers: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+        secret: "s".into(),
+    };
+    let ranked = |attempt, resume: Option<&str>| {
+        Input::Frame(CoordinatorMessage::Assign {
+            attempt,
+            spec: spec(),
+            resume: resume.map(str::to_string),
+            group: Some(group.clone()),
+        })
+    };
+    let mut h = Harness::new();
+    h.connect();
+    h.sent();
+    h.input(ranked(A, None));
+    let actions = h.actions();
+    assert!(
+        matches!(&actions[..], [Action::StartJob { group: Some(g), .. }] if *g == group),
+        "{actions:?}"
+    );
+    let mut h = Harness::new();
+    h.connect();
+    h.sent();
+    h.input(ranked(B, Some("checkpoint-10.ckpt")));
+    h.actions();
+    h.input(Input::ResumeDownloaded {
+        attempt: B,
+        bytes: vec![1],
+    });
+    let actions = h.actions();
+    assert!(
+        matches!(&actions[..], [Action::StartJob { attempt: B, group: Some(g), .. }] if *g == group),
+        "{actions:?}"
+    );
 }

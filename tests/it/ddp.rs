@@ -1,0 +1,226 @@
+//! Data-parallel training: one job, several `kiln worker` processes, one model. Real
+//! coordinator, real workers, ranks talking over real TCP on loopback.
+
+use std::time::{Duration, Instant};
+
+use kiln_proto::protocol::{JobId, JobState};
+use sha2::Digest;
+
+use crate::cluster::Cluster;
+
+/// A `workers`-rank job on synthetic data; `min_workers` lets it resume smaller.
+fn spec(name: &str, workers: u32, min_workers: u32, steps: u64) -> String {
+    format!(
+        r#"
+name = "{name}"
+device = "cpu"
+[model]
+kind = "mlp"
+hidden = [256, 256]
+dropout = 0.1
+[dataset]
+kind = "synthetic"
+examples = 4096
+features = 128
+classes = 8
+[training]
+batch_size = 32
+epochs = 1000
+max_steps = {steps}
+log_every = 5
+checkpoint_every = 20
+[distributed]
+workers = {workers}
+min_workers = {min_workers}
+"#
+    )
+}
+
+fn logs(c: &Cluster, id: JobId) -> Vec<String> {
+    c.rt.block_on(c.client().logs(id, 0, Some(10_000)))
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.line.text)
+        .collect()
+}
+
+/// `(rank, hash)` of every "final weights sha256" line.
+fn final_hashes(lines: &[String]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let (head, hash) = l.split_once("final weights sha256 ")?;
+            let rank = head.split("rank ").nth(1)?.split(' ').next()?.to_string();
+            Some((rank, hash.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Wait until `n` workers are connected (an elastic job starts with whoever is there).
+fn wait_workers(c: &Cluster, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let workers = c.rt.block_on(c.client().workers()).expect("workers");
+        if workers.iter().filter(|w| w.connected).count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} workers never connected: {workers:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    for id in ["w1", "w2", "w3"] {
+        c.add_worker(id);
+    }
+    for world in [2u32, 3] {
+        let job = c.submit(&spec(&format!("ddp{world}"), world, world, 60));
+        let done = c.wait_job(job.id, 180, "success", |j| j.state.is_terminal());
+        assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+        assert_eq!(done.step, 60);
+
+        let attempts = c.rt.block_on(c.client().attempts(job.id)).unwrap();
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        let ranks: Vec<u32> = attempts[0].ranks.iter().map(|r| r.rank).collect();
+        assert_eq!(ranks, (0..world).collect::<Vec<_>>(), "{attempts:?}");
+        let mut workers: Vec<&str> = attempts[0]
+            .ranks
+            .iter()
+            .map(|r| r.worker_id.as_str())
+            .collect();
+        workers.sort();
+        workers.dedup();
+        assert_eq!(workers.len(), world as usize, "one rank per worker");
+
+        let lines = logs(&c, job.id);
+        assert!(
+            lines.iter().any(|l| l.contains("transport: direct TCP")),
+            "the log says which transport was chosen: {lines:#?}"
+        );
+        let hashes = final_hashes(&lines);
+        assert_eq!(hashes.len(), world as usize, "{lines:#?}");
+        let first = &hashes[0].1;
+        assert!(
+            hashes.iter().all(|(_, h)| h == first),
+            "every rank ends with the same weights: {hashes:?}"
+        );
+
+        // Rank 0 wrote the run's files, and they hold those weights.
+        let bpk = c
+            .rt
+            .block_on(c.client().download_artifact(job.id, "model.bpk"))
+            .expect("model.bpk");
+        assert_eq!(&sha256_hex(&bpk), first);
+        let summary: serde_json::Value = serde_json::from_slice(
+            &c.rt
+                .block_on(c.client().download_artifact(job.id, "summary.json"))
+                .expect("summary.json"),
+        )
+        .unwrap();
+        assert_eq!(summary["world"], world);
+        assert_eq!(summary["weights_sha256"].as_str(), Some(first.as_str()));
+
+        // Only rank 0 reports metrics: one series, no duplicate steps.
+        let steps: Vec<u64> = c
+            .metrics(job.id)
+            .iter()
+            .filter(|p| p.metric.split == kiln_proto::metric::Split::Train)
+            .map(|p| p.metric.step)
+            .collect();
+        let mut unique = steps.clone();
+        unique.dedup();
+        assert_eq!(steps, unique, "one rank's training metrics");
+        assert_eq!(steps.last(), Some(&60));
+    }
+}
+
+#[test]
+fn a_gang_waits_for_its_workers_while_a_one_worker_job_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("w1");
+    let gang = c.submit(&spec("gang", 2, 2, 20));
+    let small = c.submit(&spec("small", 1, 1, 20));
+    let done = c.wait_job(small.id, 120, "the small job", |j| j.state.is_terminal());
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(c.job(gang.id).state, JobState::Queued, "the gang cannot form yet");
+    c.add_worker("w2");
+    let done = c.wait_job(gang.id, 120, "the gang", |j| j.state.is_terminal());
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let attempts = c.rt.block_on(c.client().attempts(gang.id)).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].ranks.len(), 2, "{attempts:?}");
+}
+
+#[test]
+fn a_killed_rank_stops_the_others_fast_and_the_job_resumes_with_the_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("w1");
+    c.add_worker("w2");
+    wait_workers(&c, 2);
+    // Long enough to still be running when a checkpoint is in.
+    let job = c.submit(&spec("elastic", 2, 1, 5000));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !c
+        .artifacts(job.id)
+        .iter()
+        .any(|a| a.starts_with("checkpoint-"))
+    {
+        assert!(Instant::now() < deadline, "no checkpoint stored");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let attempts = c.rt.block_on(c.client().attempts(job.id)).unwrap();
+    assert_eq!(attempts[0].ranks.len(), 2, "{attempts:?}");
+    // Kill rank 1's worker: rank 0 must notice on its own (socket closed or step deadline).
+    let victim = attempts[0].ranks[1].worker_id.clone();
+    let survivor = attempts[0].ranks[0].worker_id.clone();
+    let index = c
+        .workers
+        .iter()
+        .position(|w| w.name == victim)
+        .expect("victim");
+    let killed_at_ms = now_ms();
+    c.workers[index].kill();
+
+    let done = c.wait_job(job.id, 240, "success with the survivor", |j| {
+        j.state.is_terminal()
+    });
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.step, 5000);
+    let attempts = c.rt.block_on(c.client().attempts(job.id)).unwrap();
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    let first = &attempts[0];
+    assert_eq!(first.state, JobState::Failed, "{first:?}");
+    // The survivor takes the next attempt only once its rank stopped and said so: that
+    // bounds how long the kill kept it waiting.
+    let survivor_free_after_ms = attempts[1].started_ms - killed_at_ms;
+    assert!(
+        survivor_free_after_ms <= 10_000,
+        "the survivor was free {survivor_free_after_ms} ms after the kill: {attempts:?}"
+    );
+    let last = attempts.last().unwrap();
+    assert_eq!(last.state, JobState::Succeeded);
+    assert_eq!(last.ranks.len(), 1, "resumed smaller: {last:?}");
+    assert_eq!(last.ranks[0].worker_id, survivor);
+    assert!(
+        last.resumed_from_step.is_some_and(|s| s >= 20),
+        "resumed from rank 0's checkpoint: {last:?}"
+    );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
