@@ -136,4 +136,20 @@ impl GradientHook for RingHook {
             Ok(())
         })
     }
+
+    fn reduce_sum<'a>(&'a mut self, _replica: Replica, values: &'a mut [f64]) -> HookFuture<'a, ()> {
+        Box::pin(async move {
+            let runtime = self.runtime.clone();
+            let ring = self.ring()?;
+            // Metrics and evaluation sums: f32 keeps 7 digits, plenty for a loss or a count.
+            let mut buf: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            runtime
+                .block_on(ring.all_reduce_sum(&mut buf))
+                .map_err(hook_error)?;
+            for (v, b) in values.iter_mut().zip(buf) {
+                *v = f64::from(b);
+            }
+            Ok(())
+        })
+    }
 }

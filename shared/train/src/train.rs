@@ -337,18 +337,34 @@ impl Accumulator {
         self.samples += samples as u64;
     }
 
-    /// Mean loss and accuracy since the last read; resets.
-    async fn read(&mut self) -> Result<(f64, Option<f64>, f64), TrainError> {
+    /// Mean loss and accuracy since the last read, and samples per second; resets. Of
+    /// several replicas: over all of them (the loss is the mean of every replica's step
+    /// losses, the accuracy over all their predictions, the rate their sum).
+    async fn read(
+        &mut self,
+        hook: &mut Option<&mut dyn GradientHook>,
+        replica: Replica,
+    ) -> Result<(f64, Option<f64>, f64), TrainError> {
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
-        let rate = self.samples as f64 / secs;
-        let loss = match self.loss.take() {
-            Some(t) => read_f64(t).await? / self.steps.max(1) as f64,
+        let loss_sum = match self.loss.take() {
+            Some(t) => read_f64(t).await?,
             None => f64::NAN,
         };
-        let accuracy = match self.correct.take() {
-            Some(t) => Some(read_i64(t).await? as f64 / self.predictions.max(1) as f64),
-            None => None,
+        let (correct, has_correct) = match self.correct.take() {
+            Some(t) => (read_i64(t).await? as f64, true),
+            None => (0.0, false),
         };
+        let mut sums = [
+            loss_sum,
+            self.steps as f64,
+            correct,
+            self.predictions as f64,
+            self.samples as f64 / secs,
+        ];
+        hook::reduce_sum(hook, replica, &mut sums).await?;
+        let [loss_sum, steps, correct, predictions, rate] = sums;
+        let loss = loss_sum / steps.max(1.0);
+        let accuracy = has_correct.then(|| correct / predictions.max(1.0));
         *self = Accumulator::new();
         Ok((loss, accuracy, rate))
     }
@@ -368,20 +384,26 @@ async fn read_i64(t: Tensor<1, Int>) -> Result<i64, TrainError> {
 }
 
 /// Batches of `batch` examples in order, for evaluation.
+/// Loss and accuracy over `data`. Of several replicas, each evaluates its contiguous shard
+/// and the sums are reduced, so every replica gets the figures of the whole set.
 async fn evaluate<M: TrainModel>(
     model: &M,
     data: &Dataset,
     batch: usize,
     device: &Device,
+    hook: &mut Option<&mut dyn GradientHook>,
+    replica: Replica,
 ) -> Result<(f64, Option<f64>), TrainError> {
     let model = model.valid();
     let device = device.clone().without_autodiff();
     let mut acc = Accumulator::new();
     let n = data.len();
+    let world = if hook.is_some() { replica.world.max(1) } else { 1 };
+    let rank = if world > 1 { replica.rank } else { 0 };
+    let (mut start, stop) = (n * rank / world, n * (rank + 1) / world);
     let mut weighted_loss = 0.0;
-    let mut start = 0;
-    while start < n {
-        let end = (start + batch).min(n);
+    while start < stop {
+        let end = (start + batch).min(stop);
         let indices: Vec<usize> = (start..end).collect();
         let out = model.forward_batch(&data.gather(&indices), &device);
         // Weight each batch's mean loss by its size so a short last batch counts fairly.
@@ -395,10 +417,17 @@ async fn evaluate<M: TrainModel>(
         acc.predictions += out.predictions as u64;
         start = end;
     }
-    let accuracy = match acc.correct.take() {
-        Some(t) => Some(read_i64(t).await? as f64 / acc.predictions.max(1) as f64),
-        None => None,
+    // Whether there is an accuracy depends on the targets, not on the shard (which may be
+    // empty when there are fewer examples than replicas).
+    let has_correct = !matches!(data.targets, data::Targets::Value(_));
+    let correct = match acc.correct.take() {
+        Some(t) => read_i64(t).await? as f64,
+        None => 0.0,
     };
+    let mut sums = [weighted_loss, correct, acc.predictions as f64];
+    hook::reduce_sum(hook, replica, &mut sums).await?;
+    let [weighted_loss, correct, predictions] = sums;
+    let accuracy = has_correct.then(|| correct / predictions.max(1.0));
     Ok((weighted_loss / n.max(1) as f64, accuracy))
 }
 
@@ -562,7 +591,7 @@ impl<M: TrainModel> Loop<M> {
             train_secs += started.elapsed().as_secs_f64();
 
             if step % log_every == 0 || step == total_steps {
-                let (loss, accuracy, rate) = acc.read().await?;
+                let (loss, accuracy, rate) = acc.read(&mut hook, replica).await?;
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged(loss, step));
                 }
@@ -591,6 +620,8 @@ impl<M: TrainModel> Loop<M> {
                     step,
                     epoch_at(step),
                     Split::Val,
+                    &mut hook,
+                    replica,
                 )
                 .await?;
                 last_val = Some(metric.clone());
@@ -620,8 +651,18 @@ impl<M: TrainModel> Loop<M> {
         if outcome == Outcome::Completed {
             for (split, set) in [(Split::Val, &data.valid), (Split::Test, &data.test)] {
                 let Some(set) = set else { continue };
-                let metric =
-                    eval_metric(&model, set, batch, &device, step, epoch_at(step), split).await?;
+                let metric = eval_metric(
+                    &model,
+                    set,
+                    batch,
+                    &device,
+                    step,
+                    epoch_at(step),
+                    split,
+                    &mut hook,
+                    replica,
+                )
+                .await?;
                 on_event(TrainEvent::Metric(metric.clone()));
                 match split {
                     Split::Test => test = Some(metric),
@@ -664,6 +705,10 @@ impl<M: TrainModel> Loop<M> {
     }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the loop's state at one evaluation; a struct would only rename it"
+)]
 async fn eval_metric<M: TrainModel>(
     model: &M,
     data: &Dataset,
@@ -672,8 +717,10 @@ async fn eval_metric<M: TrainModel>(
     step: u64,
     epoch: f64,
     split: Split,
+    hook: &mut Option<&mut dyn GradientHook>,
+    replica: Replica,
 ) -> Result<Metric, TrainError> {
-    let (loss, accuracy) = evaluate(model, data, batch, device).await?;
+    let (loss, accuracy) = evaluate(model, data, batch, device, hook, replica).await?;
     Ok(Metric {
         step,
         epoch,

@@ -51,6 +51,26 @@ pub trait GradientHook {
         step: u64,
         gradients: &'a mut [f32],
     ) -> HookFuture<'a, ()>;
+
+    /// Replace `values` by their element-wise sum over all replicas: training metrics and
+    /// sharded evaluation, so that rank 0 reports global figures. Every replica calls it at the
+    /// same points. The default (alone) keeps them.
+    fn reduce_sum<'a>(&'a mut self, replica: Replica, values: &'a mut [f64]) -> HookFuture<'a, ()> {
+        let _ = (replica, values);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Sum `values` over the replicas through `hook`, if there is one and more than one replica.
+pub(crate) async fn reduce_sum(
+    hook: &mut Option<&mut dyn GradientHook>,
+    replica: Replica,
+    values: &mut [f64],
+) -> Result<(), HookError> {
+    match hook {
+        Some(hook) if replica.world > 1 => hook.reduce_sum(replica, values).await,
+        _ => Ok(()),
+    }
 }
 
 /// Gradients taken out of a `GradientsParams`, flattened to one buffer.
