@@ -213,13 +213,28 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                         "ID", "NAME", "STATE", "PROGRESS", "WORKER"
                     );
                     for j in &page.jobs {
+                        let mut worker = j.worker_id.clone().unwrap_or_else(|| "-".into());
+                        // A data-parallel job: every rank's worker, rank order.
+                        if j.spec.distributed.workers > 1 && j.worker_id.is_some() {
+                            let attempts = client.attempts(j.id).await?;
+                            if let Some(last) = attempts.last()
+                                && last.ranks.len() > 1
+                            {
+                                worker = last
+                                    .ranks
+                                    .iter()
+                                    .map(|r| r.worker_id.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(",");
+                            }
+                        }
                         println!(
                             "{:>5}  {:<24} {:<10} {:>13}  {:<20} {}",
                             j.id,
                             truncate(&j.name, 24),
                             j.state.as_str(),
                             format!("{}/{}", j.step, j.total_steps),
-                            truncate(j.worker_id.as_deref().unwrap_or("-"), 20),
+                            truncate(&worker, 20),
                             age(j.created_ms)
                         );
                     }
@@ -243,8 +258,36 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 } else {
                     println!("job {}: {} [{}]", job.id, job.name, job.state.as_str());
                     println!("  progress  {}/{} steps", job.step, job.total_steps);
+                    let ranks = attempts.last().map_or(0, |a| a.ranks.len());
                     if let Some(w) = &job.worker_id {
-                        println!("  worker    {w}");
+                        match attempts.last() {
+                            Some(a) if ranks > 1 => {
+                                let workers: Vec<String> = a
+                                    .ranks
+                                    .iter()
+                                    .map(|r| format!("{} (rank {})", r.worker_id, r.rank))
+                                    .collect();
+                                println!("  workers   {}", workers.join(", "));
+                            }
+                            _ => println!("  worker    {w}"),
+                        }
+                    }
+                    let d = &job.spec.distributed;
+                    if d.workers > 1 {
+                        let batch = job.spec.training.batch_size;
+                        let world = if ranks > 0 { ranks } else { d.workers as usize };
+                        println!(
+                            "  parallel  {} workers (at least {}), sync {}, batch {batch} per rank = {} global{}",
+                            d.workers,
+                            d.min(),
+                            d.sync,
+                            batch * world,
+                            if ranks > 0 && ranks != d.workers as usize {
+                                format!(" (this attempt: {ranks} ranks)")
+                            } else {
+                                String::new()
+                            }
+                        );
                     }
                     if let Some(Ok(kiln_proto::dataset::DatasetRef::Pinned(digest))) =
                         kiln_proto::dataset::DatasetRef::of(&job.spec.dataset)
@@ -275,10 +318,15 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                         }
                     }
                     for a in &attempts {
+                        let on = if a.ranks.len() > 1 {
+                            a.ranks.iter().map(|r| r.worker_id.as_str()).collect::<Vec<_>>().join(", ")
+                        } else {
+                            a.worker_id.clone()
+                        };
                         println!(
                             "  attempt {} on {}: {}{}",
                             a.attempt,
-                            a.worker_id,
+                            on,
                             a.state.as_str(),
                             a.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
                         );

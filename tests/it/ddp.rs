@@ -141,6 +141,18 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
         unique.dedup();
         assert_eq!(steps, unique, "one rank's training metrics");
         assert_eq!(steps.last(), Some(&60));
+
+        // The CLI shows every rank's worker and the global batch.
+        let o = c.cli(&["job", &job.id.to_string()]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        let global = 32 * world;
+        assert!(
+            text.contains(&format!("batch 32 per rank = {global} global")),
+            "{text}"
+        );
+        for w in &workers {
+            assert!(text.contains(&format!("{w} (rank ")), "{w} in {text}");
+        }
     }
 }
 
@@ -149,7 +161,17 @@ fn a_gang_waits_for_its_workers_while_a_one_worker_job_runs() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(dir.path());
     c.add_worker("w1");
-    let gang = c.submit(&spec("gang", 2, 2, 20));
+    // The gang is submitted from the CLI: a one-worker spec made a 2-worker job by --workers.
+    let file = dir.path().join("gang.toml");
+    std::fs::write(&file, spec("gang", 1, 1, 20).replace("min_workers = 1\n", "")).unwrap();
+    let bad = c.cli(&["submit", file.to_str().unwrap(), "--workers", "0"]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("distributed.workers") && err.contains("1 to 64"), "{err}");
+    let o = c.cli(&["submit", file.to_str().unwrap(), "--workers", "2", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gang: kiln_proto::protocol::JobInfo = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(gang.spec.distributed.workers, 2);
     let small = c.submit(&spec("small", 1, 1, 20));
     let done = c.wait_job(small.id, 120, "the small job", |j| j.state.is_terminal());
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
