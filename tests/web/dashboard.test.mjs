@@ -9,7 +9,8 @@ import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, signIn, SHOTS, TOKEN, startKiln } from './support.mjs';
+import { spawn } from 'node:child_process';
+import { BIN, CHROMIUM_ARGS, signIn, SHOTS, TOKEN, startKiln } from './support.mjs';
 
 let kiln, base, dataDir, browser, ctx;
 const pageErrors = [];
@@ -604,6 +605,43 @@ test('without a token only the login form shows; a wrong token is refused, the r
   await page.locator('#token').waitFor();
   assert.equal(await page.evaluate(() => localStorage.getItem('kiln.token')), null);
   await fresh.close();
+});
+
+test('a data-parallel job: two workers train it, the job page names both ranks, the global batch and the transport', async () => {
+  // A second worker beside `kiln up`'s own; the gang of 2 needs both.
+  const second = spawn(BIN, ['worker', '--server', base, '--token', TOKEN, '--device', 'cpu',
+    '--id', 'e2e-second', '--name', 'second', '--cache-dir', join(dataDir, 'cache-second')], {
+    env: { ...process.env, BURN_DEVICE: 'flex', RUST_LOG: 'warn' }, stdio: 'ignore',
+  });
+  try {
+    const end = Date.now() + 60_000;
+    while ((await api('/api/workers')).body.filter((w) => w.connected).length < 2) {
+      assert.ok(Date.now() < end, 'the second worker did not connect');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const id = await submit({ ...blobs('e2e-ddp', { epochs: 3 }), distributed: { workers: 2 } });
+    const job = await waitForState(id, ['succeeded', 'failed', 'cancelled']);
+    assert.equal(job.state, 'succeeded', JSON.stringify(job));
+    const attempts = (await api(`/api/jobs/${id}/attempts`)).body;
+    assert.equal(attempts.at(-1).ranks.length, 2, JSON.stringify(attempts));
+
+    const page = await ctx.newPage();
+    await page.goto(`${base}/jobs/${id}`);
+    const ranks = page.locator('dd.ranks');
+    await ranks.waitFor();
+    const text = await ranks.innerText();
+    assert.match(text, /\(rank 0\)/);
+    assert.match(text, /\(rank 1\)/);
+    assert.match(text, /second/);
+    assert.match(await page.locator('dd.parallel').innerText(), /batch 32 per rank = 64 global/);
+    assert.match(await page.locator('dd.transport').innerText(), /direct TCP/);
+    // The attempts table names both workers too.
+    assert.match(await page.locator('table.attempts tbody tr').last().innerText(), /rank 1/);
+    await shot(page, 'job-data-parallel');
+    await page.close();
+  } finally {
+    second.kill('SIGTERM');
+  }
 });
 
 test('a coordinator restart: the open jobs page reconnects and shows new jobs live', async () => {

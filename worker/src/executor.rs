@@ -451,10 +451,10 @@ impl RunSink for Events<'_> {
     }
 
     fn started(&mut self, s: &RunStarted) {
-        (self.send)(log(format!(
+        self.log(&format!(
             "model has {} parameters; steps {}..{}",
             s.parameters, s.start_step, s.total_steps
-        )));
+        ));
         (self.send)(JobEvent::Started {
             device: s.device_kind.as_str().to_string(),
             total_steps: s.total_steps,

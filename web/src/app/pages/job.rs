@@ -356,6 +356,44 @@ fn JobView(id: JobId) -> impl IntoView {
         Some(id) => worker_names.with(|m| m.get(&id).cloned()).unwrap_or(id),
         None => "—".to_string(),
     };
+    // A data-parallel attempt: every rank's worker, rank order.
+    let ranks_of = move |a: &AttemptInfo| {
+        (a.ranks.len() > 1).then(|| {
+            a.ranks
+                .iter()
+                .map(|r| format!("{} (rank {})", worker_name(Some(r.worker_id.clone())), r.rank))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    let rank_workers = move || attempts.with(|a| a.last().and_then(ranks_of));
+    let parallel = move || {
+        let world = attempts.with(|a| a.last().map_or(0, |a| a.ranks.len()));
+        job.with(|j| {
+            let j = j.as_ref()?;
+            let d = &j.spec.distributed;
+            (d.workers > 1).then(|| {
+                let batch = j.spec.training.batch_size;
+                let world = if world > 0 { world } else { d.workers as usize };
+                format!(
+                    "{} workers (at least {}) · batch {batch} per rank = {} global · sync {}",
+                    d.workers,
+                    d.min(),
+                    batch * world,
+                    d.sync
+                )
+            })
+        })
+    };
+    // Which transport the ranks chose, as the job's log says.
+    let transport = move || {
+        logs.with(|l| {
+            l.iter().rev().find_map(|e| {
+                let (_, t) = e.line.text.split_once("(transport: ")?;
+                Some(t.trim_end_matches(')').to_string())
+            })
+        })
+    };
     // The header re-renders only what changed: a running job updates several times a second,
     // and re-creating the buttons each time would swallow clicks on them.
     let state = Memo::new(move |_| job.with(|j| j.as_ref().map(|j| j.state)));
@@ -395,7 +433,12 @@ fn JobView(id: JobId) -> impl IntoView {
             <dl class="facts">
                 <div><dt>"Progress"</dt><dd>{move || { let (s, t) = step.get(); view! { <Progress step=s total=t/> } }}
                     <span class="small muted">{move || { let (s, t) = step.get(); format!(" step {s} / {t}") }}</span></dd></div>
-                <div><dt>"Worker"</dt><dd>{move || worker_name(job.with(|j| j.as_ref().and_then(|j| j.worker_id.clone())))}</dd></div>
+                {move || match rank_workers() {
+                    Some(workers) => view! { <div><dt>"Workers"</dt><dd class="ranks">{workers}</dd></div> }.into_any(),
+                    None => view! { <div><dt>"Worker"</dt><dd>{move || worker_name(job.with(|j| j.as_ref().and_then(|j| j.worker_id.clone())))}</dd></div> }.into_any(),
+                }}
+                {move || parallel().map(|p| view! { <div><dt>"Data-parallel"</dt><dd class="parallel">{p}</dd></div> })}
+                {move || transport().map(|t| view! { <div><dt>"Transport"</dt><dd class="transport">{t}</dd></div> })}
                 {move || dataset.get().map(|d| view! {
                     <div><dt>"Dataset"</dt><dd class="dataset">{match d {
                         JobDataset::Stored { label, href, reference } => view! {
@@ -481,8 +524,8 @@ fn JobView(id: JobId) -> impl IntoView {
                                 <tr>
                                     <td>{a.attempt}</td>
                                     <td title=a.worker_id.clone()>{
-                                        let w = a.worker_id.clone();
-                                        move || worker_name(Some(w.clone()))
+                                        let a = a.clone();
+                                        move || ranks_of(&a).unwrap_or_else(|| worker_name(Some(a.worker_id.clone())))
                                     }</td>
                                     <td><StateBadge state=a.state/></td>
                                     <td>{a.resumed_from_step.map(|s| format!("step {s}")).unwrap_or_else(|| "—".into())}</td>
