@@ -107,6 +107,13 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
             lines.iter().any(|l| l.contains("transport: direct TCP")),
             "the log says which transport was chosen: {lines:#?}"
         );
+        let rates = lines
+            .iter()
+            .find(|l| l.contains("samples/s by rank at step"))
+            .unwrap_or_else(|| panic!("every rank's throughput is logged: {lines:#?}"));
+        for rank in 0..world {
+            assert!(rates.contains(&format!("rank {rank} ")), "{rates}");
+        }
         let hashes = final_hashes(&lines);
         assert_eq!(hashes.len(), world as usize, "{lines:#?}");
         let first = &hashes[0].1;

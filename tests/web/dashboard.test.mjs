@@ -635,6 +635,7 @@ test('a data-parallel job: two workers train it, the job page names both ranks, 
     assert.match(text, /second/);
     assert.match(await page.locator('dd.parallel').innerText(), /batch 32 per rank = 64 global/);
     assert.match(await page.locator('dd.transport').innerText(), /direct TCP/);
+    assert.match(await page.locator('dd.rank-rates').innerText(), /rank 0 \d+, rank 1 \d+/);
     // The attempts table names both workers too.
     assert.match(await page.locator('table.attempts tbody tr').last().innerText(), /rank 1/);
     await shot(page, 'job-data-parallel');

@@ -358,6 +358,7 @@ fn run_job(
         &mut Events {
             send,
             rank: replica.rank,
+            rates_logged: None,
         },
     )?;
     let outcome = match report.summary.outcome {
@@ -439,7 +440,12 @@ fn load_stored(
 struct Events<'a> {
     send: &'a dyn Fn(JobEvent),
     rank: usize,
+    /// When the ranks' rates were last logged (at most every [`RANK_RATES_EVERY`]).
+    rates_logged: Option<std::time::Instant>,
 }
+
+/// How often rank 0 logs every rank's samples per second.
+const RANK_RATES_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl RunSink for Events<'_> {
     fn log(&mut self, line: &str) {
@@ -472,6 +478,22 @@ impl RunSink for Events<'_> {
         if self.rank == 0 {
             (self.send)(JobEvent::Checkpoint { step, bytes });
         }
+    }
+
+    fn rank_rates(&mut self, step: u64, samples_per_sec: &[f64]) {
+        if self.rank != 0 || self.rates_logged.is_some_and(|t| t.elapsed() < RANK_RATES_EVERY) {
+            return;
+        }
+        self.rates_logged = Some(std::time::Instant::now());
+        let rates: Vec<String> = samples_per_sec
+            .iter()
+            .enumerate()
+            .map(|(rank, rate)| format!("rank {rank} {rate:.0}"))
+            .collect();
+        self.log(&format!(
+            "samples/s by rank at step {step}: {}",
+            rates.join(", ")
+        ));
     }
 
     fn warning(&mut self, text: &str) {

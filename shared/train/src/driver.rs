@@ -90,6 +90,10 @@ pub trait RunSink {
     fn metric(&mut self, metric: &Metric);
     /// An encoded checkpoint (every `training.checkpoint_every` steps, and at the end).
     fn checkpoint(&mut self, step: u64, bytes: Vec<u8>);
+    /// Of a data-parallel run: every replica's own samples per second, rank order.
+    fn rank_rates(&mut self, step: u64, samples_per_sec: &[f64]) {
+        let _ = (step, samples_per_sec);
+    }
     /// Something went wrong that does not fail the run (a final file could not be made).
     fn warning(&mut self, text: &str);
     /// The run is over (completed or cancelled); `report.files` are the final files.
@@ -181,6 +185,10 @@ pub fn run(
         }),
         TrainEvent::Metric(m) => sink.metric(&m),
         TrainEvent::Checkpoint(c) => sink.checkpoint(c.state.step, c.encode()),
+        TrainEvent::RankRates {
+            step,
+            samples_per_sec,
+        } => sink.rank_rates(step, &samples_per_sec),
     };
     let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);
     run.resume = resume;

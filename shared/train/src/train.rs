@@ -44,6 +44,9 @@ pub enum TrainEvent {
     Metric(Metric),
     /// A checkpoint to store (every `training.checkpoint_every` steps, and at the end).
     Checkpoint(Box<Checkpoint>),
+    /// Of several replicas, with every training metric: each replica's own samples per second
+    /// since the last one, rank order (a slow rank shows here).
+    RankRates { step: u64, samples_per_sec: Vec<f64> },
 }
 
 /// How a run ended.
@@ -344,7 +347,7 @@ impl Accumulator {
         &mut self,
         hook: &mut Option<&mut dyn GradientHook>,
         replica: Replica,
-    ) -> Result<(f64, Option<f64>, f64), TrainError> {
+    ) -> Result<(f64, Option<f64>, f64, Vec<f64>), TrainError> {
         let secs = self.since.elapsed().as_secs_f64().max(1e-9);
         let loss_sum = match self.loss.take() {
             Some(t) => read_f64(t).await?,
@@ -354,19 +357,21 @@ impl Accumulator {
             Some(t) => (read_i64(t).await? as f64, true),
             None => (0.0, false),
         };
-        let mut sums = [
-            loss_sum,
-            self.steps as f64,
-            correct,
-            self.predictions as f64,
-            self.samples as f64 / secs,
-        ];
+        // Sums, then one slot per replica for its own rate (the others leave theirs at 0).
+        let rate = self.samples as f64 / secs;
+        let mut sums = vec![loss_sum, self.steps as f64, correct, self.predictions as f64, rate];
+        let world = if hook.is_some() { replica.world.max(1) } else { 1 };
+        if world > 1 {
+            sums.extend(std::iter::repeat_n(0.0, world));
+            sums[5 + replica.rank] = rate;
+        }
         hook::reduce_sum(hook, replica, &mut sums).await?;
-        let [loss_sum, steps, correct, predictions, rate] = sums;
+        let (loss_sum, steps, correct, predictions, rate) =
+            (sums[0], sums[1], sums[2], sums[3], sums[4]);
         let loss = loss_sum / steps.max(1.0);
         let accuracy = has_correct.then(|| correct / predictions.max(1.0));
         *self = Accumulator::new();
-        Ok((loss, accuracy, rate))
+        Ok((loss, accuracy, rate, sums.split_off(5)))
     }
 }
 
@@ -569,6 +574,7 @@ impl<M: TrainModel> Loop<M> {
             }
             let started = Instant::now();
             let (indices, taken) = data::replica_batch(&order, consumed, batch, rank, world);
+            let local = indices.len();
             let host_batch = train_data.gather(&indices);
             if uses_rng {
                 device.seed(step_seed(spec.seed.wrapping_add(rank as u64), step));
@@ -582,7 +588,8 @@ impl<M: TrainModel> Loop<M> {
                 hook::unflatten(&model, &mut grads, flat);
             }
             model = optim.step(lr, model, grads);
-            acc.add(out.loss.detach(), out.correct, out.predictions, taken);
+            // This replica's examples: `read` sums the replicas' rates.
+            acc.add(out.loss.detach(), out.correct, out.predictions, local);
             step += 1;
             batch_in_epoch += 1;
             consumed += taken;
@@ -591,7 +598,7 @@ impl<M: TrainModel> Loop<M> {
             train_secs += started.elapsed().as_secs_f64();
 
             if step % log_every == 0 || step == total_steps {
-                let (loss, accuracy, rate) = acc.read(&mut hook, replica).await?;
+                let (loss, accuracy, rate, rank_rates) = acc.read(&mut hook, replica).await?;
                 if !loss.is_finite() {
                     return Err(TrainError::Diverged(loss, step));
                 }
@@ -606,6 +613,12 @@ impl<M: TrainModel> Loop<M> {
                 };
                 last_train = Some(metric.clone());
                 on_event(TrainEvent::Metric(metric));
+                if !rank_rates.is_empty() {
+                    on_event(TrainEvent::RankRates {
+                        step,
+                        samples_per_sec: rank_rates,
+                    });
+                }
             }
             let eval_due = spec.training.eval_every.is_some_and(|k| step % k == 0);
             if eval_due

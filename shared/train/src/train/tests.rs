@@ -79,7 +79,7 @@ fn run_as(
             metrics.push(m)
         }
         TrainEvent::Checkpoint(c) => checkpoints.push(*c),
-        TrainEvent::Started { .. } => {}
+        TrainEvent::Started { .. } | TrainEvent::RankRates { .. } => {}
     };
     let mut run = TrainRun::new(spec.clone(), data, Device::flex(), &mut on_event);
     run.resume = resume;

@@ -385,6 +385,16 @@ fn JobView(id: JobId) -> impl IntoView {
             })
         })
     };
+    // Every rank's own throughput, as rank 0 last logged it (a slow rank stands out).
+    let rank_rates = move || {
+        logs.with(|l| {
+            l.iter().rev().find_map(|e| {
+                let (_, rates) = e.line.text.split_once("samples/s by rank at step ")?;
+                let (_, rates) = rates.split_once(": ")?;
+                Some(rates.to_string())
+            })
+        })
+    };
     // Which transport the ranks chose, as the job's log says.
     let transport = move || {
         logs.with(|l| {
@@ -439,6 +449,7 @@ fn JobView(id: JobId) -> impl IntoView {
                 }}
                 {move || parallel().map(|p| view! { <div><dt>"Data-parallel"</dt><dd class="parallel">{p}</dd></div> })}
                 {move || transport().map(|t| view! { <div><dt>"Transport"</dt><dd class="transport">{t}</dd></div> })}
+                {move || rank_rates().map(|r| view! { <div><dt>"Samples/s by rank"</dt><dd class="rank-rates">{r}</dd></div> })}
                 {move || dataset.get().map(|d| view! {
                     <div><dt>"Dataset"</dt><dd class="dataset">{match d {
                         JobDataset::Stored { label, href, reference } => view! {
