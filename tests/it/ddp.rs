@@ -333,3 +333,30 @@ fn two_ranks_of_batch_32_follow_one_worker_of_batch_64() {
         }
     }
 }
+
+#[test]
+fn local_sgd_ranks_step_alone_and_average_their_parameters_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("w1");
+    c.add_worker("w2");
+    wait_workers(&c, 2);
+    // 45 steps: averaged at 8, 16, …, 40 and after the last step (45), not on a multiple of 8.
+    let text = spec("local", 2, 2, 45).replace(
+        "min_workers = 2\n",
+        "min_workers = 2\nsync = { every = 8 }\n",
+    );
+    let job = c.submit(&text);
+    assert_eq!(
+        job.spec.distributed.sync,
+        kiln_proto::spec::SyncSpec::Every { every: 8 }
+    );
+    let done = c.wait_job(job.id, 180, "success", |j| j.state.is_terminal());
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let lines = logs(&c, job.id);
+    let hashes = final_hashes(&lines);
+    assert_eq!(hashes.len(), 2, "{lines:#?}");
+    // The ranks train on different shards with no gradient all-reduce: only the final
+    // averaging makes their weights equal.
+    assert_eq!(hashes[0].1, hashes[1].1, "{hashes:?}");
+}

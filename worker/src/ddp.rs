@@ -137,6 +137,27 @@ impl GradientHook for RingHook {
         })
     }
 
+    fn on_parameters<'a>(
+        &'a mut self,
+        _replica: Replica,
+        _step: u64,
+        parameters: &'a mut [f32],
+    ) -> HookFuture<'a, ()> {
+        Box::pin(async move {
+            let runtime = self.runtime.clone();
+            let ring = self.ring()?;
+            let world = ring.world() as f32;
+            runtime
+                .block_on(ring.all_reduce_sum(parameters))
+                .map_err(hook_error)?;
+            let scale = 1.0 / world;
+            for p in parameters.iter_mut() {
+                *p *= scale;
+            }
+            Ok(())
+        })
+    }
+
     fn reduce_sum<'a>(&'a mut self, _replica: Replica, values: &'a mut [f64]) -> HookFuture<'a, ()> {
         Box::pin(async move {
             let runtime = self.runtime.clone();

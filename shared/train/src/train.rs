@@ -524,6 +524,11 @@ impl<M: TrainModel> Loop<M> {
         });
 
         let uses_rng = config.uses_rng();
+        // Parameter averaging every H steps instead of a gradient all-reduce every step.
+        let local_sgd = match spec.distributed.sync {
+            kiln_proto::spec::SyncSpec::Every { every } if world > 1 => Some(every.max(1)),
+            _ => None,
+        };
         let log_every = spec.training.log_every;
         let epoch_at = |step: u64| step as f64 / steps_per_epoch as f64;
         let mut order = data::epoch_order(n, spec.seed, epoch);
@@ -582,12 +587,22 @@ impl<M: TrainModel> Loop<M> {
             let lr = learning_rate(&spec.schedule, spec.optimizer.lr, step, total_steps);
             let out = model.forward_batch(&host_batch, &device);
             let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
-            if let Some(hook) = hook.as_deref_mut() {
+            if let Some(hook) = hook.as_deref_mut()
+                && local_sgd.is_none()
+            {
                 let mut flat = hook::flatten(&model, &mut grads).await?;
                 hook.on_gradients(replica, step, &mut flat.values).await?;
                 hook::unflatten(&model, &mut grads, flat);
             }
             model = optim.step(lr, model, grads);
+            // Local SGD: every H steps (and after the last), the replicas average parameters.
+            if let (Some(every), Some(hook)) = (local_sgd, hook.as_deref_mut())
+                && ((step + 1) % every == 0 || step + 1 == total_steps)
+            {
+                let mut params = hook::flatten_params(&model).await?;
+                hook.on_parameters(replica, step + 1, &mut params).await?;
+                model = hook::load_params(model, &params);
+            }
             // This replica's examples: `read` sums the replicas' rates.
             acc.add(out.loss.detach(), out.correct, out.predictions, local);
             step += 1;

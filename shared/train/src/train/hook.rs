@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -51,6 +51,19 @@ pub trait GradientHook {
         step: u64,
         gradients: &'a mut [f32],
     ) -> HookFuture<'a, ()>;
+
+    /// Local SGD (`distributed.sync = { every = H }`): called every H steps (and after the last
+    /// step) with this replica's parameters, flattened in parameter order; replace them in
+    /// place (with their mean over all replicas). The default keeps them.
+    fn on_parameters<'a>(
+        &'a mut self,
+        replica: Replica,
+        step: u64,
+        parameters: &'a mut [f32],
+    ) -> HookFuture<'a, ()> {
+        let _ = (replica, step, parameters);
+        Box::pin(async { Ok(()) })
+    }
 
     /// Replace `values` by their element-wise sum over all replicas: training metrics and
     /// sharded evaluation, so that rank 0 reports global figures. Every replica calls it at the
@@ -180,4 +193,63 @@ pub(crate) fn unflatten<M: Module>(model: &M, grads: &mut GradientsParams, flat:
         offset: 0,
     };
     model.visit(&mut restore);
+}
+
+/// Every float parameter of a module, one host buffer in visit order.
+struct CollectParams {
+    parts: Vec<Tensor<1>>,
+}
+
+impl ModuleVisitor for CollectParams {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let value = param.val();
+        let n: usize = value.dims().iter().product();
+        self.parts.push(value.detach().reshape([n]));
+    }
+}
+
+/// Read every float parameter of `model` into one host buffer (one device read).
+pub(crate) async fn flatten_params<M: Module>(model: &M) -> Result<Vec<f32>, HookError> {
+    let mut collect = CollectParams { parts: Vec::new() };
+    model.visit(&mut collect);
+    if collect.parts.is_empty() {
+        return Ok(Vec::new());
+    }
+    Tensor::cat(collect.parts, 0)
+        .into_data_async()
+        .await
+        .map_err(|e| HookError(format!("reading parameters: {e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| HookError(format!("reading parameters: {e:?}")))
+}
+
+/// Put a buffer from [`flatten_params`] (possibly replaced) back into the parameters, keeping
+/// their ids (the optimizer's state stays attached) and whether they require gradients.
+struct LoadParams<'a> {
+    flat: &'a [f32],
+    offset: usize,
+}
+
+impl ModuleMapper for LoadParams<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (flat, offset) = (self.flat, &mut self.offset);
+        param.map(|tensor| {
+            let shape = tensor.dims();
+            let n: usize = shape.iter().product();
+            let Some(values) = flat.get(*offset..*offset + n) else {
+                return tensor;
+            };
+            *offset += n;
+            let grad = tensor.is_require_grad();
+            let fresh = Tensor::<D>::from_data(
+                TensorData::new(values.to_vec(), shape.to_vec()),
+                &tensor.device(),
+            );
+            if grad { fresh.require_grad() } else { fresh }
+        })
+    }
+}
+
+pub(crate) fn load_params<M: Module>(model: M, flat: &[f32]) -> M {
+    model.map(&mut LoadParams { flat, offset: 0 })
 }
