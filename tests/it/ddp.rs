@@ -136,6 +136,9 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
         .unwrap();
         assert_eq!(summary["world"], world);
         assert_eq!(summary["weights_sha256"].as_str(), Some(first.as_str()));
+        // Where the synchronisation time went: one gradient all-reduce per step.
+        assert_eq!(summary["sync_seconds"]["rounds"], 60, "{summary}");
+        assert!(summary["sync_seconds"]["exchange"].as_f64().is_some_and(|s| s > 0.0));
 
         // Only rank 0 reports metrics: one series, no duplicate steps.
         let steps: Vec<u64> = c

@@ -73,6 +73,21 @@ pub struct TrainSummary {
     pub train_samples_per_sec: f64,
     /// How many replicas trained (1 alone).
     pub world: usize,
+    /// Of several replicas: seconds this one spent keeping them one model.
+    pub sync: Option<SyncTimes>,
+}
+
+/// Where a replica's synchronisation time went (seconds over the whole run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SyncTimes {
+    /// Reading gradients (or parameters) off the device into one host buffer.
+    pub flatten: f64,
+    /// The hook: the all-reduce with the other replicas (network and waiting for them).
+    pub exchange: f64,
+    /// Putting the result back on the device.
+    pub unflatten: f64,
+    /// How many times.
+    pub rounds: u64,
 }
 
 /// SHA-256 of weights (burnpack bytes), lowercase hex: equal on every rank of a data-parallel
@@ -98,6 +113,7 @@ impl TrainSummary {
             "steps": self.steps,
             "samples": self.samples,
             "world": self.world,
+            "sync_seconds": self.sync,
             // Every rank of a data-parallel run ends with these same bytes.
             "weights_sha256": self.weights.as_deref().map(weights_sha256),
             "train_samples_per_sec": self.train_samples_per_sec,
@@ -537,6 +553,7 @@ impl<M: TrainModel> Loop<M> {
         let mut last_val = None;
         let mut outcome = Outcome::Completed;
         let mut train_secs = 0.0f64;
+        let mut sync = SyncTimes::default();
         let mut train_samples = 0u64;
         let checkpoint = |model: &M,
                           optim: &ModuleOptimizer,
@@ -590,18 +607,32 @@ impl<M: TrainModel> Loop<M> {
             if let Some(hook) = hook.as_deref_mut()
                 && local_sgd.is_none()
             {
+                let t = Instant::now();
                 let mut flat = hook::flatten(&model, &mut grads).await?;
+                sync.flatten += t.elapsed().as_secs_f64();
+                let t = Instant::now();
                 hook.on_gradients(replica, step, &mut flat.values).await?;
+                sync.exchange += t.elapsed().as_secs_f64();
+                let t = Instant::now();
                 hook::unflatten(&model, &mut grads, flat);
+                sync.unflatten += t.elapsed().as_secs_f64();
+                sync.rounds += 1;
             }
             model = optim.step(lr, model, grads);
             // Local SGD: every H steps (and after the last), the replicas average parameters.
             if let (Some(every), Some(hook)) = (local_sgd, hook.as_deref_mut())
                 && ((step + 1) % every == 0 || step + 1 == total_steps)
             {
+                let t = Instant::now();
                 let mut params = hook::flatten_params(&model).await?;
+                sync.flatten += t.elapsed().as_secs_f64();
+                let t = Instant::now();
                 hook.on_parameters(replica, step + 1, &mut params).await?;
+                sync.exchange += t.elapsed().as_secs_f64();
+                let t = Instant::now();
                 model = hook::load_params(model, &params);
+                sync.unflatten += t.elapsed().as_secs_f64();
+                sync.rounds += 1;
             }
             // This replica's examples: `read` sums the replicas' rates.
             acc.add(out.loss.detach(), out.correct, out.predictions, local);
@@ -729,6 +760,7 @@ impl<M: TrainModel> Loop<M> {
             test,
             train_samples_per_sec: train_samples as f64 / train_secs.max(1e-9),
             world,
+            sync: (world > 1 && hook.is_some()).then_some(sync),
         })
     }
 }
