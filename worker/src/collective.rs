@@ -22,9 +22,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The receiving half of a link from the previous rank (a TCP stream, or one relayed by the
+/// coordinator).
+pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
+/// The sending half of a link to the next rank.
+pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// Largest piece of a chunk sent at once (a few hundred KiB keeps the pipe full on loopback
 /// without holding much memory).
@@ -79,7 +84,9 @@ impl Handshake {
         out
     }
 
-    async fn read(stream: &mut TcpStream) -> std::io::Result<Result<Handshake, String>> {
+    async fn read<S: AsyncRead + Unpin>(
+        stream: &mut S,
+    ) -> std::io::Result<Result<Handshake, String>> {
         let mut magic = [0u8; 8];
         stream.read_exact(&mut magic).await?;
         if &magic != MAGIC {
@@ -117,17 +124,26 @@ pub trait Collective {
 }
 
 /// This rank's place in a ring over TCP.
-#[derive(Debug)]
 pub struct Ring {
     rank: usize,
     world: usize,
     /// To rank + 1.
-    next: Option<OwnedWriteHalf>,
+    next: Option<Writer>,
     /// From rank − 1.
-    prev: Option<OwnedReadHalf>,
+    prev: Option<Reader>,
     /// Per step: a peer that takes longer counts as gone.
     pub deadline: Duration,
     recv: Vec<f32>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("rank", &self.rank)
+            .field("world", &self.world)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 fn io(peer: usize, what: &'static str) -> impl FnOnce(std::io::Error) -> CollectiveError {
@@ -149,9 +165,93 @@ async fn within<T>(
         }))
 }
 
+/// The dialing side of a link to rank `peer`: present `me` and wait for the verdict.
+pub async fn offer<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    me: &Handshake,
+    peer: usize,
+) -> Result<(), CollectiveError> {
+    stream
+        .write_all(&me.encode())
+        .await
+        .map_err(io(peer, "rendezvous"))?;
+    stream.flush().await.map_err(io(peer, "rendezvous"))?;
+    // One byte back: 1 = accepted; else a reason follows.
+    let verdict = stream.read_u8().await.map_err(io(peer, "rendezvous"))?;
+    if verdict != 1 {
+        let mut reason = String::new();
+        let _ = stream.read_to_string(&mut reason).await;
+        return Err(CollectiveError::Refused { peer, reason });
+    }
+    Ok(())
+}
+
+/// The accepting side of a link from the previous rank: read its handshake and accept it
+/// (`Ok(true)`) only if it is rank `me.rank − 1` of the same attempt with the same secret;
+/// strays are told why and refused (`Ok(false)`).
+pub async fn check<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    me: &Handshake,
+) -> std::io::Result<bool> {
+    let world = me.world as usize;
+    let prev_rank = (me.rank as usize + world - 1) % world.max(1);
+    let claim = Handshake::read(stream).await?;
+    let expected = Handshake {
+        rank: prev_rank as u32,
+        ..me.clone()
+    };
+    let refusal = match claim {
+        Err(reason) => Some(reason),
+        Ok(h) if h.secret != me.secret => Some("wrong secret".to_string()),
+        Ok(h) if (h.job_id, h.attempt) != (me.job_id, me.attempt) => Some(format!(
+            "this ring is job {} attempt {}, not job {} attempt {}",
+            me.job_id, me.attempt, h.job_id, h.attempt
+        )),
+        Ok(h) if h != expected => Some(format!(
+            "rank {} expects rank {prev_rank} of {world}, got rank {} of {}",
+            me.rank, h.rank, h.world
+        )),
+        Ok(_) => None,
+    };
+    match refusal {
+        Some(reason) => {
+            tracing::warn!(%reason, "refused a ring connection");
+            stream.write_u8(0).await?;
+            stream.write_all(reason.as_bytes()).await?;
+            stream.flush().await?;
+            Ok(false)
+        }
+        None => {
+            stream.write_u8(1).await?;
+            stream.flush().await?;
+            Ok(true)
+        }
+    }
+}
+
 impl Ring {
-    /// Join the ring as `me.rank` of `me.world`: accept the predecessor on `listener` and dial
-    /// the successor at `next_addr`, both within `deadline`. A world of 1 needs no peers.
+    /// A ring over links already made (see [`offer`] and [`check`]): `next` to rank + 1,
+    /// `prev` from rank − 1.
+    pub fn from_links(
+        rank: usize,
+        world: usize,
+        next: Writer,
+        prev: Reader,
+        deadline: Duration,
+    ) -> Ring {
+        Ring {
+            rank,
+            world,
+            next: Some(next),
+            prev: Some(prev),
+            deadline,
+            recv: Vec::new(),
+        }
+    }
+
+    /// Join the ring as `me.rank` of `me.world` over direct TCP: accept the predecessor on
+    /// `listener` and dial the successor at `next_addr`, both within `deadline`. A world of 1
+    /// needs no peers.
     pub async fn connect(
         me: &Handshake,
         listener: &TcpListener,
@@ -160,16 +260,15 @@ impl Ring {
     ) -> Result<Ring, CollectiveError> {
         let rank = me.rank as usize;
         let world = me.world as usize;
-        let mut ring = Ring {
-            rank,
-            world,
-            next: None,
-            prev: None,
-            deadline,
-            recv: Vec::new(),
-        };
         if world <= 1 {
-            return Ok(ring);
+            return Ok(Ring {
+                rank,
+                world,
+                next: None,
+                prev: None,
+                deadline,
+                recv: Vec::new(),
+            });
         }
         let next_rank = (rank + 1) % world;
         let prev_rank = (rank + world - 1) % world;
@@ -184,23 +283,7 @@ impl Ring {
             stream
                 .set_nodelay(true)
                 .map_err(io(next_rank, "rendezvous"))?;
-            stream
-                .write_all(&me.encode())
-                .await
-                .map_err(io(next_rank, "rendezvous"))?;
-            // One byte back: 1 = accepted; else a reason follows.
-            let verdict = stream
-                .read_u8()
-                .await
-                .map_err(io(next_rank, "rendezvous"))?;
-            if verdict != 1 {
-                let mut reason = String::new();
-                let _ = stream.read_to_string(&mut reason).await;
-                return Err(CollectiveError::Refused {
-                    peer: next_rank,
-                    reason,
-                });
-            }
+            offer(&mut stream, me, next_rank).await?;
             Ok(stream.into_split().1)
         });
         let accept = within(deadline, prev_rank, "rendezvous", async {
@@ -209,50 +292,22 @@ impl Ring {
                     .accept()
                     .await
                     .map_err(io(prev_rank, "rendezvous"))?;
-                let claim = match Handshake::read(&mut stream).await {
-                    Ok(claim) => claim,
-                    Err(_) => continue,
-                };
-                let expected = Handshake {
-                    rank: prev_rank as u32,
-                    ..me.clone()
-                };
-                let refusal = match claim {
-                    Err(reason) => Some(reason),
-                    Ok(h) if h.secret != me.secret => Some("wrong secret".to_string()),
-                    Ok(h) if (h.job_id, h.attempt) != (me.job_id, me.attempt) => Some(format!(
-                        "this ring is job {} attempt {}, not job {} attempt {}",
-                        me.job_id, me.attempt, h.job_id, h.attempt
-                    )),
-                    Ok(h) if h != expected => Some(format!(
-                        "rank {} expects rank {prev_rank} of {world}, got rank {} of {}",
-                        me.rank, h.rank, h.world
-                    )),
-                    Ok(_) => None,
-                };
-                match refusal {
-                    Some(reason) => {
-                        tracing::warn!(%reason, "refused a ring connection");
-                        let _ = stream.write_u8(0).await;
-                        let _ = stream.write_all(reason.as_bytes()).await;
-                    }
-                    None => {
-                        stream
-                            .set_nodelay(true)
-                            .map_err(io(prev_rank, "rendezvous"))?;
-                        stream
-                            .write_u8(1)
-                            .await
-                            .map_err(io(prev_rank, "rendezvous"))?;
-                        return Ok(stream.into_split().0);
-                    }
+                if let Ok(true) = check(&mut stream, me).await {
+                    stream
+                        .set_nodelay(true)
+                        .map_err(io(prev_rank, "rendezvous"))?;
+                    return Ok(stream.into_split().0);
                 }
             }
         });
         let (next, prev) = tokio::try_join!(dial, accept)?;
-        ring.next = Some(next);
-        ring.prev = Some(prev);
-        Ok(ring)
+        Ok(Ring::from_links(
+            rank,
+            world,
+            Box::new(next),
+            Box::new(prev),
+            deadline,
+        ))
     }
 
     fn next_rank(&self) -> usize {
