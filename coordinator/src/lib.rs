@@ -31,6 +31,7 @@ pub mod dataset;
 pub mod error;
 pub mod openapi;
 pub mod registry;
+pub mod relay;
 pub mod routes;
 pub mod scheduler;
 pub mod state;

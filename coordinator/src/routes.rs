@@ -60,7 +60,8 @@ pub fn app(state: AppState) -> Router {
     let any_token = OpenApiRouter::new()
         .merge(artifacts::router())
         .merge(datasets::content_router())
-        .routes(routes!(worker::upgrade));
+        .routes(routes!(worker::upgrade))
+        .routes(routes!(crate::relay::upgrade));
     let protected = admin
         .merge(admin_uploads)
         .merge(any_token)

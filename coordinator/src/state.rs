@@ -28,6 +28,8 @@ pub struct Shared {
     pub artifacts: ArtifactDir,
     pub datasets: DatasetDir,
     pub workers: Registry,
+    /// Relayed ring links waiting for their other side.
+    pub relay: Arc<crate::relay::Relay>,
     pub telemetry: Telemetry,
     /// Fan-out to `/ws/events` clients.
     pub events: broadcast::Sender<ServerEvent>,
@@ -58,6 +60,7 @@ impl AppState {
             artifacts,
             datasets,
             workers: Registry::default(),
+            relay: Arc::default(),
             telemetry: Telemetry::default(),
             events,
             wake: Notify::new(),

@@ -96,8 +96,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(data_dir: &Path) -> Cluster {
+        Cluster::start_on(data_dir, "127.0.0.1")
+    }
+
+    /// A coordinator listening on `ip` (e.g. `0.0.0.0`, for workers in network namespaces);
+    /// the test talks to it on 127.0.0.1.
+    pub fn start_on(data_dir: &Path, ip: &str) -> Cluster {
         let port = free_port();
-        let coordinator = start_coordinator(data_dir, port);
+        let coordinator = start_coordinator(data_dir, ip, port);
         Cluster {
             url: format!("http://127.0.0.1:{port}"),
             port,
@@ -113,7 +119,7 @@ impl Cluster {
 
     pub fn restart_coordinator(&mut self) {
         self.coordinator.kill();
-        self.coordinator = start_coordinator(&self.data_dir, self.port);
+        self.coordinator = start_coordinator(&self.data_dir, "127.0.0.1", self.port);
     }
 
     pub fn add_worker(&mut self, id: &str) {
@@ -209,14 +215,14 @@ impl Cluster {
     }
 }
 
-fn start_coordinator(data_dir: &Path, port: u16) -> Proc {
+fn start_coordinator(data_dir: &Path, ip: &str, port: u16) -> Proc {
     let p = Proc::spawn(
         "coordinator",
         kiln()
             .args([
                 "serve",
                 "--addr",
-                &format!("127.0.0.1:{port}"),
+                &format!("{ip}:{port}"),
                 "--admin-token",
                 TOKEN,
                 // Lost after three missed heartbeats (1.5 s): short enough for the kill tests,

@@ -3,5 +3,6 @@
 mod cluster;
 mod datasets;
 mod ddp;
+mod netns;
 mod support;
 mod train_cli;

@@ -90,18 +90,7 @@ pub fn capabilities(device: DeviceRequest) -> Capabilities {
 /// The address this machine reaches `server` from (no packet is sent: a UDP socket is only
 /// pointed at it, and the OS picks the route).
 fn local_ip_toward(server: &str) -> Option<std::net::IpAddr> {
-    let (scheme, rest) = server.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let has_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    let with_port = if has_port {
-        authority.to_string()
-    } else {
-        let port = if matches!(scheme, "https" | "wss") { 443 } else { 80 };
-        format!("{authority}:{port}")
-    };
+    let (with_port, _) = crate::relay::authority(server)?;
     let target = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
         .ok()?
         .next()?;
@@ -384,6 +373,10 @@ impl Driver {
                         runtime: tokio::runtime::Handle::current(),
                         loaded: self.loaded.clone(),
                         peer_listener: self.peer_listener.clone(),
+                        coordinator: crate::ddp::Coordinator {
+                            server: self.config.server.clone(),
+                            token: self.config.token.clone(),
+                        },
                     };
                     let events = self.events_tx.clone();
                     match executor::spawn(attempt, spec, resume, group, ctx, events) {

@@ -46,6 +46,8 @@ pub(crate) struct JobContext {
     /// Where this worker's data-parallel peers connect (`None`: no peers, one-worker jobs
     /// only).
     pub peer_listener: Option<Arc<tokio::net::TcpListener>>,
+    /// For ring links relayed through the coordinator.
+    pub coordinator: crate::ddp::Coordinator,
 }
 
 /// Data loaded for a stored dataset, and what it was loaded for.
@@ -312,8 +314,10 @@ fn run_job(
             let hook = RingHook::new(
                 ctx.runtime.clone(),
                 listener,
+                ctx.coordinator.clone(),
                 attempt,
                 group,
+                cancel.clone(),
                 Box::new(log_line),
             )
             .map_err(|message| Failure {

@@ -14,12 +14,14 @@
 //! - `collective`: ring all-reduce and broadcast between the ranks of a data-parallel attempt,
 //!   over TCP.
 //! - `ddp`: the training core's gradient hook on that ring (one rank of a data-parallel job).
+//! - `relay`: a ring link through the coordinator, for ranks that cannot reach each other.
 
 pub mod collective;
 mod connection;
 pub mod datasets;
 mod ddp;
 mod executor;
+mod relay;
 
 use std::path::PathBuf;
 use std::time::Duration;
