@@ -147,6 +147,7 @@ fn groups(
                 rank,
                 world,
                 peers: peers.clone(),
+                workers: workers.to_vec(),
                 secret: secret.clone(),
             })
         })

@@ -363,3 +363,47 @@ fn local_sgd_ranks_step_alone_and_average_their_parameters_to_the_same_weights()
     // averaging makes their weights equal.
     assert_eq!(hashes[0].1, hashes[1].1, "{hashes:?}");
 }
+
+#[test]
+fn ranks_whose_local_data_differ_fail_with_the_workers_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    // Each worker reads `points.csv` under its own --data-root; one file has an extra row.
+    for (id, rows) in [("same", 40u32), ("odd", 41)] {
+        let root = dir.path().join(format!("root-{id}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let mut csv = String::from("a,b,label\n");
+        for i in 0..rows {
+            csv.push_str(&format!("{}.0,{}.5,{}\n", i % 5, i % 3, i % 2));
+        }
+        std::fs::write(root.join("points.csv"), csv).unwrap();
+        c.add_worker_with(id, crate::support::kiln().current_dir(&root));
+    }
+    wait_workers(&c, 2);
+    let job = c.submit(
+        r#"
+name = "mismatch"
+device = "cpu"
+max_attempts = 1
+[model]
+kind = "mlp"
+hidden = [8]
+[dataset]
+kind = "csv"
+path = "points.csv"
+label_column = "label"
+validation_fraction = 0.0
+[training]
+batch_size = 4
+[distributed]
+workers = 2
+"#,
+    );
+    let done = c.wait_job(job.id, 120, "the failure", |j| j.state.is_terminal());
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    let error = done.error.unwrap_or_default();
+    assert!(
+        error.contains("do not train on the same training data") && error.contains("worker odd"),
+        "{error}"
+    );
+}

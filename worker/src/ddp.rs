@@ -77,6 +77,8 @@ pub(crate) struct RingHook {
     ring: Option<Ring>,
     /// The longest exchange so far (sets the step deadline).
     slowest: Duration,
+    /// Every rank's worker id, rank order (may be empty: an older coordinator).
+    workers: Vec<String>,
     log: Box<dyn Fn(String) + Send>,
 }
 
@@ -121,6 +123,7 @@ impl RingHook {
             cancel,
             ring: None,
             slowest: Duration::ZERO,
+            workers: group.workers.clone(),
             log,
         })
     }
@@ -333,6 +336,41 @@ impl GradientHook for RingHook {
         parameters: &'a mut [f32],
     ) -> HookFuture<'a, ()> {
         Box::pin(async move { self.mean(parameters) })
+    }
+
+    fn check_same<'a>(
+        &'a mut self,
+        _replica: Replica,
+        what: &'a str,
+        digest: [u8; 32],
+    ) -> HookFuture<'a, ()> {
+        Box::pin(async move {
+            // Rank 0's digest to all; each rank says whether its own differs; all learn who.
+            let (runtime, cancel) = (self.runtime.clone(), self.cancel.clone());
+            let ring = self.ring()?;
+            let mut first = digest.to_vec();
+            Self::run(&runtime, &cancel, ring.broadcast(&mut first))?;
+            let world = self.me.world as usize;
+            let mut differs = vec![0.0f32; world];
+            differs[self.me.rank as usize] = if first == digest { 0.0 } else { 1.0 };
+            self.all_reduce(&mut differs)?;
+            let name = |rank: usize| match self.workers.get(rank) {
+                Some(w) => format!("rank {rank} (worker {w})"),
+                None => format!("rank {rank}"),
+            };
+            let odd: Vec<String> = (0..world).filter(|&r| differs[r] > 0.0).map(name).collect();
+            if odd.is_empty() {
+                return Ok(());
+            }
+            Err(HookError(format!(
+                "the ranks do not train on the same {what}: {} {} from {} (check the \
+                 dataset path on each worker, or push the data with `kiln data push` so that \
+                 every worker fetches the same bytes)",
+                odd.join(", "),
+                if odd.len() == 1 { "differs" } else { "differ" },
+                name(0)
+            )))
+        })
     }
 
     fn reduce_sum<'a>(&'a mut self, _replica: Replica, values: &'a mut [f64]) -> HookFuture<'a, ()> {

@@ -43,6 +43,9 @@ pub struct Group {
     pub world: u32,
     /// Every rank's peer address, in rank order.
     pub peers: Vec<String>,
+    /// Every rank's worker id, in rank order (for messages that name a rank's worker).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
     /// Per-attempt secret every ring connection presents (strays from other attempts are
     /// refused).
     pub secret: String,

@@ -108,6 +108,44 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// SHA-256 over the examples (shape, values and targets, little-endian): equal on two
+    /// machines exactly when they would train on the same data.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let words = |h: &mut Sha256, tag: &[u8], words: &mut dyn Iterator<Item = u32>| {
+            h.update(tag);
+            let mut buf = Vec::with_capacity(4096);
+            for w in words {
+                buf.extend_from_slice(&w.to_le_bytes());
+                if buf.len() >= 4096 {
+                    h.update(&buf);
+                    buf.clear();
+                }
+            }
+            h.update(&buf);
+        };
+        match &self.inputs {
+            Inputs::Dense { values, shape } => {
+                words(&mut h, b"dense", &mut shape.iter().map(|&d| d as u32));
+                words(&mut h, b"values", &mut values.iter().map(|v| v.to_bits()));
+            }
+            Inputs::Tokens { values, len } => {
+                words(&mut h, b"tokens", &mut std::iter::once(*len as u32));
+                words(&mut h, b"values", &mut values.iter().copied());
+            }
+        }
+        match &self.targets {
+            Targets::Class(v) => words(&mut h, b"class", &mut v.iter().copied()),
+            Targets::Value(v) => words(&mut h, b"value", &mut v.iter().map(|x| x.to_bits())),
+            Targets::Tokens { values, len } => {
+                words(&mut h, b"next", &mut std::iter::once(*len as u32));
+                words(&mut h, b"values", &mut values.iter().copied());
+            }
+        }
+        h.finalize().into()
+    }
+
     pub fn len(&self) -> usize {
         match &self.targets {
             Targets::Class(v) => v.len(),

@@ -499,6 +499,14 @@ impl<M: TrainModel> Loop<M> {
             });
         }
 
+        // Every replica must shard the same examples.
+        if world > 1
+            && let Some(hook) = hook.as_deref_mut()
+        {
+            hook.check_same(replica, "training data", train_data.digest())
+                .await?;
+        }
+
         device.seed(spec.seed);
         let mut model = M::init(&model_config, &device);
         let mut optim = build_optimizer(&spec.optimizer, spec.training.grad_clip);

@@ -263,10 +263,11 @@ fn coordinator_messages() {
                 rank: 1,
                 world: 2,
                 peers: vec!["10.0.0.1:7070".into(), "10.0.0.2:7070".into()],
+                workers: vec!["w1".into(), "w2".into()],
                 secret: "s3cret".into(),
             }),
         },
-        r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC,"group":{"rank":1,"world":2,"peers":["10.0.0.1:7070","10.0.0.2:7070"],"secret":"s3cret"}}"#,
+        r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC,"group":{"rank":1,"world":2,"peers":["10.0.0.1:7070","10.0.0.2:7070"],"workers":["w1","w2"],"secret":"s3cret"}}"#,
     );
     check(
         CoordinatorMessage::Cancel { attempt: A },

@@ -791,6 +791,7 @@ fn a_ranks_group_reaches_the_job_also_after_the_resume_download() {
         rank: 1,
         world: 2,
         peers: vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+        workers: vec!["a".into(), "b".into()],
         secret: "s".into(),
     };
     let ranked = |attempt, resume: Option<&str>| {

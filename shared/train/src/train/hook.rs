@@ -65,6 +65,18 @@ pub trait GradientHook {
         Box::pin(async { Ok(()) })
     }
 
+    /// Before training: fail unless every replica holds the same `digest` of `what` (the
+    /// training data), naming the replicas that differ. The default (alone) passes.
+    fn check_same<'a>(
+        &'a mut self,
+        replica: Replica,
+        what: &'a str,
+        digest: [u8; 32],
+    ) -> HookFuture<'a, ()> {
+        let _ = (replica, what, digest);
+        Box::pin(async { Ok(()) })
+    }
+
     /// Replace `values` by their element-wise sum over all replicas: training metrics and
     /// sharded evaluation, so that rank 0 reports global figures. Every replica calls it at the
     /// same points. The default (alone) keeps them.
