@@ -407,3 +407,35 @@ workers = 2
         "{error}"
     );
 }
+
+#[test]
+fn the_ranks_keep_training_through_a_coordinator_restart_and_re_attach() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.add_worker("w1");
+    c.add_worker("w2");
+    wait_workers(&c, 2);
+    let job = c.submit(&spec("through-restart", 2, 2, 4000));
+    c.wait_job(job.id, 60, "running", |j| {
+        j.state == JobState::Running && j.step >= 100
+    });
+    let before = c.job(job.id).step;
+    c.restart_coordinator();
+    let done = c.wait_job(job.id, 180, "success after the restart", |j| {
+        j.state.is_terminal()
+    });
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.step, 4000);
+    let attempts = c.rt.block_on(c.client().attempts(job.id)).unwrap();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "both ranks re-attached to the running attempt: {attempts:?}"
+    );
+    assert_eq!(attempts[0].ranks.len(), 2);
+    let lines = logs(&c, job.id);
+    let hashes = final_hashes(&lines);
+    assert_eq!(hashes.len(), 2, "{lines:#?}");
+    assert_eq!(hashes[0].1, hashes[1].1);
+    assert!(before < 4000, "the restart happened mid-run (step {before})");
+}
