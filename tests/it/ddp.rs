@@ -201,8 +201,14 @@ fn a_killed_rank_stops_the_others_fast_and_the_job_resumes_with_the_survivor() {
     c.add_worker("w1");
     c.add_worker("w2");
     wait_workers(&c, 2);
-    // Long enough to still be running when a checkpoint is in.
-    let job = c.submit(&spec("elastic", 2, 1, 5000));
+    // Long enough to still be running when a checkpoint is in; bounded by epochs (not
+    // max_steps), with a cosine schedule: the survivor alone takes twice the steps per epoch,
+    // and the learning rate must go on from where it was, not jump.
+    let text = spec("elastic", 2, 1, 0)
+        .replace("epochs = 1000\nmax_steps = 0\n", "epochs = 60\n")
+        .replace("[training]", "[schedule]\nkind = \"cosine\"\n[training]");
+    assert!(!text.contains("max_steps"), "{text}");
+    let job = c.submit(&text);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !c
         .artifacts(job.id)
@@ -229,7 +235,6 @@ fn a_killed_rank_stops_the_others_fast_and_the_job_resumes_with_the_survivor() {
         j.state.is_terminal()
     });
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    assert_eq!(done.step, 5000);
     let attempts = c.rt.block_on(c.client().attempts(job.id)).unwrap();
     assert!(attempts.len() >= 2, "{attempts:?}");
     let first = &attempts[0];
@@ -249,6 +254,27 @@ fn a_killed_rank_stops_the_others_fast_and_the_job_resumes_with_the_survivor() {
         last.resumed_from_step.is_some_and(|s| s >= 20),
         "resumed from rank 0's checkpoint: {last:?}"
     );
+    // The learning rate over the run as it counts (the first attempt up to the checkpoint
+    // the last one resumed from, then the last one): a cosine never goes back up.
+    let resumed = last.resumed_from_step.unwrap_or(0);
+    let mut lrs: Vec<(u64, f64)> = c
+        .metrics(job.id)
+        .iter()
+        .filter(|p| p.metric.split == kiln_proto::metric::Split::Train)
+        .filter(|p| p.attempt == last.attempt || (p.attempt == 1 && p.metric.step <= resumed))
+        .filter_map(|p| Some((p.metric.step, p.metric.lr?)))
+        .collect();
+    lrs.sort_by_key(|(step, _)| *step);
+    assert!(lrs.len() > 10, "{lrs:?}");
+    for pair in lrs.windows(2) {
+        assert!(
+            pair[1].1 <= pair[0].1 + 1e-12,
+            "the learning rate went up from step {} to {}: {pair:?}",
+            pair[0].0,
+            pair[1].0
+        );
+    }
+    assert!(lrs.last().is_some_and(|(_, lr)| *lr < 1e-5), "ends at the bottom: {lrs:?}");
 }
 
 fn now_ms() -> i64 {

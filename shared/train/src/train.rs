@@ -25,7 +25,7 @@ use web_time::Instant;
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointError, TrainState};
 pub use hook::{GradientHook, HookError, HookFuture, Replica};
 use kiln_proto::metric::{Metric, Split};
-pub use schedule::learning_rate;
+pub use schedule::{ScheduleClock, learning_rate};
 
 use crate::data::{self, Dataset, Splits};
 use crate::model::{CharLm, Cnn, Mlp, ModelConfig, ModelError, TrainModel};
@@ -513,12 +513,18 @@ impl<M: TrainModel> Loop<M> {
         let (mut step, mut epoch, mut batch_in_epoch, mut samples) = (0u64, 0u64, 0u64, 0u64);
         // Examples of this epoch's order consumed by all replicas together.
         let mut consumed = 0usize;
+        let mut clock_from = (0.0, world);
         if let Some(ckpt) = resume {
             model = load_weights(model, &ckpt.model)?;
             optim = optim
                 .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
                 .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
             let s = ckpt.state;
+            // The schedule's clock: where the run was, in steps of the world it started at.
+            clock_from = (
+                s.schedule_step.unwrap_or(s.step as f64),
+                s.schedule_world.unwrap_or(s.world),
+            );
             consumed = s.samples_in_epoch(n).min(n as u64) as usize;
             (step, epoch, batch_in_epoch, samples) = (s.step, s.epoch, s.batch_in_epoch, s.samples);
             if s.world != world {
@@ -539,6 +545,8 @@ impl<M: TrainModel> Loop<M> {
         for limit in [spec.training.max_steps, max_steps].into_iter().flatten() {
             total_steps = total_steps.min(limit);
         }
+
+        let mut clock = ScheduleClock::new(clock_from.0, clock_from.1, world, step, total_steps);
 
         on_event(TrainEvent::Started {
             total_steps,
@@ -569,7 +577,8 @@ impl<M: TrainModel> Loop<M> {
                           epoch,
                           batch_in_epoch,
                           samples,
-                          consumed: usize|
+                          consumed: usize,
+                          clock: &ScheduleClock|
          -> Result<Checkpoint, TrainError> {
             Ok(Checkpoint {
                 state: TrainState {
@@ -582,6 +591,8 @@ impl<M: TrainModel> Loop<M> {
                     rank,
                     world,
                     samples_in_epoch: Some(consumed as u64),
+                    schedule_step: Some(clock.at),
+                    schedule_world: Some(clock.started_world),
                 },
                 model: weights_of(model)?,
                 optimizer: optim
@@ -609,7 +620,7 @@ impl<M: TrainModel> Loop<M> {
             if uses_rng {
                 device.seed(step_seed(spec.seed.wrapping_add(rank as u64), step));
             }
-            let lr = learning_rate(&spec.schedule, spec.optimizer.lr, step, total_steps);
+            let lr = clock.learning_rate(&spec.schedule, spec.optimizer.lr);
             let out = model.forward_batch(&host_batch, &device);
             let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
             if let Some(hook) = hook.as_deref_mut()
@@ -645,6 +656,7 @@ impl<M: TrainModel> Loop<M> {
             // This replica's examples: `read` sums the replicas' rates.
             acc.add(out.loss.detach(), out.correct, out.predictions, local);
             step += 1;
+            clock.tick();
             batch_in_epoch += 1;
             consumed += taken;
             samples += taken as u64;
@@ -708,6 +720,7 @@ impl<M: TrainModel> Loop<M> {
                     batch_in_epoch,
                     samples,
                     consumed,
+                    &clock,
                 )?;
                 on_event(TrainEvent::Checkpoint(Box::new(c)));
                 acc.since = Instant::now();
@@ -751,6 +764,7 @@ impl<M: TrainModel> Loop<M> {
                 batch_in_epoch,
                 samples,
                 consumed,
+                &clock,
             )?;
             weights = Some(c.model.clone());
             if spec.training.checkpoint_every.is_some() {

@@ -37,6 +37,12 @@ pub struct TrainState {
     /// format 1; [`TrainState::samples_in_epoch`] derives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_in_epoch: Option<u64>,
+    /// Where the learning-rate schedule stands, in steps of `schedule_world` (see
+    /// `ScheduleClock`). Absent in older checkpoints: the step, at the writer's world.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_step: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_world: Option<usize>,
 }
 
 impl TrainState {
