@@ -274,20 +274,8 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     }
                     let d = &job.spec.distributed;
                     if d.workers > 1 {
-                        let batch = job.spec.training.batch_size;
-                        let world = if ranks > 0 { ranks } else { d.workers as usize };
-                        println!(
-                            "  parallel  {} workers (at least {}), sync {}, batch {batch} per rank = {} global{}",
-                            d.workers,
-                            d.min(),
-                            d.sync,
-                            batch * world,
-                            if ranks > 0 && ranks != d.workers as usize {
-                                format!(" (this attempt: {ranks} ranks)")
-                            } else {
-                                String::new()
-                            }
-                        );
+                        let ranks = (ranks > 0).then_some(ranks);
+                        println!("  parallel  {}", d.describe(job.spec.training.batch_size, ranks));
                     }
                     if let Some(Ok(kiln_proto::dataset::DatasetRef::Pinned(digest))) =
                         kiln_proto::dataset::DatasetRef::of(&job.spec.dataset)

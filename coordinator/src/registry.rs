@@ -261,15 +261,17 @@ mod tests {
         assert!(registry.drop_silent(timeout).is_empty());
         std::thread::sleep(timeout * 2);
         assert_eq!(registry.drop_silent(timeout), vec!["w".to_string()]);
-        assert_eq!(registry.seen("w").map(|(connected, _)| connected), Some(false));
+        assert_eq!(
+            registry.seen("w").map(|(connected, _)| connected),
+            Some(false)
+        );
     }
 
     #[test]
     fn handling_marks_of_a_replaced_connection_are_ignored() {
         let (registry, old, _rx) = registry_with("w");
         let (tx, _rx2) = mpsc::unbounded_channel();
-        let (_new, replaced) =
-            registry.connect("w", caps(), false, Vec::new(), tx);
+        let (_new, replaced) = registry.connect("w", caps(), false, Vec::new(), tx);
         assert!(replaced.is_some());
         registry.set_handling("w", old, true);
         let timeout = Duration::from_millis(30);

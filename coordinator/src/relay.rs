@@ -117,7 +117,10 @@ impl Relay {
                     "no other side for a relayed link"
                 );
                 let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-                if waiting.get(&key).is_some_and(|(s, tx)| *s == side && tx.is_closed()) {
+                if waiting
+                    .get(&key)
+                    .is_some_and(|(s, tx)| *s == side && tx.is_closed())
+                {
                     waiting.remove(&key);
                 }
             }

@@ -86,7 +86,13 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
             };
             let job = state
                 .store
-                .finish_attempt(running.attempt, AttemptOutcome::Failed, Some(&error), None, true)
+                .finish_attempt(
+                    running.attempt,
+                    AttemptOutcome::Failed,
+                    Some(&error),
+                    None,
+                    true,
+                )
                 .await?;
             if let Some(job) = job {
                 info!(
@@ -115,18 +121,16 @@ pub fn stop_other_ranks(
     except: &str,
 ) {
     for worker_id in workers.iter().filter(|w| w.as_str() != except) {
-        state
-            .workers
-            .send(worker_id, Outbound::Message(CoordinatorMessage::Cancel { attempt }));
+        state.workers.send(
+            worker_id,
+            Outbound::Message(CoordinatorMessage::Cancel { attempt }),
+        );
     }
 }
 
 /// What each rank of an attempt on `workers` is told: nothing for one worker; else its rank,
 /// the world, every rank's peer address and a fresh per-attempt secret.
-fn groups(
-    workers: &[String],
-    free: &[plan::Free],
-) -> anyhow::Result<Vec<Option<Group>>> {
+fn groups(workers: &[String], free: &[plan::Free]) -> anyhow::Result<Vec<Option<Group>>> {
     if workers.len() <= 1 {
         return Ok(vec![None; workers.len()]);
     }

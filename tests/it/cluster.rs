@@ -205,6 +205,32 @@ impl Cluster {
             .expect("metrics")
     }
 
+    /// Wait until `n` workers are connected (an elastic job starts with whoever is there).
+    pub fn wait_workers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let workers = self.rt.block_on(self.client().workers()).expect("workers");
+            if workers.iter().filter(|w| w.connected).count() >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} workers never connected: {workers:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The job's log lines, oldest first.
+    pub fn log_lines(&self, id: JobId) -> Vec<String> {
+        self.rt
+            .block_on(self.client().logs(id, 0, Some(10_000)))
+            .expect("logs")
+            .into_iter()
+            .map(|l| l.line.text)
+            .collect()
+    }
+
     pub fn artifacts(&self, id: JobId) -> Vec<String> {
         self.rt
             .block_on(self.client().artifacts(id))

@@ -36,14 +36,6 @@ min_workers = {min_workers}
     )
 }
 
-fn logs(c: &Cluster, id: JobId) -> Vec<String> {
-    c.rt.block_on(c.client().logs(id, 0, Some(10_000)))
-        .expect("logs")
-        .into_iter()
-        .map(|l| l.line.text)
-        .collect()
-}
-
 /// `(rank, hash)` of every "final weights sha256" line.
 fn final_hashes(lines: &[String]) -> Vec<(String, String)> {
     lines
@@ -54,19 +46,6 @@ fn final_hashes(lines: &[String]) -> Vec<(String, String)> {
             Some((rank, hash.trim().to_string()))
         })
         .collect()
-}
-
-/// Wait until `n` workers are connected (an elastic job starts with whoever is there).
-fn wait_workers(c: &Cluster, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let workers = c.rt.block_on(c.client().workers()).expect("workers");
-        if workers.iter().filter(|w| w.connected).count() >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{n} workers never connected: {workers:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -102,7 +81,7 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
         workers.dedup();
         assert_eq!(workers.len(), world as usize, "one rank per worker");
 
-        let lines = logs(&c, job.id);
+        let lines = c.log_lines(job.id);
         assert!(
             lines.iter().any(|l| l.contains("transport: direct TCP")),
             "the log says which transport was chosen: {lines:#?}"
@@ -123,10 +102,9 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
         );
 
         // Rank 0 wrote the run's files, and they hold those weights.
-        let bpk = c
-            .rt
-            .block_on(c.client().download_artifact(job.id, "model.bpk"))
-            .expect("model.bpk");
+        let bpk =
+            c.rt.block_on(c.client().download_artifact(job.id, "model.bpk"))
+                .expect("model.bpk");
         assert_eq!(&sha256_hex(&bpk), first);
         let summary: serde_json::Value = serde_json::from_slice(
             &c.rt
@@ -138,7 +116,11 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
         assert_eq!(summary["weights_sha256"].as_str(), Some(first.as_str()));
         // Where the synchronisation time went: one gradient all-reduce per step.
         assert_eq!(summary["sync_seconds"]["rounds"], 60, "{summary}");
-        assert!(summary["sync_seconds"]["exchange"].as_f64().is_some_and(|s| s > 0.0));
+        assert!(
+            summary["sync_seconds"]["exchange"]
+                .as_f64()
+                .is_some_and(|s| s > 0.0)
+        );
 
         // Only rank 0 reports metrics: one series, no duplicate steps.
         let steps: Vec<u64> = c
@@ -173,11 +155,18 @@ fn a_gang_waits_for_its_workers_while_a_one_worker_job_runs() {
     c.add_worker("w1");
     // The gang is submitted from the CLI: a one-worker spec made a 2-worker job by --workers.
     let file = dir.path().join("gang.toml");
-    std::fs::write(&file, spec("gang", 1, 1, 20).replace("min_workers = 1\n", "")).unwrap();
+    std::fs::write(
+        &file,
+        spec("gang", 1, 1, 20).replace("min_workers = 1\n", ""),
+    )
+    .unwrap();
     let bad = c.cli(&["submit", file.to_str().unwrap(), "--workers", "0"]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("distributed.workers") && err.contains("1 to 64"), "{err}");
+    assert!(
+        err.contains("distributed.workers") && err.contains("1 to 64"),
+        "{err}"
+    );
     let o = c.cli(&["submit", file.to_str().unwrap(), "--workers", "2", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let gang: kiln_proto::protocol::JobInfo = serde_json::from_slice(&o.stdout).unwrap();
@@ -185,7 +174,11 @@ fn a_gang_waits_for_its_workers_while_a_one_worker_job_runs() {
     let small = c.submit(&spec("small", 1, 1, 20));
     let done = c.wait_job(small.id, 120, "the small job", |j| j.state.is_terminal());
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    assert_eq!(c.job(gang.id).state, JobState::Queued, "the gang cannot form yet");
+    assert_eq!(
+        c.job(gang.id).state,
+        JobState::Queued,
+        "the gang cannot form yet"
+    );
     c.add_worker("w2");
     let done = c.wait_job(gang.id, 120, "the gang", |j| j.state.is_terminal());
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
@@ -200,7 +193,7 @@ fn a_killed_rank_stops_the_others_fast_and_the_job_resumes_with_the_survivor() {
     let mut c = Cluster::start(dir.path());
     c.add_worker("w1");
     c.add_worker("w2");
-    wait_workers(&c, 2);
+    c.wait_workers(2);
     // Long enough to still be running when a checkpoint is in; bounded by epochs (not
     // max_steps), with a cosine schedule: the survivor alone takes twice the steps per epoch,
     // and the learning rate must go on from where it was, not jump.
@@ -274,7 +267,10 @@ fn a_killed_rank_stops_the_others_fast_and_the_job_resumes_with_the_survivor() {
             pair[1].0
         );
     }
-    assert!(lrs.last().is_some_and(|(_, lr)| *lr < 1e-5), "ends at the bottom: {lrs:?}");
+    assert!(
+        lrs.last().is_some_and(|(_, lr)| *lr < 1e-5),
+        "ends at the bottom: {lrs:?}"
+    );
 }
 
 fn now_ms() -> i64 {
@@ -320,7 +316,7 @@ fn two_ranks_of_batch_32_follow_one_worker_of_batch_64() {
     let mut c = Cluster::start(dir.path());
     c.add_worker("w1");
     c.add_worker("w2");
-    wait_workers(&c, 2);
+    c.wait_workers(2);
     let single = c.submit(&curve_spec("single", 1, 64));
     let pair = c.submit(&curve_spec("pair", 2, 32));
     for id in [single.id, pair.id] {
@@ -369,7 +365,7 @@ fn local_sgd_ranks_step_alone_and_average_their_parameters_to_the_same_weights()
     let mut c = Cluster::start(dir.path());
     c.add_worker("w1");
     c.add_worker("w2");
-    wait_workers(&c, 2);
+    c.wait_workers(2);
     // 45 steps: averaged at 8, 16, …, 40 and after the last step (45), not on a multiple of 8.
     let text = spec("local", 2, 2, 45).replace(
         "min_workers = 2\n",
@@ -382,7 +378,7 @@ fn local_sgd_ranks_step_alone_and_average_their_parameters_to_the_same_weights()
     );
     let done = c.wait_job(job.id, 180, "success", |j| j.state.is_terminal());
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    let lines = logs(&c, job.id);
+    let lines = c.log_lines(job.id);
     let hashes = final_hashes(&lines);
     assert_eq!(hashes.len(), 2, "{lines:#?}");
     // The ranks train on different shards with no gradient all-reduce: only the final
@@ -405,7 +401,7 @@ fn ranks_whose_local_data_differ_fail_with_the_workers_named() {
         std::fs::write(root.join("points.csv"), csv).unwrap();
         c.add_worker_with(id, crate::support::kiln().current_dir(&root));
     }
-    wait_workers(&c, 2);
+    c.wait_workers(2);
     let job = c.submit(
         r#"
 name = "mismatch"
@@ -440,7 +436,7 @@ fn the_ranks_keep_training_through_a_coordinator_restart_and_re_attach() {
     let mut c = Cluster::start(dir.path());
     c.add_worker("w1");
     c.add_worker("w2");
-    wait_workers(&c, 2);
+    c.wait_workers(2);
     let job = c.submit(&spec("through-restart", 2, 2, 4000));
     c.wait_job(job.id, 60, "running", |j| {
         j.state == JobState::Running && j.step >= 100
@@ -459,9 +455,12 @@ fn the_ranks_keep_training_through_a_coordinator_restart_and_re_attach() {
         "both ranks re-attached to the running attempt: {attempts:?}"
     );
     assert_eq!(attempts[0].ranks.len(), 2);
-    let lines = logs(&c, job.id);
+    let lines = c.log_lines(job.id);
     let hashes = final_hashes(&lines);
     assert_eq!(hashes.len(), 2, "{lines:#?}");
     assert_eq!(hashes[0].1, hashes[1].1);
-    assert!(before < 4000, "the restart happened mid-run (step {before})");
+    assert!(
+        before < 4000,
+        "the restart happened mid-run (step {before})"
+    );
 }

@@ -4,9 +4,8 @@
 //! says that it skipped and why.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use kiln_proto::protocol::{JobId, JobState};
+use kiln_proto::protocol::JobState;
 
 use crate::cluster::{Cluster, Proc, TOKEN};
 
@@ -62,9 +61,23 @@ fn hosts(k: u8, direct: bool) -> Result<Hosts, String> {
         ])?;
         hosts.links.push(host_end.clone());
         let net = i + 1;
-        ip(&["addr", "add", &format!("10.23{k}.{net}.1/30"), "dev", &host_end])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.23{k}.{net}.1/30"),
+            "dev",
+            &host_end,
+        ])?;
         ip(&["link", "set", &host_end, "up"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("10.23{k}.{net}.2/30"), "dev", &ns_end])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.23{k}.{net}.2/30"),
+            "dev",
+            &ns_end,
+        ])?;
         ip(&["-n", &ns, "link", "set", &ns_end, "up"])?;
     }
     if direct {
@@ -73,8 +86,24 @@ fn hosts(k: u8, direct: bool) -> Result<Hosts, String> {
         ip(&[
             "-n", a, "link", "add", &ea, "type", "veth", "peer", "name", &eb, "netns", b,
         ])?;
-        ip(&["-n", a, "addr", "add", &format!("10.23{k}.3.1/30"), "dev", &ea])?;
-        ip(&["-n", b, "addr", "add", &format!("10.23{k}.3.2/30"), "dev", &eb])?;
+        ip(&[
+            "-n",
+            a,
+            "addr",
+            "add",
+            &format!("10.23{k}.3.1/30"),
+            "dev",
+            &ea,
+        ])?;
+        ip(&[
+            "-n",
+            b,
+            "addr",
+            "add",
+            &format!("10.23{k}.3.2/30"),
+            "dev",
+            &eb,
+        ])?;
         ip(&["-n", a, "link", "set", &ea, "up"])?;
         ip(&["-n", b, "link", "set", &eb, "up"])?;
     }
@@ -119,26 +148,6 @@ workers = 2
     )
 }
 
-fn wait_connected(c: &Cluster, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let workers = c.rt.block_on(c.client().workers()).expect("workers");
-        if workers.iter().filter(|w| w.connected).count() >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "workers did not connect: {workers:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn logs(c: &Cluster, id: JobId) -> Vec<String> {
-    c.rt.block_on(c.client().logs(id, 0, Some(10_000)))
-        .expect("logs")
-        .into_iter()
-        .map(|l| l.line.text)
-        .collect()
-}
-
 /// Train one 2-rank job on workers in the namespaces; the job's log lines.
 fn train_across(k: u8, direct: bool) -> Option<Vec<String>> {
     let hosts = match hosts(k, direct) {
@@ -158,17 +167,16 @@ fn train_across(k: u8, direct: bool) -> Option<Vec<String>> {
         let extra: &[&str] = if direct { &["--peer-addr", &peer] } else { &[] };
         worker_in(&mut c, ns, &format!("host{net}"), &server, extra);
     }
-    wait_connected(&c, 2);
+    c.wait_workers(2);
     let job = c.submit(&spec(if direct { "direct" } else { "relayed" }));
     let done = c.wait_job(job.id, 120, "success", |j| j.state.is_terminal());
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    let attempts = c
-        .rt
-        .block_on(c.client().attempts(job.id))
-        .expect("attempts");
+    let attempts =
+        c.rt.block_on(c.client().attempts(job.id))
+            .expect("attempts");
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0].ranks.len(), 2, "{attempts:?}");
-    let lines = logs(&c, job.id);
+    let lines = c.log_lines(job.id);
     // Every rank ends with the same weights.
     let hashes: Vec<&str> = lines
         .iter()
@@ -185,14 +193,22 @@ fn ranks_on_two_hosts_train_over_direct_tcp_across_interfaces() {
     let Some(lines) = train_across(1, true) else {
         return;
     };
-    let transports: Vec<&String> = lines.iter().filter(|l| l.contains("(transport: ")).collect();
+    let transports: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("(transport: "))
+        .collect();
     assert_eq!(transports.len(), 2, "{lines:#?}");
     assert!(
-        transports.iter().all(|l| l.contains("(transport: direct TCP)")),
+        transports
+            .iter()
+            .all(|l| l.contains("(transport: direct TCP)")),
         "{transports:#?}"
     );
     // The peers dialed each other on the link between the namespaces.
-    assert!(lines.iter().any(|l| l.contains("next rank at 10.231.3.")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("next rank at 10.231.3.")),
+        "{lines:#?}"
+    );
 }
 
 #[test]
@@ -200,7 +216,10 @@ fn ranks_that_cannot_reach_each_other_relay_through_the_coordinator() {
     let Some(lines) = train_across(2, false) else {
         return;
     };
-    let transports: Vec<&String> = lines.iter().filter(|l| l.contains("(transport: ")).collect();
+    let transports: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("(transport: "))
+        .collect();
     assert_eq!(transports.len(), 2, "{lines:#?}");
     assert!(
         transports

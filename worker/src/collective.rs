@@ -610,10 +610,9 @@ mod tests {
             let _ = s.read_to_string(&mut reason).await;
             (verdict, reason)
         };
-        let ring1 =
-            tokio::spawn(
-                async move { Ring::connect(&me(1, 2), &l1, a0, Duration::from_secs(10)).await },
-            );
+        let ring1 = tokio::spawn(async move {
+            Ring::connect(&me(1, 2), &l1, a0, Duration::from_secs(10)).await
+        });
         let (v, reason) = stray(Handshake {
             attempt: 1,
             ..me(0, 2)

@@ -94,7 +94,11 @@ fn local_ip_toward(server: &str) -> Option<std::net::IpAddr> {
     let target = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
         .ok()?
         .next()?;
-    let bind = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
     let socket = std::net::UdpSocket::bind(bind).ok()?;
     socket.connect(target).ok()?;
     Some(socket.local_addr().ok()?.ip())

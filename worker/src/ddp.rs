@@ -29,9 +29,7 @@ use kiln_train::train::{CancelToken, GradientHook, HookError, HookFuture, Replic
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
-use crate::collective::{
-    self, Collective, CollectiveError, Handshake, Reader, Ring, Writer,
-};
+use crate::collective::{self, Collective, CollectiveError, Handshake, Reader, Ring, Writer};
 use crate::relay::{self, Side};
 
 /// How long the ranks have to find each other (the slowest one may still be downloading the
@@ -221,19 +219,27 @@ async fn join(
 ) -> Result<(Ring, Transport, Transport), CollectiveError> {
     let (rank, world) = (me.rank as usize, me.world as usize);
     let (next_rank, prev_rank) = ((rank + 1) % world, (rank + world - 1) % world);
-    let io = |peer: usize| move |source| CollectiveError::Io {
-        peer,
-        what: "rendezvous",
-        source,
+    let io = |peer: usize| {
+        move |source| CollectiveError::Io {
+            peer,
+            what: "rendezvous",
+            source,
+        }
     };
     let dial = async {
         if let Some(mut stream) = dial_direct(next).await {
             collective::offer(&mut stream, me, next_rank).await?;
             return Ok((Box::new(stream.into_split().1) as Writer, Transport::Direct));
         }
-        let mut stream = relay::open(&coordinator.server, &coordinator.token, attempt, rank, Side::Dial)
-            .await
-            .map_err(io(next_rank))?;
+        let mut stream = relay::open(
+            &coordinator.server,
+            &coordinator.token,
+            attempt,
+            rank,
+            Side::Dial,
+        )
+        .await
+        .map_err(io(next_rank))?;
         collective::offer(&mut stream, me, next_rank).await?;
         Ok((Box::new(stream.into_split().1) as Writer, Transport::Relay))
     };
@@ -373,7 +379,11 @@ impl GradientHook for RingHook {
         })
     }
 
-    fn reduce_sum<'a>(&'a mut self, _replica: Replica, values: &'a mut [f64]) -> HookFuture<'a, ()> {
+    fn reduce_sum<'a>(
+        &'a mut self,
+        _replica: Replica,
+        values: &'a mut [f64],
+    ) -> HookFuture<'a, ()> {
         Box::pin(async move {
             // Metrics and evaluation sums: f32 keeps 7 digits, plenty for a loss or a count.
             let mut buf: Vec<f32> = values.iter().map(|&v| v as f32).collect();

@@ -302,8 +302,7 @@ fn run_job(
         Some(group) => {
             let Some(listener) = ctx.peer_listener.clone() else {
                 return Err(Failure {
-                    message: "this worker has no peer listener for data-parallel training"
-                        .into(),
+                    message: "this worker has no peer listener for data-parallel training".into(),
                     retryable: true,
                 });
             };
@@ -485,7 +484,11 @@ impl RunSink for Events<'_> {
     }
 
     fn rank_rates(&mut self, step: u64, samples_per_sec: &[f64]) {
-        if self.rank != 0 || self.rates_logged.is_some_and(|t| t.elapsed() < RANK_RATES_EVERY) {
+        if self.rank != 0
+            || self
+                .rates_logged
+                .is_some_and(|t| t.elapsed() < RANK_RATES_EVERY)
+        {
             return;
         }
         self.rates_logged = Some(std::time::Instant::now());

@@ -69,7 +69,9 @@ pub(crate) async fn open(
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() > 16 * 1024 {
-            return Err(bad("the coordinator's answer to a relay request is too long".into()));
+            return Err(bad(
+                "the coordinator's answer to a relay request is too long".into(),
+            ));
         }
         head.push(stream.read_u8().await?);
     }
@@ -91,7 +93,10 @@ mod tests {
             authority("http://10.0.0.1:8080/x"),
             Some(("10.0.0.1:8080".into(), false))
         );
-        assert_eq!(authority("https://kiln.example"), Some(("kiln.example:443".into(), true)));
+        assert_eq!(
+            authority("https://kiln.example"),
+            Some(("kiln.example:443".into(), true))
+        );
         assert_eq!(authority("ws://[::1]:7"), Some(("[::1]:7".into(), false)));
         assert_eq!(authority("http://[::1]"), Some(("[::1]:80".into(), false)));
         assert_eq!(authority("kiln.example"), None);

@@ -438,11 +438,9 @@ impl Conn<'_> {
             return Ok(());
         }
         let error = match error {
-            Some(e) if ranks.len() > 1 => Some(format!(
-                "rank {rank} ({}) of {}: {e}",
-                self.id,
-                ranks.len()
-            )),
+            Some(e) if ranks.len() > 1 => {
+                Some(format!("rank {rank} ({}) of {}: {e}", self.id, ranks.len()))
+            }
             other => other,
         };
         // Only rank 0's step count is the job's.

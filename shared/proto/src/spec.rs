@@ -493,6 +493,26 @@ impl DistributedSpec {
     pub fn min(&self) -> u32 {
         self.min_workers.unwrap_or(self.workers)
     }
+
+    /// For people (`kiln job`, the job page): "2 workers (at least 1) · batch 32 per rank =
+    /// 64 global · sync gradients". `ranks` is the current attempt's world, if it has one; the
+    /// global batch is counted at that world.
+    pub fn describe(&self, batch: usize, ranks: Option<usize>) -> String {
+        let world = ranks.filter(|&r| r > 0).unwrap_or(self.workers as usize);
+        let attempt = match ranks {
+            Some(r) if r > 0 && r != self.workers as usize => {
+                format!(" (this attempt: {r} ranks)")
+            }
+            _ => String::new(),
+        };
+        format!(
+            "{} workers (at least {}) · batch {batch} per rank = {} global · sync {}{attempt}",
+            self.workers,
+            self.min(),
+            batch * world,
+            self.sync
+        )
+    }
 }
 
 /// How the ranks of a data-parallel job keep one model.

@@ -46,7 +46,10 @@ pub enum TrainEvent {
     Checkpoint(Box<Checkpoint>),
     /// Of several replicas, with every training metric: each replica's own samples per second
     /// since the last one, rank order (a slow rank shows here).
-    RankRates { step: u64, samples_per_sec: Vec<f64> },
+    RankRates {
+        step: u64,
+        samples_per_sec: Vec<f64>,
+    },
 }
 
 /// How a run ended.
@@ -375,8 +378,18 @@ impl Accumulator {
         };
         // Sums, then one slot per replica for its own rate (the others leave theirs at 0).
         let rate = self.samples as f64 / secs;
-        let mut sums = vec![loss_sum, self.steps as f64, correct, self.predictions as f64, rate];
-        let world = if hook.is_some() { replica.world.max(1) } else { 1 };
+        let mut sums = vec![
+            loss_sum,
+            self.steps as f64,
+            correct,
+            self.predictions as f64,
+            rate,
+        ];
+        let world = if hook.is_some() {
+            replica.world.max(1)
+        } else {
+            1
+        };
         if world > 1 {
             sums.extend(std::iter::repeat_n(0.0, world));
             sums[5 + replica.rank] = rate;
@@ -419,7 +432,11 @@ async fn evaluate<M: TrainModel>(
     let device = device.clone().without_autodiff();
     let mut acc = Accumulator::new();
     let n = data.len();
-    let world = if hook.is_some() { replica.world.max(1) } else { 1 };
+    let world = if hook.is_some() {
+        replica.world.max(1)
+    } else {
+        1
+    };
     let rank = if world > 1 { replica.rank } else { 0 };
     let (mut start, stop) = (n * rank / world, n * (rank + 1) / world);
     let mut weighted_loss = 0.0;

@@ -250,9 +250,16 @@ fn distributed_section_defaults_and_round_trips() {
     let single = JobSpec::from_toml_str(BASE).expect("base spec");
     assert!(single.distributed.is_single());
     // A spec without the section serializes without it (stored specs stay as they were).
-    assert!(!serde_json::to_string(&single).unwrap().contains("distributed"));
+    assert!(
+        !serde_json::to_string(&single)
+            .unwrap()
+            .contains("distributed")
+    );
 
-    let text = spec_with("distributed", "workers = 3\nmin_workers = 2\nsync = { every = 8 }");
+    let text = spec_with(
+        "distributed",
+        "workers = 3\nmin_workers = 2\nsync = { every = 8 }",
+    );
     let spec = JobSpec::from_toml_str(&text).expect("distributed spec");
     assert_eq!(spec.distributed.workers, 3);
     assert_eq!(spec.distributed.min(), 2);
@@ -260,12 +267,25 @@ fn distributed_section_defaults_and_round_trips() {
     let json = serde_json::to_string(&spec).unwrap();
     assert!(json.contains(r#""sync":{"every":8}"#), "{json}");
     assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);
-    assert_eq!(JobSpec::from_toml_str(&spec.to_toml_string()).unwrap(), spec);
+    assert_eq!(
+        JobSpec::from_toml_str(&spec.to_toml_string()).unwrap(),
+        spec
+    );
 
     let text = spec_with("distributed", "workers = 2\nsync = \"gradients\"");
     let spec = JobSpec::from_toml_str(&text).expect("gradients");
     assert_eq!(spec.distributed.sync, SyncSpec::Gradients);
     assert_eq!(spec.distributed.min(), 2);
+
+    let d = &spec.distributed;
+    assert_eq!(
+        d.describe(32, None),
+        "2 workers (at least 2) · batch 32 per rank = 64 global · sync gradients"
+    );
+    assert_eq!(
+        d.describe(32, Some(1)),
+        "2 workers (at least 2) · batch 32 per rank = 32 global · sync gradients (this attempt: 1 ranks)"
+    );
 
     let bad = spec_with("distributed", "sync = \"sometimes\"");
     let fields = fields_of(&bad);

@@ -54,7 +54,12 @@ impl ScheduleClock {
     }
 
     pub fn learning_rate(&self, schedule: &ScheduleSpec, peak: f64) -> f64 {
-        learning_rate(schedule, peak, self.at.round() as u64, self.total.round() as u64)
+        learning_rate(
+            schedule,
+            peak,
+            self.at.round() as u64,
+            self.total.round() as u64,
+        )
     }
 
     /// One optimizer step taken.
@@ -75,7 +80,10 @@ mod tests {
         };
         let mut c = ScheduleClock::new(30.0, 2, 2, 30, 100);
         assert_eq!(c.total, 100.0);
-        assert_eq!(c.learning_rate(&cos, 1.0), learning_rate(&cos, 1.0, 30, 100));
+        assert_eq!(
+            c.learning_rate(&cos, 1.0),
+            learning_rate(&cos, 1.0, 30, 100)
+        );
         c.tick();
         assert_eq!(c.at, 31.0);
     }
@@ -94,7 +102,10 @@ mod tests {
         // Two steps alone advance the schedule as one step of the pair did.
         c.tick();
         c.tick();
-        assert_eq!(c.learning_rate(&cos, 1.0), learning_rate(&cos, 1.0, 51, 100));
+        assert_eq!(
+            c.learning_rate(&cos, 1.0),
+            learning_rate(&cos, 1.0, 51, 100)
+        );
         // Recomputing from the loop's own step instead would jump back up.
         assert!(learning_rate(&cos, 1.0, 50, 150) > before + 0.1);
     }

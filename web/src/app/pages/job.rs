@@ -361,28 +361,24 @@ fn JobView(id: JobId) -> impl IntoView {
         (a.ranks.len() > 1).then(|| {
             a.ranks
                 .iter()
-                .map(|r| format!("{} (rank {})", worker_name(Some(r.worker_id.clone())), r.rank))
+                .map(|r| {
+                    format!(
+                        "{} (rank {})",
+                        worker_name(Some(r.worker_id.clone())),
+                        r.rank
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         })
     };
     let rank_workers = move || attempts.with(|a| a.last().and_then(ranks_of));
     let parallel = move || {
-        let world = attempts.with(|a| a.last().map_or(0, |a| a.ranks.len()));
+        let world = attempts.with(|a| a.last().map(|a| a.ranks.len()));
         job.with(|j| {
             let j = j.as_ref()?;
             let d = &j.spec.distributed;
-            (d.workers > 1).then(|| {
-                let batch = j.spec.training.batch_size;
-                let world = if world > 0 { world } else { d.workers as usize };
-                format!(
-                    "{} workers (at least {}) · batch {batch} per rank = {} global · sync {}",
-                    d.workers,
-                    d.min(),
-                    batch * world,
-                    d.sync
-                )
-            })
+            (d.workers > 1).then(|| d.describe(j.spec.training.batch_size, world))
         })
     };
     // Every rank's own throughput, as rank 0 last logged it (a slow rank stands out).
