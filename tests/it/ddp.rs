@@ -86,6 +86,14 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
             lines.iter().any(|l| l.contains("transport: direct TCP")),
             "the log says which transport was chosen: {lines:#?}"
         );
+        // How an epoch is shared: 4096 examples, 32 per rank and step.
+        let steps = (4096 / world as usize).div_ceil(32);
+        let shared = format!(
+            "4096 training examples an epoch over {world} ranks: {steps} steps of up to 32 per \
+             rank ({} global); no example is dropped",
+            32 * world
+        );
+        assert!(lines.iter().any(|l| l == &shared), "{shared}\n{lines:#?}");
         let rates = lines
             .iter()
             .find(|l| l.contains("samples/s by rank at step"))

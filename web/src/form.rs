@@ -288,6 +288,13 @@ pub const SECTIONS: &[(&str, &[Field])] = &[
                 "empty, norm:1.0 or value:0.5",
                 None,
             ),
+            f(
+                "distributed.workers",
+                "Workers",
+                Input::Number,
+                "2 or more train one model together (data-parallel); batch size is per worker",
+                None,
+            ),
         ],
     ),
 ];
@@ -525,6 +532,7 @@ pub fn values_from_spec(spec: &JobSpec) -> FormValues {
     set("training.log_every", t.log_every.to_string());
     set("training.eval_every", opt(t.eval_every));
     set("training.checkpoint_every", opt(t.checkpoint_every));
+    set("distributed.workers", spec.distributed.workers.to_string());
     set(
         "training.grad_clip",
         match t.grad_clip {
@@ -811,6 +819,7 @@ pub fn spec_from_values(
         log_every: r.num("training.log_every", num_u),
         grad_clip,
     };
+    let workers: u32 = r.num("distributed.workers", num_u);
     let mut spec = JobSpec {
         name: r.raw("name").to_string(),
         seed,
@@ -826,6 +835,7 @@ pub fn spec_from_values(
     };
     if let Some(base) = base {
         spec.max_attempts = base.max_attempts;
+        // The rest of the section (min_workers, sync, gang_wait_s) has no input.
         spec.distributed = base.distributed.clone();
         spec.optimizer.beta1 = base.optimizer.beta1;
         spec.optimizer.beta2 = base.optimizer.beta2;
@@ -835,6 +845,13 @@ pub fn spec_from_values(
         {
             *d_ff = *kept;
         }
+    }
+    spec.distributed.workers = workers;
+    if let Some(min) = spec.distributed.min_workers
+        && min > workers
+    {
+        // A base job's elastic floor above the new world: the floor follows it down.
+        spec.distributed.min_workers = Some(workers);
     }
     let mut errors = r.errors;
     if let Err(more) = spec.validate() {
@@ -898,6 +915,32 @@ mod tests {
         // Without the base they fall back to the defaults.
         let fresh = spec_from_values(&values, None).expect("valid");
         assert_eq!((fresh.max_attempts, fresh.optimizer.beta2), (3, 0.999));
+    }
+
+    #[test]
+    fn workers_come_from_the_form_and_the_rest_of_distributed_from_the_base() {
+        let mut base = preset("mnist-mlp");
+        base.distributed.workers = 4;
+        base.distributed.min_workers = Some(3);
+        base.distributed.sync = kiln_proto::spec::SyncSpec::Every { every: 8 };
+        let mut values = values_from_spec(&base);
+        assert_eq!(
+            values.get("distributed.workers").map(String::as_str),
+            Some("4")
+        );
+        values.insert("distributed.workers".into(), "2".into());
+        let spec = spec_from_values(&values, Some(&base)).expect("valid");
+        assert_eq!(spec.distributed.workers, 2);
+        // The floor follows the world down; the sync mode is kept.
+        assert_eq!(spec.distributed.min_workers, Some(2));
+        assert_eq!(spec.distributed.sync, base.distributed.sync);
+        values.insert("distributed.workers".into(), "65".into());
+        let errors = spec_from_values(&values, None).expect_err("too many");
+        assert_eq!(errors[0].field, "distributed.workers");
+        assert_eq!(
+            field_for_error(&errors[0].field),
+            Some("distributed.workers")
+        );
     }
 
     #[test]

@@ -361,6 +361,8 @@ fn run_job(
         &mut Events {
             send,
             rank: replica.rank,
+            world: replica.world,
+            batch: spec.training.batch_size,
             rates_logged: None,
         },
     )?;
@@ -443,6 +445,9 @@ fn load_stored(
 struct Events<'a> {
     send: &'a dyn Fn(JobEvent),
     rank: usize,
+    world: usize,
+    /// Examples per rank and step (`training.batch_size`).
+    batch: usize,
     /// When the ranks' rates were last logged (at most every [`RANK_RATES_EVERY`]).
     rates_logged: Option<std::time::Instant>,
 }
@@ -464,6 +469,20 @@ impl RunSink for Events<'_> {
             "model has {} parameters; steps {}..{}",
             s.parameters, s.start_step, s.total_steps
         ));
+        if self.world > 1 && self.rank == 0 {
+            // How an epoch is shared (see `data::replica_batch`): every rank takes the same
+            // number of steps, the last one of an epoch whatever is left, so none is dropped.
+            let steps =
+                kiln_train::data::steps_left_in_epoch(s.train_examples, 0, self.batch, self.world);
+            self.log(&format!(
+                "{} training examples an epoch over {} ranks: {steps} steps of up to {} per \
+                 rank ({} global); no example is dropped",
+                s.train_examples,
+                self.world,
+                self.batch,
+                self.batch * self.world
+            ));
+        }
         (self.send)(JobEvent::Started {
             device: s.device_kind.as_str().to_string(),
             total_steps: s.total_steps,

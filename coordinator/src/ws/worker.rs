@@ -368,6 +368,12 @@ impl Conn<'_> {
     }
 
     async fn started(&self, attempt: AttemptRef, total: u64, start: u64) -> anyhow::Result<()> {
+        // Rank 0 speaks for the attempt: a later rank's start must not set the job's step
+        // back while rank 0's metrics already moved it on.
+        let ranks = self.state.store.attempt_workers(attempt).await?;
+        if ranks.len() > 1 && ranks.first().map(String::as_str) != Some(self.id) {
+            return Ok(());
+        }
         if let Some(job) = self
             .state
             .store
