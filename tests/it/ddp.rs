@@ -374,24 +374,43 @@ fn local_sgd_ranks_step_alone_and_average_their_parameters_to_the_same_weights()
     c.add_worker("w1");
     c.add_worker("w2");
     c.wait_workers(2);
-    // 45 steps: averaged at 8, 16, …, 40 and after the last step (45), not on a multiple of 8.
-    let text = spec("local", 2, 2, 45).replace(
-        "min_workers = 2\n",
-        "min_workers = 2\nsync = { every = 8 }\n",
-    );
-    let job = c.submit(&text);
-    assert_eq!(
-        job.spec.distributed.sync,
-        kiln_proto::spec::SyncSpec::Every { every: 8 }
-    );
-    let done = c.wait_job(job.id, 180, "success", |j| j.state.is_terminal());
-    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
-    let lines = c.log_lines(job.id);
-    let hashes = final_hashes(&lines);
-    assert_eq!(hashes.len(), 2, "{lines:#?}");
-    // The ranks train on different shards with no gradient all-reduce: only the final
-    // averaging makes their weights equal.
-    assert_eq!(hashes[0].1, hashes[1].1, "{hashes:?}");
+    // 45 steps: averaged at 8, 16, …, 40 and after the last step (45), not on a multiple of 8;
+    // once as the plain mean, once with the ranks' moves added up (outer_lr = 2).
+    let mut finals = Vec::new();
+    for (name, sync, expected) in [
+        (
+            "local",
+            "sync = { every = 8 }",
+            kiln_proto::spec::SyncSpec::Every {
+                every: 8,
+                outer_lr: None,
+            },
+        ),
+        (
+            "local-outer",
+            "sync = { every = 8, outer_lr = 2.0 }",
+            kiln_proto::spec::SyncSpec::Every {
+                every: 8,
+                outer_lr: Some(2.0),
+            },
+        ),
+    ] {
+        let text = spec(name, 2, 2, 45)
+            .replace("min_workers = 2\n", &format!("min_workers = 2\n{sync}\n"));
+        let job = c.submit(&text);
+        assert_eq!(job.spec.distributed.sync, expected);
+        let done = c.wait_job(job.id, 180, "success", |j| j.state.is_terminal());
+        assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+        let lines = c.log_lines(job.id);
+        let hashes = final_hashes(&lines);
+        assert_eq!(hashes.len(), 2, "{lines:#?}");
+        // The ranks train on different shards with no gradient all-reduce: only the final
+        // synchronisation makes their weights equal.
+        assert_eq!(hashes[0].1, hashes[1].1, "{name}: {hashes:?}");
+        finals.push(hashes[0].1.clone());
+    }
+    // Same seed, same shards: only the outer learning rate differs, and it changes the model.
+    assert_ne!(finals[0], finals[1]);
 }
 
 #[test]

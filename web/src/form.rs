@@ -922,7 +922,10 @@ mod tests {
         let mut base = preset("mnist-mlp");
         base.distributed.workers = 4;
         base.distributed.min_workers = Some(3);
-        base.distributed.sync = kiln_proto::spec::SyncSpec::Every { every: 8 };
+        base.distributed.sync = kiln_proto::spec::SyncSpec::Every {
+            every: 8,
+            outer_lr: None,
+        };
         let mut values = values_from_spec(&base);
         assert_eq!(
             values.get("distributed.workers").map(String::as_str),

@@ -516,7 +516,7 @@ impl DistributedSpec {
 }
 
 /// How the ranks of a data-parallel job keep one model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncSpec {
     /// Sum the gradients of all ranks every step (all-reduce) and divide by the world size:
@@ -524,9 +524,16 @@ pub enum SyncSpec {
     #[default]
     Gradients,
     /// Local SGD: every rank steps on its own gradients and the parameters are averaged
-    /// every `every` steps (for slow links).
+    /// every `every` steps (for slow links). With `outer_lr` (default 1: the plain average)
+    /// the ranks move from the last synchronised parameters by `outer_lr` times the mean of
+    /// their moves: the ranks' updates add up rather than average (2 for two ranks is the
+    /// sum, the linear-scaling rule's counterpart).
     #[serde(untagged)]
-    Every { every: u64 },
+    Every {
+        every: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outer_lr: Option<f64>,
+    },
 }
 
 impl SyncSpec {
@@ -539,7 +546,14 @@ impl fmt::Display for SyncSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SyncSpec::Gradients => f.write_str("gradients"),
-            SyncSpec::Every { every } => write!(f, "every {every} steps"),
+            SyncSpec::Every {
+                every,
+                outer_lr: None,
+            } => write!(f, "every {every} steps"),
+            SyncSpec::Every {
+                every,
+                outer_lr: Some(lr),
+            } => write!(f, "every {every} steps, outer lr {lr}"),
         }
     }
 }
@@ -931,13 +945,21 @@ impl JobSpec {
                 &format!("1 to distributed.workers ({})", d.workers),
             );
         }
-        if let SyncSpec::Every { every } = d.sync {
+        if let SyncSpec::Every { every, outer_lr } = d.sync {
             v.check(
                 "distributed.sync.every",
                 every,
                 (1..=1_000_000).contains(&every),
                 "1 to 1000000 steps",
             );
+            if let Some(lr) = outer_lr {
+                v.check(
+                    "distributed.sync.outer_lr",
+                    lr,
+                    lr.is_finite() && lr > 0.0 && lr <= 64.0,
+                    "greater than 0, at most 64",
+                );
+            }
         }
         v.check(
             "distributed.gang_wait_s",

@@ -574,8 +574,16 @@ impl<M: TrainModel> Loop<M> {
 
         let uses_rng = config.uses_rng();
         // Parameter averaging every H steps instead of a gradient all-reduce every step.
-        let local_sgd = match spec.distributed.sync {
-            kiln_proto::spec::SyncSpec::Every { every } if world > 1 => Some(every.max(1)),
+        let (local_sgd, outer_lr) = match spec.distributed.sync {
+            kiln_proto::spec::SyncSpec::Every { every, outer_lr } if world > 1 => {
+                (Some(every.max(1)), outer_lr.unwrap_or(1.0) as f32)
+            }
+            _ => (None, 1.0),
+        };
+        // The parameters at the last synchronisation (the same on every rank), from which an
+        // outer learning rate other than 1 scales the ranks' mean move.
+        let mut anchor = match (local_sgd, hook.is_some()) {
+            (Some(_), true) if outer_lr != 1.0 => Some(hook::flatten_params(&model).await?),
             _ => None,
         };
         let log_every = spec.training.log_every;
@@ -666,6 +674,13 @@ impl<M: TrainModel> Loop<M> {
                 hook.on_parameters(replica, step + 1, &mut params).await?;
                 sync.exchange += t.elapsed().as_secs_f64();
                 let t = Instant::now();
+                if let Some(anchor) = anchor.as_mut() {
+                    // anchor + outer_lr × (mean − anchor), then the new anchor.
+                    for (p, a) in params.iter_mut().zip(anchor.iter_mut()) {
+                        *p = *a + outer_lr * (*p - *a);
+                        *a = *p;
+                    }
+                }
                 model = hook::load_params(model, &params);
                 sync.unflatten += t.elapsed().as_secs_f64();
                 sync.rounds += 1;

@@ -71,6 +71,11 @@ fn each_bad_value_is_reported_at_its_field() {
             "distributed.gang_wait_s",
         ),
         (
+            "distributed",
+            "sync = { every = 8, outer_lr = 0.0 }",
+            "distributed.sync.outer_lr",
+        ),
+        (
             "training",
             "grad_clip = { norm = -1.0 }",
             "training.grad_clip.norm",
@@ -263,7 +268,13 @@ fn distributed_section_defaults_and_round_trips() {
     let spec = JobSpec::from_toml_str(&text).expect("distributed spec");
     assert_eq!(spec.distributed.workers, 3);
     assert_eq!(spec.distributed.min(), 2);
-    assert_eq!(spec.distributed.sync, SyncSpec::Every { every: 8 });
+    assert_eq!(
+        spec.distributed.sync,
+        SyncSpec::Every {
+            every: 8,
+            outer_lr: None
+        }
+    );
     let json = serde_json::to_string(&spec).unwrap();
     assert!(json.contains(r#""sync":{"every":8}"#), "{json}");
     assert_eq!(JobSpec::from_json_str(&json).unwrap(), spec);

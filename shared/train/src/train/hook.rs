@@ -126,7 +126,8 @@ impl ModuleVisitor for Collect<'_> {
 
 struct Restore<'a> {
     grads: &'a mut GradientsParams,
-    flat: Tensor<1>,
+    values: &'a [f32],
+    device: &'a Device,
     layout: &'a [(ParamId, Vec<usize>)],
     next: usize,
     offset: usize,
@@ -142,15 +143,14 @@ impl ModuleVisitor for Restore<'_> {
         }
         self.next += 1;
         let n: usize = shape.iter().product();
-        let dims: [usize; D] = shape[..].try_into().expect("shape recorded for this rank");
-        // One range per dimension of the flat (1-D) tensor, not a range in a Vec.
-        #[allow(clippy::single_range_in_vec_init)]
-        let grad = self
-            .flat
-            .clone()
-            .slice([self.offset..self.offset + n])
-            .reshape(dims);
+        // One tensor per parameter, made from its part of the host buffer: slices of one
+        // big tensor would leave the optimizer working on strided views.
+        let Some(values) = self.values.get(self.offset..self.offset + n) else {
+            return;
+        };
         self.offset += n;
+        let grad =
+            Tensor::<D>::from_data(TensorData::new(values.to_vec(), shape.clone()), self.device);
         self.grads.register::<D>(param.id, grad);
     }
 }
@@ -195,11 +195,10 @@ pub(crate) fn unflatten<M: Module>(model: &M, grads: &mut GradientsParams, flat:
     let Some(device) = flat.device else {
         return;
     };
-    let total = flat.values.len();
-    let tensor = Tensor::<1>::from_data(TensorData::new(flat.values, [total]), &device);
     let mut restore = Restore {
         grads,
-        flat: tensor,
+        values: &flat.values,
+        device: &device,
         layout: &flat.layout,
         next: 0,
         offset: 0,
