@@ -129,11 +129,17 @@ impl Cluster {
     /// A worker from `cmd` (e.g. with another working directory), with its own dataset cache
     /// under the data dir: `<data dir>/cache-<id>`.
     pub fn add_worker_with(&mut self, id: &str, cmd: &mut Command) {
+        self.add_worker_args(id, cmd, &[]);
+    }
+
+    /// As [`Cluster::add_worker_with`], with more `kiln worker` flags.
+    pub fn add_worker_args(&mut self, id: &str, cmd: &mut Command, extra: &[&str]) {
         let w = Proc::spawn(
             id,
             cmd.args([
                 "worker", "--server", &self.url, "--token", TOKEN, "--device", "cpu", "--id", id,
             ])
+            .args(extra)
             .arg("--cache-dir")
             .arg(self.cache_dir(id)),
         );

@@ -59,9 +59,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(dir.path());
-    for id in ["w1", "w2", "w3"] {
-        c.add_worker(id);
-    }
+    c.add_worker("w1");
+    c.add_worker("w2");
+    // One worker names its peer address by host name (resolved when it binds, advertised
+    // as given, resolved again by the rank that dials it).
+    c.add_worker_args(
+        "w3",
+        &mut crate::support::kiln(),
+        &["--peer-addr", "localhost:0"],
+    );
+    c.wait_workers(3);
     for world in [2u32, 3] {
         let job = c.submit(&spec(&format!("ddp{world}"), world, world, 60));
         let done = c.wait_job(job.id, 180, "success", |j| j.state.is_terminal());
@@ -82,9 +89,17 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
         assert_eq!(workers.len(), world as usize, "one rank per worker");
 
         let lines = c.log_lines(job.id);
+        // The log says which transport each rank chose: on one host, direct TCP throughout.
+        let transports: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("(transport: "))
+            .collect();
+        assert_eq!(transports.len(), world as usize, "{lines:#?}");
         assert!(
-            lines.iter().any(|l| l.contains("transport: direct TCP")),
-            "the log says which transport was chosen: {lines:#?}"
+            transports
+                .iter()
+                .all(|l| l.ends_with("(transport: direct TCP)")),
+            "{transports:#?}"
         );
         // How an epoch is shared: 4096 examples, 32 per rank and step.
         let steps = (4096 / world as usize).div_ceil(32);

@@ -113,14 +113,25 @@ async fn peer_listener(
         message,
     };
     let toward = local_ip_toward(&config.server);
-    let bind: std::net::SocketAddr = match &config.peer_addr {
-        Some(text) => text
-            .parse()
-            .map_err(|e| bad(format!("not an IP:PORT address: {e}")))?,
-        None => std::net::SocketAddr::new(
-            toward.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-            0,
-        ),
+    let toward_or_loopback = toward.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    // An IP:PORT, or a HOST:PORT resolved here (and advertised as given, so that the peers
+    // resolve the name themselves).
+    let (bind, name): (std::net::SocketAddr, Option<&str>) = match &config.peer_addr {
+        Some(text) => match text.parse() {
+            Ok(addr) => (addr, None),
+            Err(_) => {
+                let mut found = tokio::net::lookup_host(text.as_str()).await.map_err(|e| {
+                    bad(format!(
+                        "neither IP:PORT nor a HOST:PORT that resolves: {e}"
+                    ))
+                })?;
+                let addr = found
+                    .next()
+                    .ok_or_else(|| bad("the host name resolves to no address".into()))?;
+                (addr, Some(text.as_str()))
+            }
+        },
+        None => (std::net::SocketAddr::new(toward_or_loopback, 0), None),
     };
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -128,13 +139,19 @@ async fn peer_listener(
     let local = listener
         .local_addr()
         .map_err(|e| bad(format!("cannot read the bound address: {e}")))?;
-    let advertised = if local.ip().is_unspecified() {
-        let ip = toward.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
-        std::net::SocketAddr::new(ip, local.port())
-    } else {
-        local
+    let advertised = match name {
+        Some(name) if local.port() == bind.port() => name.to_string(),
+        // Port 0 with a name: the name and the port the OS chose.
+        Some(name) => match name.rsplit_once(':') {
+            Some((host, _)) => format!("{host}:{}", local.port()),
+            None => name.to_string(),
+        },
+        None if local.ip().is_unspecified() => {
+            std::net::SocketAddr::new(toward_or_loopback, local.port()).to_string()
+        }
+        None => local.to_string(),
     };
-    Ok((listener, advertised.to_string()))
+    Ok((listener, advertised))
 }
 
 fn memory_mb() -> u64 {

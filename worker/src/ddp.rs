@@ -20,7 +20,6 @@
 //! a rank that is slow (a CPU beside a GPU) is not taken for a dead one, and a dead one is
 //! found in seconds. A killed peer's socket closes at once and fails the step sooner still.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,7 +69,8 @@ pub(crate) struct RingHook {
     coordinator: Coordinator,
     attempt: AttemptRef,
     me: Handshake,
-    next: SocketAddr,
+    /// Rank + 1's peer address, `IP:PORT` or `HOST:PORT` (resolved when dialing).
+    next: String,
     cancel: CancelToken,
     ring: Option<Ring>,
     /// The longest exchange so far (sets the step deadline).
@@ -101,10 +101,15 @@ impl RingHook {
             ));
         }
         let next_rank = (group.rank as usize + 1) % world;
-        let next_text = &group.peers[next_rank];
-        let next = next_text.parse().map_err(|e| {
-            format!("rank {next_rank}'s peer address `{next_text}` is not HOST:PORT: {e}")
-        })?;
+        let next = group.peers[next_rank].clone();
+        if next
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(format!(
+                "rank {next_rank}'s peer address `{next}` is not HOST:PORT"
+            ));
+        }
         Ok(RingHook {
             runtime,
             listener,
@@ -152,7 +157,7 @@ impl RingHook {
             let join = join(
                 &self.me,
                 &self.listener,
-                self.next,
+                &self.next,
                 &self.coordinator,
                 self.attempt,
             );
@@ -213,7 +218,7 @@ async fn cancelled(cancel: &CancelToken) {
 async fn join(
     me: &Handshake,
     listener: &TcpListener,
-    next: SocketAddr,
+    next: &str,
     coordinator: &Coordinator,
     attempt: AttemptRef,
 ) -> Result<(Ring, Transport, Transport), CollectiveError> {
@@ -299,7 +304,7 @@ async fn within_rendezvous<T>(
 }
 
 /// A direct connection to `next`, tried for [`DIRECT_TRY`]; `None` if it cannot be made.
-async fn dial_direct(next: SocketAddr) -> Option<TcpStream> {
+async fn dial_direct(next: &str) -> Option<TcpStream> {
     let deadline = Instant::now() + DIRECT_TRY;
     while Instant::now() < deadline {
         let left = deadline.saturating_duration_since(Instant::now());
