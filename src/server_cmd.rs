@@ -49,10 +49,10 @@ pub struct WorkerArgs {
     /// Base directory for relative dataset paths in job specs.
     #[arg(long, default_value = ".")]
     pub data_root: PathBuf,
-    /// Where data-parallel peers connect to this worker, IP:PORT (default: any free port on
-    /// the address this machine reaches the coordinator from; 0.0.0.0:PORT listens on every
-    /// interface).
-    #[arg(long, value_name = "IP:PORT")]
+    /// Where data-parallel peers connect to this worker, IP:PORT or HOST:PORT (default: any
+    /// free port on the address this machine reaches the coordinator from; 0.0.0.0:PORT
+    /// listens on every interface).
+    #[arg(long, value_name = "HOST:PORT")]
     pub peer_addr: Option<String>,
     #[command(flatten)]
     pub cache: CacheArgs,

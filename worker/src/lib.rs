@@ -50,9 +50,9 @@ pub struct WorkerConfig {
     pub cache_max_bytes: u64,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
-    /// Where to accept data-parallel peers, `HOST:PORT`. `None`: any port, on the address this
-    /// machine reaches the coordinator from. A host of `0.0.0.0` listens everywhere and
-    /// advertises that address with the given port.
+    /// Where to accept data-parallel peers, `IP:PORT` or `HOST:PORT` (a name is advertised as
+    /// given). `None`: any port, on the address this machine reaches the coordinator from. A
+    /// host of `0.0.0.0` listens everywhere and advertises that address with the given port.
     pub peer_addr: Option<String>,
 }
 
