@@ -78,6 +78,21 @@ impl Drop for Proc {
     }
 }
 
+/// Every one of `ranks` ranks logged that its ring links took `transport` ("direct TCP",
+/// "relayed through the coordinator").
+pub fn assert_transport(lines: &[String], ranks: usize, transport: &str) {
+    let chosen: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("(transport: "))
+        .collect();
+    assert_eq!(chosen.len(), ranks, "one line per rank: {lines:#?}");
+    let expected = format!("(transport: {transport})");
+    assert!(
+        chosen.iter().all(|l| l.ends_with(&expected)),
+        "every link {transport}: {chosen:#?}"
+    );
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use kiln_proto::protocol::{JobId, JobState};
 use sha2::Digest;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, assert_transport};
 
 /// A `workers`-rank job on synthetic data; `min_workers` lets it resume smaller.
 fn spec(name: &str, workers: u32, min_workers: u32, steps: u64) -> String {
@@ -90,17 +90,7 @@ fn two_and_three_workers_train_one_job_and_every_rank_ends_with_the_same_weights
 
         let lines = c.log_lines(job.id);
         // The log says which transport each rank chose: on one host, direct TCP throughout.
-        let transports: Vec<&String> = lines
-            .iter()
-            .filter(|l| l.contains("(transport: "))
-            .collect();
-        assert_eq!(transports.len(), world as usize, "{lines:#?}");
-        assert!(
-            transports
-                .iter()
-                .all(|l| l.ends_with("(transport: direct TCP)")),
-            "{transports:#?}"
-        );
+        assert_transport(&lines, world as usize, "direct TCP");
         // How an epoch is shared: 4096 examples, 32 per rank and step.
         let steps = (4096 / world as usize).div_ceil(32);
         let shared = format!(

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use kiln_proto::protocol::JobState;
 
-use crate::cluster::{Cluster, Proc, TOKEN};
+use crate::cluster::{Cluster, Proc, TOKEN, assert_transport};
 
 /// Namespaces and links made for one test; deleted on drop.
 struct Hosts {
@@ -193,17 +193,7 @@ fn ranks_on_two_hosts_train_over_direct_tcp_across_interfaces() {
     let Some(lines) = train_across(1, true) else {
         return;
     };
-    let transports: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.contains("(transport: "))
-        .collect();
-    assert_eq!(transports.len(), 2, "{lines:#?}");
-    assert!(
-        transports
-            .iter()
-            .all(|l| l.contains("(transport: direct TCP)")),
-        "{transports:#?}"
-    );
+    assert_transport(&lines, 2, "direct TCP");
     // The peers dialed each other on the link between the namespaces.
     assert!(
         lines.iter().any(|l| l.contains("next rank at 10.231.3.")),
@@ -216,15 +206,5 @@ fn ranks_that_cannot_reach_each_other_relay_through_the_coordinator() {
     let Some(lines) = train_across(2, false) else {
         return;
     };
-    let transports: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.contains("(transport: "))
-        .collect();
-    assert_eq!(transports.len(), 2, "{lines:#?}");
-    assert!(
-        transports
-            .iter()
-            .all(|l| l.contains("(transport: relayed through the coordinator)")),
-        "{transports:#?}"
-    );
+    assert_transport(&lines, 2, "relayed through the coordinator");
 }
