@@ -88,19 +88,17 @@ pub fn capabilities(device: DeviceRequest) -> Capabilities {
 }
 
 /// The address this machine reaches `server` from (no packet is sent: a UDP socket is only
-/// pointed at it, and the OS picks the route).
-fn local_ip_toward(server: &str) -> Option<std::net::IpAddr> {
+/// pointed at it, and the OS picks the route). Async: resolving the name may take a while.
+async fn local_ip_toward(server: &str) -> Option<std::net::IpAddr> {
     let (with_port, _) = crate::relay::authority(server)?;
-    let target = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
-        .ok()?
-        .next()?;
+    let target = tokio::net::lookup_host(with_port).await.ok()?.next()?;
     let bind = if target.is_ipv4() {
         "0.0.0.0:0"
     } else {
         "[::]:0"
     };
-    let socket = std::net::UdpSocket::bind(bind).ok()?;
-    socket.connect(target).ok()?;
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.connect(target).await.ok()?;
     Some(socket.local_addr().ok()?.ip())
 }
 
@@ -112,7 +110,7 @@ async fn peer_listener(
         addr: config.peer_addr.clone().unwrap_or_default(),
         message,
     };
-    let toward = local_ip_toward(&config.server);
+    let toward = local_ip_toward(&config.server).await;
     let toward_or_loopback = toward.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     // An IP:PORT, or a HOST:PORT resolved here (and advertised as given, so that the peers
     // resolve the name themselves).
