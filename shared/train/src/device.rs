@@ -3,8 +3,6 @@
 //! Burn registers a wgpu runtime once per process and refuses a second registration, so devices
 //! are initialised once and kept in a process-wide table.
 
-use std::sync::Mutex;
-
 use burn::tensor::Device;
 #[cfg(all(not(target_arch = "wasm32"), feature = "wgpu"))]
 use burn::tensor::DeviceKind;
@@ -28,8 +26,11 @@ pub struct DeviceError {
     pub message: String,
 }
 
-static DEVICES: Mutex<Vec<(DeviceRequest, ResolvedDevice)>> = Mutex::new(Vec::new());
+#[cfg(any(not(target_arch = "wasm32"), feature = "webgpu"))]
+static DEVICES: std::sync::Mutex<Vec<(DeviceRequest, ResolvedDevice)>> =
+    std::sync::Mutex::new(Vec::new());
 
+#[cfg(any(not(target_arch = "wasm32"), feature = "webgpu"))]
 fn cached(kind: DeviceRequest) -> Option<ResolvedDevice> {
     DEVICES
         .lock()
@@ -39,6 +40,7 @@ fn cached(kind: DeviceRequest) -> Option<ResolvedDevice> {
         .map(|(_, d)| d.clone())
 }
 
+#[cfg(any(not(target_arch = "wasm32"), feature = "webgpu"))]
 fn remember(kind: DeviceRequest, device: ResolvedDevice) -> ResolvedDevice {
     if let Ok(mut table) = DEVICES.lock() {
         table.push((kind, device.clone()));
@@ -197,30 +199,43 @@ fn cuda() -> Result<ResolvedDevice, String> {
     }
 }
 
-/// Resolve a request in the browser: WebGPU when asked for (or `auto`) and available, else the
-/// CPU backend, which always works.
+/// Resolve a request in the browser: WebGPU when asked for (or `auto`), compiled in (feature
+/// `webgpu`) and available, else the CPU backend, which always works. `no_gpu`: why the
+/// caller already knows WebGPU is out (said in the description).
 #[cfg(target_arch = "wasm32")]
-pub async fn resolve_browser(requested: DeviceRequest) -> ResolvedDevice {
-    use burn::tensor::wgpu::WgpuBackend;
+pub async fn resolve_browser(requested: DeviceRequest, no_gpu: Option<&str>) -> ResolvedDevice {
+    let wasm_cpu = |why: String| ResolvedDevice {
+        description: format!("cpu (burn flex in wasm, one thread): {why}"),
+        ..cpu()
+    };
     if matches!(requested, DeviceRequest::Cpu) {
-        return cpu();
+        return wasm_cpu("the CPU was asked for".to_string());
     }
-    if let Some(d) = cached(DeviceRequest::Webgpu) {
-        return d;
+    if let Some(why) = no_gpu {
+        return wasm_cpu(why.to_string());
     }
-    match Device::wgpu_options()
-        .graphics_api(WgpuBackend::WebGpu)
-        .init_async()
-        .await
+    #[cfg(feature = "webgpu")]
     {
-        Ok(device) => remember(
-            DeviceRequest::Webgpu,
-            ResolvedDevice {
-                description: "webgpu".to_string(),
-                device,
-                kind: DeviceRequest::Webgpu,
-            },
-        ),
-        Err(_) => cpu(),
+        use burn::tensor::wgpu::WgpuBackend;
+        if let Some(d) = cached(DeviceRequest::Webgpu) {
+            return d;
+        }
+        match Device::wgpu_options()
+            .graphics_api(WgpuBackend::WebGpu)
+            .init_async()
+            .await
+        {
+            Ok(device) => remember(
+                DeviceRequest::Webgpu,
+                ResolvedDevice {
+                    description: "webgpu (the browser's GPU adapter)".to_string(),
+                    device,
+                    kind: DeviceRequest::Webgpu,
+                },
+            ),
+            Err(e) => wasm_cpu(format!("this browser gave no WebGPU adapter ({e:?})")),
+        }
     }
+    #[cfg(not(feature = "webgpu"))]
+    wasm_cpu("this trainer module is the CPU build".to_string())
 }

@@ -9,6 +9,8 @@ mod checkpoint;
 mod hook;
 mod schedule;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -222,7 +224,17 @@ pub struct TrainRun<'a> {
     pub replica: Replica,
     /// Stop after this many steps in total (overrides the spec when smaller).
     pub max_steps: Option<u64>,
+    /// Awaited after every step. A browser passes one that yields to its event loop now and
+    /// then: on the CPU in wasm every read completes at once, so without it the loop would
+    /// never let a stop message (or anything else) in.
+    pub between_steps: Option<&'a mut dyn FnMut() -> BetweenSteps>,
+    /// Also store a checkpoint at the end (completed or cancelled) when the spec asks for
+    /// none: the in-browser trainer keeps it to resume after a stop.
+    pub final_checkpoint: bool,
 }
+
+/// What [`TrainRun::between_steps`] returns.
+pub type BetweenSteps = Pin<Box<dyn Future<Output = ()>>>;
 
 impl<'a> TrainRun<'a> {
     pub fn new(
@@ -241,6 +253,8 @@ impl<'a> TrainRun<'a> {
             on_event,
             replica: Replica::default(),
             max_steps: None,
+            between_steps: None,
+            final_checkpoint: false,
         }
     }
 }
@@ -304,6 +318,22 @@ pub fn weights_of<M: Module>(model: &M) -> Result<Vec<u8>, TrainError> {
         .into_bytes()
         .map(|b| b.to_vec())
         .map_err(|e| TrainError::device("serializing weights", &format!("{e:?}")))
+}
+
+/// Burnpack bytes of a model's weights, read with one asynchronous device read (safe on
+/// WebGPU, where [`weights_of`] panics): the values are copied into a CPU (`flex`) copy of the
+/// model with the same parameter names and ids, whose record is the same burnpack.
+pub async fn weights_async<M: Module>(model: &M) -> Result<Vec<u8>, TrainError> {
+    let flat = hook::flatten_params(model)
+        .await
+        .map_err(|e| TrainError::device("reading weights", &e.0))?;
+    weights_of(&hook::params_on(model, &flat, &Device::flex()))
+}
+
+/// Whether tensors on `device` can be read synchronously (every native device, and the CPU
+/// backend in wasm; not WebGPU).
+fn reads_synchronously(device: &Device) -> bool {
+    !cfg!(target_arch = "wasm32") || device.clone().without_autodiff() == Device::flex()
 }
 
 /// Load burnpack bytes into a module built from the same config.
@@ -496,7 +526,12 @@ impl<M: TrainModel> Loop<M> {
             on_event,
             replica,
             max_steps,
+            mut between_steps,
+            final_checkpoint,
         } = run;
+        // Saving reads tensors synchronously (Burn's records): not on WebGPU, where only the
+        // final weights are read, asynchronously (`weights_async`).
+        let sync_reads = reads_synchronously(&device);
         let device = device.autodiff();
         let train_data = &data.train;
         let n = train_data.len();
@@ -694,6 +729,9 @@ impl<M: TrainModel> Loop<M> {
             samples += taken as u64;
             train_samples += taken as u64;
             train_secs += started.elapsed().as_secs_f64();
+            if let Some(pause) = between_steps.as_mut() {
+                pause().await;
+            }
 
             if step % log_every == 0 || step == total_steps {
                 let (loss, accuracy, rate, rank_rates) = acc.read(&mut hook, replica).await?;
@@ -743,7 +781,7 @@ impl<M: TrainModel> Loop<M> {
                 .training
                 .checkpoint_every
                 .is_some_and(|k| step % k == 0);
-            if ckpt_due && step < total_steps {
+            if ckpt_due && step < total_steps && sync_reads {
                 let c = checkpoint(
                     &model,
                     &optim,
@@ -785,8 +823,9 @@ impl<M: TrainModel> Loop<M> {
         // A final checkpoint (also on cancel, so a cancelled run can be resumed) where the
         // caller asked for checkpoints; its weights double as the final model.
         let mut weights = None;
-        if spec.training.checkpoint_every.is_some()
-            || outcome == Outcome::Completed && !cfg!(target_arch = "wasm32")
+        let wants_checkpoint = spec.training.checkpoint_every.is_some() || final_checkpoint;
+        if sync_reads
+            && (wants_checkpoint || outcome == Outcome::Completed && !cfg!(target_arch = "wasm32"))
         {
             let c = checkpoint(
                 &model,
@@ -799,9 +838,13 @@ impl<M: TrainModel> Loop<M> {
                 &clock,
             )?;
             weights = Some(c.model.clone());
-            if spec.training.checkpoint_every.is_some() {
+            if wants_checkpoint {
                 on_event(TrainEvent::Checkpoint(Box::new(c)));
             }
+        } else if cfg!(target_arch = "wasm32") {
+            // In a browser the final weights are always wanted (to run the model in the page,
+            // to save the run); read asynchronously, they are safe on WebGPU too.
+            weights = Some(weights_async(&model).await?);
         }
         Ok(TrainSummary {
             outcome,

@@ -1,6 +1,7 @@
 //! The training core inside a browser: headless Chromium runs this wasm module, trains the
 //! `mlp` on the committed MNIST subset and checks that the loss falls — once on Burn's CPU
-//! backend and once on WebGPU (Chromium's SwiftShader adapter in CI).
+//! backend and once on WebGPU (Chromium's SwiftShader adapter in CI; built with `--features
+//! webgpu`, as scripts/test does).
 #![cfg(target_arch = "wasm32")]
 
 use kiln_proto::metric::Split;
@@ -46,7 +47,7 @@ log_every = 1
     ))
     .expect("valid spec");
     let data = data::load(&spec.dataset, spec.seed, &mnist_subset()).expect("subset loads");
-    let device = resolve_browser(request).await;
+    let device = resolve_browser(request, None).await;
     let mut losses = Vec::new();
     let mut on_event = |e: TrainEvent| {
         if let TrainEvent::Metric(m) = e
@@ -85,6 +86,7 @@ async fn mlp_trains_on_the_cpu_backend_in_the_browser() {
     assert_falls(&losses);
 }
 
+#[cfg(feature = "webgpu")]
 #[wasm_bindgen_test]
 async fn mlp_trains_on_webgpu_in_the_browser() {
     let (kind, losses) = train_in_browser(DeviceRequest::Webgpu, 16).await;

@@ -239,11 +239,13 @@ pub(crate) async fn flatten_params<M: Module>(model: &M) -> Result<Vec<f32>, Hoo
 struct LoadParams<'a> {
     flat: &'a [f32],
     offset: usize,
+    /// Where the new tensors go; `None`: where each parameter is.
+    device: Option<&'a Device>,
 }
 
 impl ModuleMapper for LoadParams<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (flat, offset) = (self.flat, &mut self.offset);
+        let (flat, offset, device) = (self.flat, &mut self.offset, self.device);
         param.map(|tensor| {
             let shape = tensor.dims();
             let n: usize = shape.iter().product();
@@ -251,16 +253,30 @@ impl ModuleMapper for LoadParams<'_> {
                 return tensor;
             };
             *offset += n;
-            let grad = tensor.is_require_grad();
-            let fresh = Tensor::<D>::from_data(
-                TensorData::new(values.to_vec(), shape.to_vec()),
-                &tensor.device(),
-            );
+            let target = device.cloned().unwrap_or_else(|| tensor.device());
+            // A copy onto a device without autodiff (to save it) tracks no gradients.
+            let grad = tensor.is_require_grad() && target.is_autodiff();
+            let fresh =
+                Tensor::<D>::from_data(TensorData::new(values.to_vec(), shape.to_vec()), &target);
             if grad { fresh.require_grad() } else { fresh }
         })
     }
 }
 
 pub(crate) fn load_params<M: Module>(model: M, flat: &[f32]) -> M {
-    model.map(&mut LoadParams { flat, offset: 0 })
+    model.map(&mut LoadParams {
+        flat,
+        offset: 0,
+        device: None,
+    })
+}
+
+/// [`load_params`] into a copy of `model` on `device` (the same parameter ids, so records and
+/// optimizer state still match). Reads nothing from the model's own device.
+pub(crate) fn params_on<M: Module>(model: &M, flat: &[f32], device: &Device) -> M {
+    model.clone().map(&mut LoadParams {
+        flat,
+        offset: 0,
+        device: Some(device),
+    })
 }

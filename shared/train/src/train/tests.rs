@@ -554,3 +554,47 @@ max_steps = 3
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("at step 1"), "{err}");
 }
+
+#[test]
+fn weights_read_asynchronously_are_the_same_burnpack() {
+    // The browser's path (one async read, rebuilt on the CPU) must give the bytes the
+    // synchronous record gives: they load into the same model either way.
+    let s = spec("max_steps = 1", "kind = \"mlp\"\nhidden = [16, 4]");
+    let _serial = serial();
+    let data = load(&s.dataset, s.seed, &MemorySource::default()).expect("synthetic data");
+    let Ok(ModelConfig::Mlp(config)) = ModelConfig::new(&s.model, &data.info) else {
+        panic!("an mlp config");
+    };
+    // As in the loop: an autodiff device, whose parameters require gradients.
+    let device = Device::flex().autodiff();
+    let model = Mlp::init(&config, &device);
+    let sync = weights_of(&model).expect("sync weights");
+    let async_ = pollster::block_on(weights_async(&model)).expect("async weights");
+    assert_eq!(sync, async_);
+}
+
+#[test]
+fn between_steps_is_awaited_after_every_step_and_a_final_checkpoint_can_be_asked_for() {
+    let s = spec("max_steps = 5", MLP);
+    let _serial = serial();
+    let data = load(&s.dataset, s.seed, &MemorySource::default()).expect("synthetic data");
+    let mut checkpoints = Vec::new();
+    let mut on_event = |e: TrainEvent| {
+        if let TrainEvent::Checkpoint(c) = e {
+            checkpoints.push(c.state.step);
+        }
+    };
+    let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+    let counter = calls.clone();
+    let mut pause = move || -> BetweenSteps {
+        counter.set(counter.get() + 1);
+        Box::pin(async {})
+    };
+    let mut run = TrainRun::new(s.clone(), data, Device::flex(), &mut on_event);
+    run.between_steps = Some(&mut pause);
+    run.final_checkpoint = true;
+    let summary = pollster::block_on(train(run)).expect("trains");
+    assert_eq!(summary.steps, 5);
+    assert_eq!(calls.get(), 5);
+    assert_eq!(checkpoints, vec![5], "one checkpoint, at the end");
+}
