@@ -7,6 +7,7 @@
 //! - [`sweep`]: grid sweeps over spec fields.
 //! - [`fmt`]: human-readable values (ages) for the CLI and the dashboard.
 //! - [`downsample`]: LTTB for metric charts (the coordinator's range queries, the dashboard).
+//! - [`trainer`]: the page ⇄ in-browser trainer messages (a dedicated Web Worker).
 //! - [`worker_session`]: the worker's protocol logic as a state machine without I/O (driven by
 //!   tokio in `kiln worker`, later by a browser tab).
 //!
@@ -22,6 +23,7 @@ pub mod metric;
 pub mod protocol;
 pub mod spec;
 pub mod sweep;
+pub mod trainer;
 pub mod worker_session;
 
 pub use spec::JobSpec;

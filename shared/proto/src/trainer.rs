@@ -1,0 +1,130 @@
+//! Messages between a page and the in-browser trainer (`kiln-trainer`, a wasm module running in
+//! a dedicated Web Worker, so training never freezes the page).
+//!
+//! Each message travels as `postMessage({ json, bytes })`: `json` is one of these enums as
+//! JSON text, `bytes` the binary parts it announces, in order, as transferred `ArrayBuffer`s
+//! (dataset files, a checkpoint, final weights: JSON would triple their size).
+
+use serde::{Deserialize, Serialize};
+
+use crate::metric::Metric;
+use crate::spec::{DeviceRequest, JobSpec};
+
+/// The most dataset bytes a tab trains on (the page refuses a larger file before reading
+/// it; a tab's wasm memory is at most 4 GiB, and the data is held twice while it loads).
+pub const MAX_DATASET_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The page asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToTrainer {
+    /// Train `spec`. The message's binary parts are the dataset's files, `files[i]` at the
+    /// path `files[i]` (what `spec.dataset.path` names), then the checkpoint to resume from
+    /// when `resume` is set.
+    Train {
+        spec: Box<JobSpec>,
+        files: Vec<String>,
+        device: DeviceRequest,
+        #[serde(default)]
+        resume: bool,
+        /// Set by the trainer's Web Worker when it loaded the CPU module for a `webgpu` or
+        /// `auto` run: why (no `navigator.gpu`, no adapter).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        no_gpu: Option<String>,
+    },
+    /// Stop between steps; the run ends `cancelled` with a checkpoint to resume from.
+    Stop,
+}
+
+/// The trainer tells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromTrainer {
+    /// The module is loaded and waits for a `train`.
+    Ready,
+    /// The device the run trains on, and why that one (a missing WebGPU adapter, say).
+    Device {
+        kind: DeviceRequest,
+        description: String,
+    },
+    /// The data is loaded and the model built.
+    Started {
+        total_steps: u64,
+        start_step: u64,
+        parameters: usize,
+        train_examples: usize,
+    },
+    Metric {
+        metric: Metric,
+    },
+    /// The run ended. Binary parts: the final weights (burnpack) when `weights`, then the
+    /// checkpoint (model, optimizer state and loop state) when `checkpoint`.
+    Finished {
+        /// `completed` or `cancelled`.
+        outcome: String,
+        steps: u64,
+        /// The run's `summary.json`, as `kiln train` and workers write it.
+        summary: serde_json::Value,
+        /// The model's configuration (`model.json`): what the weights need to be run.
+        model: serde_json::Value,
+        weights: bool,
+        checkpoint: bool,
+    },
+    /// The run failed; nothing more comes for it.
+    Failed {
+        error: String,
+    },
+}
+
+impl ToTrainer {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl FromTrainer {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_keep_their_shape() {
+        let spec = JobSpec::from_toml_str(
+            "name = \"p\"\n[model]\nkind = \"mlp\"\n[dataset]\nkind = \"csv\"\npath = \"d.csv\"\nlabel_column = \"y\"\n",
+        )
+        .expect("spec");
+        let train = ToTrainer::Train {
+            spec: Box::new(spec),
+            files: vec!["d.csv".into()],
+            device: DeviceRequest::Webgpu,
+            resume: false,
+            no_gpu: None,
+        };
+        let json = train.to_json();
+        assert!(json.starts_with(r#"{"type":"train","spec":{"#), "{json}");
+        assert!(json.contains(r#""files":["d.csv"],"device":"webgpu","resume":false"#));
+        assert_eq!(serde_json::from_str::<ToTrainer>(&json).ok(), Some(train));
+        assert_eq!(ToTrainer::Stop.to_json(), r#"{"type":"stop"}"#);
+        let done = FromTrainer::Finished {
+            outcome: "cancelled".into(),
+            steps: 7,
+            summary: serde_json::json!({"steps": 7}),
+            model: serde_json::json!({"kind": "mlp"}),
+            weights: true,
+            checkpoint: true,
+        };
+        assert_eq!(
+            done.to_json(),
+            r#"{"type":"finished","outcome":"cancelled","steps":7,"summary":{"steps":7},"model":{"kind":"mlp"},"weights":true,"checkpoint":true}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<FromTrainer>(&done.to_json()).ok(),
+            Some(done)
+        );
+    }
+}
