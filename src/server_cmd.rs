@@ -214,11 +214,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             let handle = tokio::spawn(kiln_worker::run(config, async move {
                 let _ = stop_rx.await;
             }));
+            let admin = coordinator
+                .new_admin_token()
+                .map(str::to_string)
+                .or_else(|| args.serve.admin_token.clone());
+            store_committed_data(&coordinator, admin.as_deref()).await;
             if args.demo {
-                let admin = coordinator
-                    .new_admin_token()
-                    .map(str::to_string)
-                    .or_else(|| args.serve.admin_token.clone());
                 submit_demo(&coordinator, admin.as_deref()).await?;
             }
             Some((stop_tx, handle))
@@ -246,6 +247,44 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         coordinator.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The committed data (the MNIST subset, the text corpus) as stored datasets, for the
+/// playground's presets and any job: `kiln:mnist-subset`, `kiln:kiln-stories`. Bytes the
+/// coordinator has are not sent again; a failure is a warning (Kiln runs without them).
+async fn store_committed_data(coordinator: &Coordinator, admin: Option<&str>) {
+    use kiln_proto::dataset::DatasetKind;
+    let Some(admin) = admin else { return };
+    let Ok(client) = Client::new(&coordinator.url(), Some(admin.to_string())) else {
+        return;
+    };
+    let roots = [
+        PathBuf::from("."),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    ];
+    let Some(root) = roots
+        .into_iter()
+        .find(|r| r.join("data/mnist/train-images-idx3-ubyte.gz").is_file())
+    else {
+        return;
+    };
+    let mut stored = Vec::new();
+    for (path, name, kind) in [
+        ("data/mnist", "mnist-subset", DatasetKind::Idx),
+        (
+            "data/text/kiln-stories.txt",
+            "kiln-stories",
+            DatasetKind::Text,
+        ),
+    ] {
+        match crate::data_cmd::push(&client, &root.join(path), name, kind).await {
+            Ok(_) => stored.push(format!("kiln:{name}")),
+            Err(e) => eprintln!("warning: could not store {path} as dataset {name}: {e:#}"),
+        }
+    }
+    if !stored.is_empty() {
+        println!("datasets: {} (the committed data)", stored.join(", "));
+    }
 }
 
 async fn submit_demo(coordinator: &Coordinator, admin: Option<&str>) -> anyhow::Result<()> {

@@ -345,6 +345,9 @@ test('tags and notes: set on the job page, kept, checked, and a tag filters the 
 });
 
 test('datasets: a CSV uploaded from the browser is hashed, previewed, picked in the form, and named by the job that trained on it', async () => {
+  // `kiln up` stores the committed data (for the playground); uploads come on top of it.
+  const committed = (await api('/api/datasets')).body.map((d) => d.name).sort();
+  assert.deepEqual(committed, ['kiln-stories', 'mnist-subset']);
   // Two features, two classes: trains in a few seconds.
   const lines = ['x,y,label'];
   for (let i = 0; i < 240; i++) {
@@ -356,7 +359,8 @@ test('datasets: a CSV uploaded from the browser is hashed, previewed, picked in 
   const name = 'e2e-points';
   const page = await ctx.newPage();
   await page.goto(`${base}/datasets`);
-  await page.locator('p.empty').waitFor();
+  await page.locator('tr[data-dataset="mnist-subset"]').waitFor();
+  assert.equal(await page.locator(`tr[data-dataset="${name}"]`).count(), 0);
   const submitUpload = () => page.click('form.upload button[type=submit]');
   const status = page.locator('.upload-status');
 
@@ -369,7 +373,7 @@ test('datasets: a CSV uploaded from the browser is hashed, previewed, picked in 
   await submitUpload();
   assert.match(await page.locator('#upload-name-error').innerText(), /`has space`/);
   assert.equal(await page.locator('#upload-name').getAttribute('aria-invalid'), 'true');
-  assert.equal((await api('/api/datasets')).body.length, 0);
+  assert.equal((await api('/api/datasets')).body.length, committed.length);
 
   await page.fill('#upload-name', name);
   await submitUpload();
@@ -394,7 +398,7 @@ test('datasets: a CSV uploaded from the browser is hashed, previewed, picked in 
   await submitUpload();
   await status.and(page.locator('[data-stage="failed"]')).waitFor();
   assert.match(await status.innerText(), /Upload failed: .*the file is empty/);
-  assert.equal((await api('/api/datasets')).body.length, 1);
+  assert.equal((await api('/api/datasets')).body.length, committed.length + 1);
 
   // The preview: columns and first rows, the full digest and the references to copy.
   await row.click();
@@ -473,7 +477,8 @@ test('datasets: a CSV uploaded from the browser is hashed, previewed, picked in 
   page.once('dialog', (d) => d.accept());
   await page.getByRole('button', { name: 'Delete' }).click();
   await page.waitForURL(new RegExp('/datasets$'));
-  await page.locator('p.empty').waitFor();
+  await page.locator('tr[data-dataset="mnist-subset"]').waitFor();
+  assert.equal(await page.locator(`tr[data-dataset="${name}"]`).count(), 0);
   assert.equal((await api(`/api/datasets/${name}`)).status, 404);
   await page.close();
 });

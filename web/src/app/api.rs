@@ -118,6 +118,12 @@ pub async fn get<T: DeserializeOwned>(path: &str) -> Result<T, ApiError> {
     json(check(authed(Request::get(path)).send().await).await?).await
 }
 
+/// A body as bytes (a stored dataset's content, an artifact).
+pub async fn get_bytes(path: &str) -> Result<Vec<u8>, ApiError> {
+    let response = check(authed(Request::get(path)).send().await).await?;
+    response.binary().await.map_err(ApiError::network)
+}
+
 /// For share links: no token, even if the browser has one.
 pub async fn get_public<T: DeserializeOwned>(path: &str) -> Result<T, ApiError> {
     json(check(Request::get(path).send().await).await?).await

@@ -10,6 +10,7 @@ mod chart;
 mod events;
 mod nav;
 mod pages;
+mod trainer;
 mod upload;
 
 #[wasm_bindgen(start)]
@@ -26,6 +27,7 @@ fn App() -> impl IntoView {
                 <Route path=path!("/") view=|| view! { <Layout><pages::jobs::JobsPage/></Layout> }/>
                 <Route path=path!("/jobs/:id") view=|| view! { <Layout><pages::job::JobPage/></Layout> }/>
                 <Route path=path!("/new") view=|| view! { <Layout><pages::new_job::NewJobPage/></Layout> }/>
+                <Route path=path!("/play") view=|| view! { <Layout><pages::play::PlayPage/></Layout> }/>
                 <Route path=path!("/sweep") view=|| view! { <Layout><pages::sweep::SweepPage/></Layout> }/>
                 <Route path=path!("/datasets") view=|| view! { <Layout><pages::datasets::DatasetsPage/></Layout> }/>
                 <Route path=path!("/datasets/:name") view=|| view! { <Layout><pages::datasets::DatasetPage/></Layout> }/>
@@ -55,6 +57,7 @@ fn Layout(children: Children) -> impl IntoView {
                 <A href="/">"Jobs"</A>
                 <A href="/new">"New job"</A>
                 <A href="/sweep">"Sweep"</A>
+                <A href="/play">"Playground"</A>
                 <A href="/compare">"Compare"</A>
                 <A href="/datasets">"Datasets"</A>
                 <A href="/workers">"Workers"</A>

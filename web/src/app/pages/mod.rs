@@ -11,6 +11,7 @@ pub mod job;
 pub mod jobs;
 pub mod login;
 pub mod new_job;
+pub mod play;
 pub mod share;
 pub mod sweep;
 pub mod workers;

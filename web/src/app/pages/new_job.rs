@@ -152,8 +152,64 @@ pub fn NewJobPage() -> impl IntoView {
         });
     };
 
-    let sections = SECTIONS.iter().map(|(title, fields)| {
-        let inputs = fields.iter().map(|f| {
+    let sections = view! { <SpecFields values errors stored stored_error hidden=&[]/> };
+    let general = move || errors.with(|e| e.get("").cloned().unwrap_or_default());
+
+    view! {
+        <section class="new-job">
+            <h1>"New job"</h1>
+            <div class="presets">
+                <label for="preset">"Start from"</label>
+                <select id="preset" prop:value=move || preset.get() on:change=move |ev| {
+                    let p = event_target_value(&ev);
+                    if let Some(v) = preset_values(&p) {
+                        values.set(v);
+                        errors.set(Default::default());
+                        base.set(None);
+                    }
+                    preset.set(p);
+                }>
+                    <option value="">"(current values)"</option>
+                    {PRESETS.iter().map(|(id, label, _)| view! { <option value=*id>{*label}</option> }).collect_view()}
+                </select>
+            </div>
+            <form on:submit=submit novalidate>
+                {sections}
+                <fieldset><legend>"Run"</legend>
+                    <div class="field" class:invalid=move || tag_error.get().is_some() data-field="tags">
+                        <label for="f-tags">"Tags"</label>
+                        <input id="f-tags" name="tags" type="text" prop:value=move || tags.get()
+                            on:input=move |ev| { tags.set(event_target_value(&ev)); tag_error.set(None); }
+                            aria-invalid=move || tag_error.get().is_some().to_string()
+                            aria-describedby="f-tags-error"/>
+                        <small class="help">"comma-separated, to find the run by later"</small>
+                        <div id="f-tags-error" class="field-error" role="alert">{move || tag_error.get()}</div>
+                    </div>
+                </fieldset>
+                <ErrorLine error/>
+                {move || {
+                    let g = general();
+                    (!g.is_empty()).then(|| view! { <ul class="error">{g.into_iter().map(|e| view! { <li>{e}</li> }).collect_view()}</ul> })
+                }}
+                <button type="submit" class="primary" disabled=move || busy.get()>"Submit job"</button>
+            </form>
+        </section>
+    }
+}
+
+/// The spec's inputs by section (`crate::form::SECTIONS`), with the stored-dataset picker in
+/// "Dataset"; errors show at their fields. Used by New job and the playground, which leaves
+/// out what does not apply in a tab (`hidden`: field paths).
+#[component]
+pub fn SpecFields(
+    values: RwSignal<FormValues>,
+    errors: RwSignal<BTreeMap<String, Vec<String>>>,
+    stored: RwSignal<Vec<DatasetInfo>>,
+    stored_error: RwSignal<Option<String>>,
+    hidden: &'static [&'static str],
+) -> impl IntoView {
+    SECTIONS.iter().map(|(title, fields)| {
+        let inputs = fields.iter().filter(|f| !hidden.contains(&f.path)).map(|f| {
             let path = f.path;
             let id = f.id();
             let err_id = format!("{id}-error");
@@ -201,49 +257,7 @@ pub fn NewJobPage() -> impl IntoView {
         let picker = (*title == "Dataset")
             .then(|| view! { <StoredPicker values errors stored stored_error/> });
         view! { <fieldset><legend>{*title}</legend>{picker}{inputs}</fieldset> }
-    }).collect_view();
-    let general = move || errors.with(|e| e.get("").cloned().unwrap_or_default());
-
-    view! {
-        <section class="new-job">
-            <h1>"New job"</h1>
-            <div class="presets">
-                <label for="preset">"Start from"</label>
-                <select id="preset" prop:value=move || preset.get() on:change=move |ev| {
-                    let p = event_target_value(&ev);
-                    if let Some(v) = preset_values(&p) {
-                        values.set(v);
-                        errors.set(Default::default());
-                        base.set(None);
-                    }
-                    preset.set(p);
-                }>
-                    <option value="">"(current values)"</option>
-                    {PRESETS.iter().map(|(id, label, _)| view! { <option value=*id>{*label}</option> }).collect_view()}
-                </select>
-            </div>
-            <form on:submit=submit novalidate>
-                {sections}
-                <fieldset><legend>"Run"</legend>
-                    <div class="field" class:invalid=move || tag_error.get().is_some() data-field="tags">
-                        <label for="f-tags">"Tags"</label>
-                        <input id="f-tags" name="tags" type="text" prop:value=move || tags.get()
-                            on:input=move |ev| { tags.set(event_target_value(&ev)); tag_error.set(None); }
-                            aria-invalid=move || tag_error.get().is_some().to_string()
-                            aria-describedby="f-tags-error"/>
-                        <small class="help">"comma-separated, to find the run by later"</small>
-                        <div id="f-tags-error" class="field-error" role="alert">{move || tag_error.get()}</div>
-                    </div>
-                </fieldset>
-                <ErrorLine error/>
-                {move || {
-                    let g = general();
-                    (!g.is_empty()).then(|| view! { <ul class="error">{g.into_iter().map(|e| view! { <li>{e}</li> }).collect_view()}</ul> })
-                }}
-                <button type="submit" class="primary" disabled=move || busy.get()>"Submit job"</button>
-            </form>
-        </section>
-    }
+    }).collect_view()
 }
 
 /// Choose a stored dataset: sets `dataset.kind` to its kind and `dataset.path` to

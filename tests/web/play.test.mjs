@@ -1,0 +1,173 @@
+// End-to-end tests of the playground (/play): a real `kiln up` serving the dashboard and the
+// trainer module, real headless Chromium; training runs in the tab (a Web Worker with the
+// kiln-trainer wasm module) on the CPU backend and on WebGPU (Chromium's SwiftShader adapter
+// with --enable-unsafe-webgpu: correctness-grade, slow).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { CHROMIUM_ARGS, signIn, SHOTS, TOKEN, startKiln } from './support.mjs';
+
+let kiln, base, dataDir, browser, ctx;
+const pageErrors = [];
+
+before(async () => {
+  mkdirSync(SHOTS, { recursive: true });
+  dataDir = mkdtempSync(join(tmpdir(), 'kiln-play-e2e-'));
+  ({ child: kiln, url: base } = await startKiln(dataDir));
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: [...CHROMIUM_ARGS, '--enable-unsafe-webgpu'],
+  });
+  ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  await ctx.addInitScript(signIn, TOKEN);
+  // Long tasks on the page's main thread (the trainer runs in a Web Worker, so there should
+  // be none worth the name while it trains).
+  await ctx.addInitScript(() => {
+    window.__longTasks = [];
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) window.__longTasks.push({ start: e.startTime, ms: e.duration });
+    }).observe({ type: 'longtask', buffered: true });
+  });
+  ctx.on('weberror', (e) => pageErrors.push(e.error().message));
+});
+
+after(async () => {
+  await browser?.close();
+  kiln?.kill('SIGTERM');
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+const status = (page) => page.locator('.play-status');
+
+/** The training losses the page has charted, in step order. */
+async function trainLosses(page) {
+  const text = await page.locator('section.play').getAttribute('data-train-losses');
+  return text ? text.split(',').map(Number) : [];
+}
+
+async function waitForState(page, states, ms) {
+  await page.waitForFunction(
+    (s) => s.includes(document.querySelector('.play-status')?.dataset.state),
+    states, { timeout: ms });
+  return status(page).getAttribute('data-state');
+}
+
+test('the playground trains the MNIST MLP on the CPU in the tab: the loss falls and the page never blocks', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/play?preset=mnist-mlp`);
+  await page.selectOption('#play-device', 'cpu');
+  // Three epochs of the committed 2,000 images, logged every 5 steps.
+  await page.fill('#f-training-epochs', '3');
+  await page.fill('#f-training-log_every', '5');
+  const mark = await page.evaluate(() => performance.now());
+  await page.click('button[type=submit]');
+  assert.equal(await waitForState(page, ['done', 'failed'], 120_000), 'done', await status(page).textContent());
+  await assert.doesNotReject(page.locator('.play-device', { hasText: 'cpu' }).waitFor());
+  const losses = await trainLosses(page);
+  assert.ok(losses.length >= 10, `train points: ${losses.length}`);
+  const head = losses.slice(0, 3).reduce((a, b) => a + b) / 3;
+  const tail = losses.slice(-3).reduce((a, b) => a + b) / 3;
+  assert.ok(tail < head * 0.6, `loss should fall: first ${head}, last ${tail}`);
+  // A test accuracy is shown at the end (the subset's t10k files).
+  await assert.doesNotReject(page.locator('.final-accuracy', { hasText: 'test' }).waitFor());
+  const long = await page.evaluate((m) => window.__longTasks.filter((t) => t.start >= m), mark);
+  const worst = Math.max(0, ...long.map((t) => t.ms));
+  console.log(`# playground CPU: ${losses.length} points, loss ${head.toFixed(3)} → ${tail.toFixed(3)}; longest main-thread task while training ${worst.toFixed(0)} ms (${long.length} over 50 ms)`);
+  assert.ok(worst <= 100, `the page was blocked for ${worst} ms: ${JSON.stringify(long)}`);
+  await page.screenshot({ path: join(SHOTS, 'playground.png'), fullPage: true });
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
+
+test('a playground run stops between steps and resumes at the step it stopped, without a loss spike', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/play?preset=mnist-mlp`);
+  await page.selectOption('#play-device', 'cpu');
+  await page.fill('#f-training-epochs', '40');
+  await page.fill('#f-training-log_every', '5');
+  await page.click('button[type=submit]');
+  await page.waitForFunction(() => Number(document.querySelector('.play-status')?.dataset.step) >= 100, null, { timeout: 120_000 });
+  await page.click('#play-stop');
+  assert.equal(await waitForState(page, ['stopped', 'failed'], 30_000), 'stopped', await status(page).textContent());
+  const stoppedAt = Number(await status(page).getAttribute('data-step'));
+  const before = await trainLosses(page);
+  await page.click('#play-resume');
+  await page.waitForFunction((s) => Number(document.querySelector('.play-status')?.dataset.step) >= s + 50, stoppedAt, { timeout: 120_000 });
+  // The resumed run started where the stopped one ended.
+  assert.equal(Number(await status(page).getAttribute('data-start-step')), stoppedAt);
+  await page.click('#play-stop');
+  await waitForState(page, ['stopped'], 30_000);
+  const after = await trainLosses(page);
+  // The chart continues: the points before the stop are kept, the new ones come after them.
+  assert.ok(after.length > before.length, `points ${before.length} → ${after.length}`);
+  const lastBefore = before.slice(-3).reduce((a, b) => a + b) / 3;
+  const firstAfter = after.slice(before.length, before.length + 3).reduce((a, b) => a + b) / 3;
+  console.log(`# resume: stopped at step ${stoppedAt}; loss before ${lastBefore.toFixed(3)}, after ${firstAfter.toFixed(3)}`);
+  // A fresh model would start near ln(10) ≈ 2.3: a resumed one goes on near where it was.
+  assert.ok(firstAfter < lastBefore * 2 + 0.05, `loss jumped on resume: ${lastBefore} → ${firstAfter}`);
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
+
+test('the playground trains on WebGPU when the browser has an adapter, and says so', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/play?preset=mnist-mlp`);
+  await page.selectOption('#play-device', 'webgpu');
+  // SwiftShader is ≈ 100× slower than a GPU: a few steps, logged every step.
+  await page.fill('#f-training-batch_size', '32');
+  await page.fill('#f-training-max_steps', '12');
+  await page.fill('#f-training-log_every', '1');
+  await page.click('button[type=submit]');
+  assert.equal(await waitForState(page, ['done', 'failed'], 300_000), 'done', await status(page).textContent());
+  const device = await page.locator('.play-device').textContent();
+  assert.match(device, /webgpu/, device);
+  const losses = await trainLosses(page);
+  assert.equal(losses.length, 12);
+  const head = losses.slice(0, 3).reduce((a, b) => a + b) / 3;
+  const tail = losses.slice(-3).reduce((a, b) => a + b) / 3;
+  assert.ok(tail < head * 0.9, `loss should fall on WebGPU: ${losses}`);
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
+
+test('bad input in the playground gets a clear message and nothing crashes', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/play?preset=mnist-mlp`);
+  // A CSV with a non-numeric cell: the trainer names the file, the row and the column.
+  const csv = join(dataDir, 'bad.csv');
+  writeFileSync(csv, 'a,b,label\n1,2,0\n3,oops,1\n5,6,0\n7,8,1\n');
+  await page.setInputFiles('#play-file', csv);
+  await page.fill('#f-dataset-label_column', 'label');
+  await page.selectOption('#play-device', 'cpu');
+  await page.click('button[type=submit]');
+  assert.equal(await waitForState(page, ['done', 'failed'], 60_000), 'failed');
+  const text = await status(page).textContent();
+  assert.match(text, /bad\.csv/, text);
+  assert.match(text, /oops/, text);
+  // A file too large for a tab (1 GiB) is refused before it is read: a File whose size says
+  // so (allocating 1 GiB in the test browser would prove nothing more).
+  await page.evaluate(() => {
+    const input = document.querySelector('#play-file');
+    const file = new File([new Uint8Array(1)], 'huge.csv');
+    Object.defineProperty(file, 'size', { value: 2 ** 30 });
+    const dt = new DataTransfer();
+    dt.items.add(file);
+    input.files = dt.files;
+    input.dispatchEvent(new Event('change', { bubbles: true }));
+  });
+  await page.locator('p.error', { hasText: 'huge.csv is 1073741824 bytes' }).waitFor({ timeout: 5_000 });
+  // A worker path a tab cannot read.
+  await page.selectOption('#preset', 'mnist-mlp');
+  await page.fill('#f-dataset-path', 'data/mnist');
+  await page.click('button[type=submit]');
+  await page.locator('p.error', { hasText: 'path on a worker' }).waitFor({ timeout: 5_000 });
+  // The page still trains after all that.
+  await page.selectOption('#preset', 'synthetic');
+  await page.click('button[type=submit]');
+  assert.equal(await waitForState(page, ['done', 'failed'], 60_000), 'done', await status(page).textContent());
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});

@@ -1,0 +1,398 @@
+//! The playground (`/play`): train a model in this tab with the same spec form, the same
+//! training core (the `kiln-trainer` wasm module in a Web Worker: WebGPU when the browser has
+//! it, else the CPU) and the same charts as a job; stop and resume.
+
+use std::collections::BTreeMap;
+
+use kiln_proto::JobSpec;
+use kiln_proto::dataset::DatasetInfo;
+use kiln_proto::metric::Split;
+use kiln_proto::protocol::MetricPoint;
+use kiln_proto::spec::DeviceRequest;
+use kiln_proto::trainer::{FromTrainer, ToTrainer};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use leptos_router::hooks::use_query_map;
+use wasm_bindgen::JsCast;
+
+use super::ErrorLine;
+use super::job::{FinalMetrics, RunCharts};
+use super::new_job::SpecFields;
+use crate::app::api;
+use crate::app::chart::ChartView;
+use crate::app::trainer::Trainer;
+use crate::form::{errors_by_field, spec_from_values, values_from_spec};
+use crate::play::{self, DataPlan, HIDDEN_FIELDS, PLAY_PRESETS};
+use crate::runs::merge_live;
+
+/// Where the page is; `data-state` on the status line says it for tests.
+#[derive(Debug, Clone, PartialEq)]
+enum Status {
+    Idle,
+    Loading(String),
+    Training,
+    Stopped,
+    Done,
+    Failed(String),
+}
+
+impl Status {
+    fn slug(&self) -> &'static str {
+        match self {
+            Status::Idle => "idle",
+            Status::Loading(_) => "loading",
+            Status::Training => "training",
+            Status::Stopped => "stopped",
+            Status::Done => "done",
+            Status::Failed(_) => "failed",
+        }
+    }
+}
+
+/// What a run was started with, to resume it as it was.
+#[derive(Clone)]
+struct Started {
+    spec: JobSpec,
+    files: Vec<String>,
+    parts: Vec<Vec<u8>>,
+    device: DeviceRequest,
+}
+
+#[component]
+pub fn PlayPage() -> impl IntoView {
+    let query = use_query_map();
+    let start = query
+        .with_untracked(|q| q.get("preset"))
+        .filter(|p| PLAY_PRESETS.iter().any(|(id, _)| id == p))
+        .unwrap_or_else(|| "mnist-mlp".into());
+    let preset = RwSignal::new(start.clone());
+    let values = RwSignal::new(
+        play::preset_spec(&start)
+            .map(|s| values_from_spec(&s))
+            .unwrap_or_default(),
+    );
+    let errors = RwSignal::new(BTreeMap::<String, Vec<String>>::new());
+    let error = RwSignal::new(None::<String>);
+    let device = RwSignal::new("auto".to_string());
+    let status = RwSignal::new(Status::Idle);
+    let device_line = RwSignal::new(None::<String>);
+    let progress = RwSignal::new((0u64, 0u64));
+    // The step the current run started at (0, or where a resumed run goes on).
+    let start_step = RwSignal::new(0u64);
+    let about = RwSignal::new(None::<String>);
+    let points = RwSignal::new(Vec::<MetricPoint>::new());
+    let detail = RwSignal::new(None::<Vec<MetricPoint>>);
+    let zoom = RwSignal::new(None::<(f64, f64)>);
+    let view = ChartView::from_query(&query.get_untracked());
+    let checkpoint = StoredValue::new(None::<Vec<u8>>);
+    let has_checkpoint = RwSignal::new(false);
+    let started = StoredValue::new(None::<Started>);
+    let chosen = StoredValue::new_local(None::<web_sys::File>);
+    let chosen_name = RwSignal::new(None::<String>);
+    let trainer = StoredValue::new_local(None::<Trainer>);
+
+    let stored = RwSignal::new(Vec::<DatasetInfo>::new());
+    let stored_error = RwSignal::new(None::<String>);
+    spawn_local(async move {
+        match api::get::<Vec<DatasetInfo>>("/api/datasets").await {
+            Ok(l) => {
+                let _ = stored.try_set(l);
+            }
+            Err(e) => {
+                let _ = stored_error.try_set(Some(format!("cannot list stored datasets: {e}")));
+            }
+        }
+    });
+
+    let start_step_signal = start_step;
+    let on_message = move |message: FromTrainer, mut parts: Vec<Vec<u8>>| match message {
+        FromTrainer::Ready => {}
+        FromTrainer::Device { description, .. } => {
+            let _ = device_line.try_set(Some(description));
+        }
+        FromTrainer::Started {
+            total_steps,
+            start_step,
+            parameters,
+            train_examples,
+        } => {
+            let _ = progress.try_set((start_step, total_steps));
+            let _ = start_step_signal.try_set(start_step);
+            let _ = about.try_set(Some(format!(
+                "{parameters} parameters · {train_examples} training examples · {total_steps} steps"
+            )));
+            let _ = status.try_set(Status::Training);
+        }
+        FromTrainer::Metric { metric } => {
+            if metric.split == Split::Train {
+                progress.update(|p| p.0 = metric.step);
+            }
+            points.update(|p| merge_live(p, &[MetricPoint { attempt: 1, metric }]));
+        }
+        FromTrainer::Finished {
+            outcome,
+            steps,
+            checkpoint: sent_checkpoint,
+            weights,
+            ..
+        } => {
+            // Parts: the weights, then the checkpoint.
+            let ckpt = sent_checkpoint.then(|| parts.pop()).flatten();
+            let _ = weights;
+            let _ = has_checkpoint.try_set(ckpt.is_some());
+            checkpoint.set_value(ckpt);
+            progress.update(|p| p.0 = steps);
+            let _ = status.try_set(if outcome == "completed" {
+                Status::Done
+            } else {
+                Status::Stopped
+            });
+        }
+        FromTrainer::Failed { error } => {
+            let _ = status.try_set(Status::Failed(error));
+        }
+    };
+
+    // The trainer starts with the first run and stays for the next ones (the module loads
+    // once); leaving the page terminates it.
+    let ensure_trainer = move || -> Result<(), String> {
+        if trainer.with_value(|t| t.is_some()) {
+            return Ok(());
+        }
+        let t = Trainer::spawn(on_message)?;
+        trainer.set_value(Some(t));
+        Ok(())
+    };
+    on_cleanup(move || trainer.set_value(None));
+
+    let send = move |s: Started, resume: Option<Vec<u8>>| {
+        if let Err(e) = ensure_trainer() {
+            status.set(Status::Failed(e));
+            return;
+        }
+        let mut parts = s.parts.clone();
+        let resuming = resume.is_some();
+        parts.extend(resume);
+        if !resuming {
+            points.set(Vec::new());
+            zoom.set(None);
+        }
+        status.set(Status::Loading(if resuming {
+            "resuming…".into()
+        } else {
+            "loading the trainer…".into()
+        }));
+        trainer.with_value(|t| {
+            if let Some(t) = t {
+                t.send(
+                    &ToTrainer::Train {
+                        spec: Box::new(s.spec.clone()),
+                        files: s.files.clone(),
+                        device: s.device,
+                        resume: resuming,
+                        no_gpu: None,
+                    },
+                    parts,
+                );
+            }
+        });
+        started.set_value(Some(s));
+    };
+
+    let train = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        error.set(None);
+        let spec = match values.with_untracked(|v| spec_from_values(v, None)) {
+            Ok(spec) => spec,
+            Err(list) => {
+                errors.set(errors_by_field(&list));
+                error.set(Some(format!(
+                    "The spec has {} problem(s); see the marked fields.",
+                    list.len()
+                )));
+                return;
+            }
+        };
+        errors.set(Default::default());
+        let (spec, data) = match play::plan(&spec, chosen_name.get_untracked().as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                error.set(Some(e));
+                return;
+            }
+        };
+        let device = match device.get_untracked().as_str() {
+            "webgpu" => DeviceRequest::Webgpu,
+            "cpu" => DeviceRequest::Cpu,
+            _ => DeviceRequest::Auto,
+        };
+        status.set(Status::Loading("fetching the data…".into()));
+        spawn_local(async move {
+            let fetched = match data {
+                DataPlan::None => Ok(vec![]),
+                DataPlan::Stored { url, file } => api::get_bytes(&url)
+                    .await
+                    .map(|b| vec![(file, b)])
+                    .map_err(|e| format!("cannot fetch the dataset: {e}")),
+                DataPlan::Dropped { file } => match chosen.with_value(|f| f.clone()) {
+                    Some(f) => read_file(&f).await.map(|b| vec![(file, b)]),
+                    None => Err("choose the file again".to_string()),
+                },
+            };
+            match fetched {
+                Ok(files) => {
+                    let (files, parts) = files.into_iter().unzip();
+                    send(
+                        Started {
+                            spec,
+                            files,
+                            parts,
+                            device,
+                        },
+                        None,
+                    );
+                }
+                Err(e) => {
+                    let _ = status.try_set(Status::Failed(e));
+                }
+            }
+        });
+    };
+
+    let stop = move |_| {
+        trainer.with_value(|t| {
+            if let Some(t) = t {
+                t.send(&ToTrainer::Stop, vec![]);
+            }
+        });
+    };
+    let resume = move |_| {
+        if let (Some(s), Some(c)) = (started.get_value(), checkpoint.get_value()) {
+            send(s, Some(c));
+        }
+    };
+
+    let choose_file = move |ev: leptos::ev::Event| {
+        let input = ev
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok());
+        let Some(file) = input.and_then(|i| i.files()).and_then(|l| l.get(0)) else {
+            return;
+        };
+        let name = file.name();
+        match play::check_file(&name, file.size() as u64) {
+            Ok(kind) => {
+                values.update(|v| {
+                    v.insert("dataset.kind".into(), kind.as_str().into());
+                    v.insert("dataset.path".into(), name.clone());
+                });
+                errors.update(|e| {
+                    e.remove("dataset.path");
+                    e.remove("dataset.kind");
+                });
+                chosen.set_value(Some(file));
+                chosen_name.set(Some(name));
+                error.set(None);
+            }
+            Err(e) => {
+                chosen.set_value(None);
+                chosen_name.set(None);
+                error.set(Some(e));
+            }
+        }
+    };
+
+    let busy = move || matches!(status.get(), Status::Loading(_) | Status::Training);
+    let can_resume = move || status.get() == Status::Stopped && has_checkpoint.get();
+    let status_text = move || match status.get() {
+        Status::Idle => "Not started.".to_string(),
+        Status::Loading(what) => what,
+        Status::Training => {
+            let (step, total) = progress.get();
+            format!("Training: step {step} of {total}")
+        }
+        Status::Stopped if has_checkpoint.get() => format!(
+            "Stopped at step {}. Resume continues from there.",
+            progress.get().0
+        ),
+        Status::Stopped => format!(
+            "Stopped at step {}. A WebGPU run cannot be resumed yet: Burn reads optimizer \
+             state only synchronously, which WebGPU does not allow (train on the CPU to resume).",
+            progress.get().0
+        ),
+        Status::Done => format!("Done: {} steps.", progress.get().0),
+        Status::Failed(e) => format!("Failed: {e}"),
+    };
+
+    let train_losses = move || {
+        points.with(|p| {
+            p.iter()
+                .filter(|p| p.metric.split == Split::Train)
+                .map(|p| p.metric.loss.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    };
+
+    view! {
+        // The training losses, for tests and benchmarks (the chart's canvas holds no values).
+        <section class="play" data-train-losses=train_losses>
+            <h1>"Playground"</h1>
+            <p class="muted">"Trains in this tab — the same model code and training loop as a worker, \
+                compiled to WebAssembly and run in a Web Worker, so the page stays responsive."</p>
+            <div class="presets">
+                <label for="preset">"Start from"</label>
+                <select id="preset" prop:value=move || preset.get() on:change=move |ev| {
+                    let p = event_target_value(&ev);
+                    if let Some(s) = play::preset_spec(&p) {
+                        values.set(values_from_spec(&s));
+                        errors.set(Default::default());
+                        chosen_name.set(None);
+                        chosen.set_value(None);
+                    }
+                    preset.set(p);
+                }>
+                    {PLAY_PRESETS.iter().map(|(id, label)| view! { <option value=*id>{*label}</option> }).collect_view()}
+                </select>
+                <label for="play-device">"Device"</label>
+                <select id="play-device" prop:value=move || device.get()
+                    on:change=move |ev| device.set(event_target_value(&ev))>
+                    <option value="auto">"auto (WebGPU if this browser has it, else the CPU)"</option>
+                    <option value="webgpu">"webgpu"</option>
+                    <option value="cpu">"cpu (WebAssembly)"</option>
+                </select>
+            </div>
+            <form on:submit=train novalidate>
+                <SpecFields values errors stored stored_error hidden=HIDDEN_FIELDS/>
+                <fieldset><legend>"Your own data"</legend>
+                    <div class="field" data-field="play.file">
+                        <label for="play-file">"A CSV or text file"</label>
+                        <input id="play-file" type="file" accept=".csv,.txt,.md,text/*" on:change=choose_file/>
+                        <small class="help">"read in this tab only; sets the dataset's kind and path (for a CSV, set its label column)"</small>
+                    </div>
+                </fieldset>
+                <ErrorLine error/>
+                <div class="actions">
+                    <button type="submit" class="primary" disabled=busy>"Train in this tab"</button>
+                    <button type="button" id="play-stop" on:click=stop disabled=move || !busy()>"Stop"</button>
+                    <button type="button" id="play-resume" on:click=resume disabled=move || !can_resume()>"Resume"</button>
+                </div>
+            </form>
+            <p class="play-status" role="status" data-state=move || status.get().slug()
+                data-step=move || progress.get().0.to_string()
+                data-start-step=move || start_step.get().to_string()>{status_text}</p>
+            {move || device_line.get().map(|d| view! { <p class="play-device">"Device: "{d}</p> })}
+            {move || about.get().map(|a| view! { <p class="muted small">{a}</p> })}
+            <FinalMetrics points/>
+            <RunCharts points detail zoom view/>
+        </section>
+    }
+}
+
+/// A file the user chose, read whole (its size was checked when it was chosen).
+async fn read_file(file: &web_sys::File) -> Result<Vec<u8>, String> {
+    let buffer = wasm_bindgen_futures::JsFuture::from(file.array_buffer())
+        .await
+        .map_err(|e| format!("cannot read {}: {e:?}", file.name()))?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
