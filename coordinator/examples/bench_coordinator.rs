@@ -121,6 +121,7 @@ impl Bench<'_> {
                 cores: 2,
                 kiln_version: "bench".into(),
                 peer_addr: None,
+                browser: false,
             },
             running: vec![],
         };

@@ -239,6 +239,7 @@ mod tests {
             cores: 1,
             kiln_version: "test".into(),
             peer_addr: None,
+            browser: false,
         }
     }
 

@@ -21,12 +21,14 @@ use crate::state::AppState;
 /// Error text of an attempt whose worker went away.
 pub const WORKER_LOST: &str = "worker lost";
 
-/// Whether a worker offering `caps` can run a job that asks for `want`.
+/// Whether a worker offering `caps` can run a job that asks for `want`. A browser tab takes
+/// only `webgpu` jobs (`auto` means a machine's best device, and a tab's CPU is no machine's);
+/// native workers never offer `webgpu`.
 pub fn can_run(caps: &Capabilities, want: DeviceRequest) -> bool {
     match want {
+        DeviceRequest::Webgpu => caps.browser && caps.devices.contains(&want),
+        _ if caps.browser => false,
         DeviceRequest::Auto => true,
-        // A browser tab's WebGPU; native workers never offer it.
-        DeviceRequest::Webgpu => false,
         device => caps.devices.contains(&device),
     }
 }
@@ -240,4 +242,41 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(devices: &[DeviceRequest], browser: bool) -> Capabilities {
+        Capabilities {
+            devices: devices.to_vec(),
+            device_names: Vec::new(),
+            memory_mb: 1024,
+            cores: 2,
+            kiln_version: "test".into(),
+            peer_addr: None,
+            browser,
+        }
+    }
+
+    #[test]
+    fn tabs_take_webgpu_jobs_only_and_machines_never_do() {
+        use DeviceRequest::*;
+        let tab = caps(&[Webgpu], true);
+        let machine = caps(&[Wgpu, Cpu], false);
+        let expected = [
+            (Auto, false, true),
+            (Cpu, false, true),
+            (Wgpu, false, true),
+            (Cuda, false, false),
+            (Webgpu, true, false),
+        ];
+        for (want, on_tab, on_machine) in expected {
+            assert_eq!(can_run(&tab, want), on_tab, "{want} on a tab");
+            assert_eq!(can_run(&machine, want), on_machine, "{want} on a machine");
+        }
+        // A machine cannot claim webgpu by listing it.
+        assert!(!can_run(&caps(&[Webgpu, Cpu], false), Webgpu));
+    }
 }

@@ -276,6 +276,7 @@ mod tests {
                 cores: 1,
                 kiln_version: "t".into(),
                 peer_addr: None,
+                browser: false,
             },
             connected,
             draining: false,

@@ -84,6 +84,7 @@ pub fn capabilities(device: DeviceRequest) -> Capabilities {
             .unwrap_or(1),
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         peer_addr: None,
+        browser: false,
     }
 }
 

@@ -52,15 +52,15 @@ pub fn job_id(raw: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("invalid job id `{raw}`: expected an integer")))
 }
 
-/// A device the spec may name but no worker of this coordinator can offer: `webgpu` is a
-/// browser's, and browser workers do not exist yet. Not part of `JobSpec::validate`, which the
-/// in-browser trainer will run on its own `webgpu` specs.
-fn unservable_device(spec: &JobSpec) -> Option<FieldError> {
-    (spec.device == DeviceRequest::Webgpu).then(|| FieldError {
-        field: "device".into(),
-        value: spec.device.as_str().into(),
-        allowed: "auto, cpu, wgpu, cuda (webgpu runs only in a browser, and no browser worker \
-                  exists yet)"
+/// What a valid spec may ask that no worker can give: browser tabs (the only `webgpu`
+/// workers) train alone, so a `webgpu` job cannot be data-parallel. Not part of
+/// `JobSpec::validate`, which the in-browser trainer runs on its own specs.
+fn unservable(spec: &JobSpec) -> Option<FieldError> {
+    (spec.device == DeviceRequest::Webgpu && spec.distributed.workers > 1).then(|| FieldError {
+        field: "distributed.workers".into(),
+        value: spec.distributed.workers.to_string(),
+        allowed: "1 for a webgpu job (browser tabs train alone; data-parallel jobs run on \
+                  machines: device auto, cpu, wgpu or cuda)"
             .into(),
     })
 }
@@ -73,7 +73,7 @@ pub async fn submit(
     ApiJson(body): ApiJson<SubmitJob>,
 ) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
     let mut problems = body.spec.validate().err().unwrap_or_default();
-    problems.extend(unservable_device(&body.spec));
+    problems.extend(unservable(&body.spec));
     if !problems.is_empty() {
         return Err(ApiError::InvalidSpec(problems));
     }

@@ -101,6 +101,7 @@ mod tests {
                     cores: 2,
                     kiln_version: "test".into(),
                     peer_addr: Some(format!("{id}:7070")),
+                    browser: false,
                 },
             })
             .collect()

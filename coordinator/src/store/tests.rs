@@ -22,6 +22,7 @@ fn caps() -> kiln_proto::protocol::Capabilities {
         cores: 1,
         kiln_version: "t".into(),
         peer_addr: None,
+        browser: false,
     }
 }
 

@@ -63,6 +63,7 @@ fn capabilities() -> Capabilities {
         cores: 1,
         kiln_version: "t".into(),
         peer_addr: None,
+        browser: false,
     }
 }
 

@@ -103,16 +103,28 @@ async fn submit_valid_and_invalid() {
     c.shutdown().await;
 }
 
-/// `device = "webgpu"` is a valid spec (the in-browser trainer runs such specs), but no worker
-/// of a coordinator can run it yet: refused at submit, as a field error the form shows at its
-/// input, next to any other problem of the spec.
+/// `device = "webgpu"` jobs are for browser tabs lent as workers: accepted and queued; but a
+/// tab trains alone, so a data-parallel webgpu job is refused at submit, as a field error the
+/// form shows at its input, next to any other problem of the spec.
 #[tokio::test]
-async fn webgpu_jobs_are_refused_at_submit_naming_the_field() {
+async fn webgpu_jobs_queue_for_tabs_and_cannot_be_data_parallel() {
     let dir = tmp();
     let c = support::start(dir.path(), HB).await;
     let client = support::admin(&c);
     let mut spec = support::spec("in-a-browser");
     spec.device = kiln_proto::spec::DeviceRequest::Webgpu;
+    let job = client
+        .submit(&SubmitJob {
+            spec: spec.clone(),
+            group: None,
+            tags: Vec::new(),
+        })
+        .await
+        .expect("a webgpu job is accepted");
+    assert_eq!(job.state, kiln_proto::protocol::JobState::Queued);
+
+    spec.distributed.workers = 2;
+    spec.distributed.min_workers = Some(2);
     assert!(spec.validate().is_ok(), "the spec itself is valid");
     let err = client
         .submit(&SubmitJob {
@@ -121,7 +133,7 @@ async fn webgpu_jobs_are_refused_at_submit_naming_the_field() {
             tags: Vec::new(),
         })
         .await
-        .expect_err("webgpu refused");
+        .expect_err("data-parallel webgpu refused");
     assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
     let kiln_client::ClientError::Api {
         message, fields, ..
@@ -131,14 +143,14 @@ async fn webgpu_jobs_are_refused_at_submit_naming_the_field() {
     };
     assert_eq!(fields.len(), 1, "{fields:?}");
     let f = &fields[0];
-    assert_eq!((f.field.as_str(), f.value.as_str()), ("device", "webgpu"));
-    assert!(
-        f.allowed.starts_with("auto, cpu, wgpu, cuda") && f.allowed.contains("browser"),
-        "{f:?}"
+    assert_eq!(
+        (f.field.as_str(), f.value.as_str()),
+        ("distributed.workers", "2")
     );
+    assert!(f.allowed.contains("browser tabs train alone"), "{f:?}");
     // What `kiln submit` and `kiln sweep` print: the field, the value, what is allowed.
     assert!(
-        message.contains("device: got webgpu, allowed: auto, cpu, wgpu, cuda"),
+        message.contains("distributed.workers: got 2, allowed: 1 for a webgpu job"),
         "{message}"
     );
     // Listed with the spec's own problems, in one answer.
@@ -155,9 +167,9 @@ async fn webgpu_jobs_are_refused_at_submit_naming_the_field() {
         panic!("expected an API error, got {err}")
     };
     let named: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
-    assert_eq!(named, ["training.batch_size", "device"]);
+    assert_eq!(named, ["training.batch_size", "distributed.workers"]);
     let page = client.jobs(&JobFilter::default()).await.expect("list");
-    assert_eq!(page.total, 0, "nothing stored");
+    assert_eq!(page.total, 1, "only the first job is stored");
     c.shutdown().await;
 }
 

@@ -88,6 +88,7 @@ pub fn caps(devices: Vec<DeviceRequest>) -> Capabilities {
         cores: 2,
         kiln_version: "test".into(),
         peer_addr: None,
+        browser: false,
     }
 }
 

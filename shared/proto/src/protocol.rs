@@ -32,6 +32,11 @@ pub struct Capabilities {
     /// without one (older, or started without peers) only takes one-worker attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_addr: Option<String>,
+    /// A browser tab lent as a worker ("Lend this tab"): it offers `webgpu` (its GPU, or the
+    /// CPU in wasm where the browser has no adapter; `device_names` says which) and takes
+    /// only jobs that ask for `webgpu` — never `auto`, which means a machine's best device.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub browser: bool,
 }
 
 /// The ranks of a data-parallel attempt, as one of them is told at assignment.

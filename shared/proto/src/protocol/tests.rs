@@ -42,6 +42,7 @@ fn caps() -> Capabilities {
         cores: 2,
         kiln_version: "0.1.0".into(),
         peer_addr: None,
+        browser: false,
     }
 }
 
@@ -122,6 +123,7 @@ fn worker_messages() {
             name: "box".into(),
             capabilities: Capabilities {
                 peer_addr: Some("10.0.0.2:7070".into()),
+                browser: false,
                 ..caps()
             },
             running: vec![],

@@ -28,6 +28,7 @@ fn capabilities() -> Capabilities {
         cores: 2,
         kiln_version: "test".into(),
         peer_addr: None,
+        browser: false,
     }
 }
 
