@@ -76,13 +76,7 @@ pub fn plan(spec: &JobSpec, dropped: Option<&str>) -> Result<(JobSpec, DataPlan)
 }
 
 fn stored(spec: &mut JobSpec, name: &str, kind: DatasetKind) -> (JobSpec, DataPlan) {
-    // An IDX dataset is stored as a tar archive of its files: the trainer unpacks `data.tar`
-    // into `data/`.
-    let (file, path) = match kind {
-        DatasetKind::Idx => ("data.tar", "data"),
-        DatasetKind::Csv => ("data.csv", "data.csv"),
-        DatasetKind::Text => ("data.txt", "data.txt"),
-    };
+    let (file, path) = kiln_proto::trainer::stored_layout(kind);
     spec.dataset.set_path(path.to_string());
     let url = format!("/api/datasets/{name}/content");
     (

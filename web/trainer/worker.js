@@ -4,8 +4,9 @@
 //
 // Two builds of the module: `kiln_trainer_cpu` (Burn's CPU backend only: small, and it can
 // resume checkpoints, since Burn loads optimizer state on its default device) and
-// `kiln_trainer_webgpu` (adds WebGPU). A `cpu` run takes the first; `webgpu` and `auto` the
-// second when this browser gives a WebGPU adapter, else the first, told why (`no_gpu`).
+// `kiln_trainer_webgpu` (adds WebGPU). A `cpu` run takes the first; `webgpu` and `auto` runs
+// and a lent tab the second when this browser gives a WebGPU adapter, else the first, told
+// why (`no_gpu`).
 
 // A turn of this worker's event loop without setTimeout's 4 ms clamp: the trainer awaits it
 // every few milliseconds so that a stop message gets in.
@@ -42,25 +43,27 @@ async function whyNoGpu() {
   }
 }
 
-// Messages are taken in order; a run is started, not awaited, so a stop gets through.
+// Messages are taken in order; a run is started, not awaited, so a stop gets through. A
+// `stop` goes to the module of the last `train`, an `unlend` to that of the last `lend`.
 let chain = Promise.resolve();
-let current = null;
+let training = null;
+let lending = null;
 self.onmessage = ({ data: { json, bytes } }) => {
   chain = chain.then(async () => {
     try {
       const message = JSON.parse(json);
-      if (message.type !== 'train') {
-        current?.handle(json, [], emit, tick);
-        return;
-      }
+      if (message.type === 'stop') return training?.handle(json, [], emit, tick);
+      if (message.type === 'unlend') return lending?.handle(json, [], emit, tick);
       let kind = 'cpu';
       if (message.device !== 'cpu') {
         const why = await whyNoGpu();
         if (why) message.no_gpu = why;
         else kind = 'webgpu';
       }
-      current = await load(kind);
-      current.handle(JSON.stringify(message), bytes ?? [], emit, tick);
+      const module = await load(kind);
+      if (message.type === 'lend') lending = module;
+      else training = module;
+      module.handle(JSON.stringify(message), bytes ?? [], emit, tick);
     } catch (e) {
       fail(`the trainer module did not load: ${e}`);
     }

@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::DatasetKind;
 use crate::metric::Metric;
+use crate::protocol::JobId;
 use crate::spec::{DeviceRequest, JobSpec};
 
 /// The most dataset bytes a tab trains on (the page refuses a larger file before reading
@@ -34,6 +36,21 @@ pub enum ToTrainer {
     },
     /// Stop between steps; the run ends `cancelled` with a checkpoint to resume from.
     Stop,
+    /// "Lend this tab": connect to the coordinator at `server` (its HTTP origin) as a worker
+    /// with `token`, and run the `webgpu` jobs it assigns until `unlend`.
+    Lend {
+        server: String,
+        token: String,
+        /// Stable for the tab (kept in its `sessionStorage`), so a reconnect re-attaches.
+        worker_id: String,
+        name: String,
+        /// As for `train`: set by the Web Worker when it loaded the CPU module.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        no_gpu: Option<String>,
+    },
+    /// Stop lending: a running job is cancelled (it ends as cancelled on the coordinator) and
+    /// the socket closes.
+    Unlend,
 }
 
 /// The trainer tells.
@@ -74,6 +91,27 @@ pub enum FromTrainer {
     Failed {
         error: String,
     },
+    /// How lending goes: whether the coordinator welcomed the tab, the job it runs and its
+    /// step, and the last thing worth saying (a reconnect, an upload, the device).
+    Lending {
+        connected: bool,
+        job: Option<JobId>,
+        step: Option<u64>,
+        note: String,
+        /// Lending ended (unlend, or a fatal refusal named in `note`).
+        stopped: bool,
+    },
+}
+
+/// How a stored dataset is handed to the trainer: the name its bytes go under, and the
+/// `dataset.path` that finds them then. An IDX dataset is the coordinator's tar archive of the
+/// folder, which the trainer unpacks into `data/`.
+pub fn stored_layout(kind: DatasetKind) -> (&'static str, &'static str) {
+    match kind {
+        DatasetKind::Idx => ("data.tar", "data"),
+        DatasetKind::Csv => ("data.csv", "data.csv"),
+        DatasetKind::Text => ("data.txt", "data.txt"),
+    }
 }
 
 impl ToTrainer {

@@ -15,7 +15,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_time::Instant;
 
-use crate::files;
+use crate::{files, lend};
 
 /// How long the loop may run before it lets the worker's event loop in (a stop message).
 const YIELD_EVERY_MS: u128 = 10;
@@ -31,10 +31,10 @@ pub fn start() {
 }
 
 /// Sends messages back to the page: `emit(json, parts)` with `parts` an array of `Uint8Array`s.
-struct Emitter(Function);
+pub(crate) struct Emitter(Function);
 
 impl Emitter {
-    fn send(&self, message: &FromTrainer, parts: Vec<Vec<u8>>) {
+    pub(crate) fn send(&self, message: &FromTrainer, parts: Vec<Vec<u8>>) {
         let array = Array::new();
         for p in parts {
             array.push(&Uint8Array::from(p.as_slice()));
@@ -51,6 +51,14 @@ impl Emitter {
 pub async fn handle(json: String, parts: Array, emit: Function, tick: Function) {
     let emit = Emitter(emit);
     match serde_json::from_str::<ToTrainer>(&json) {
+        Ok(ToTrainer::Lend {
+            server,
+            token,
+            worker_id,
+            name,
+            no_gpu,
+        }) => lend::start(server, token, worker_id, name, no_gpu, Rc::new(emit), tick),
+        Ok(ToTrainer::Unlend) => lend::stop(),
         Ok(ToTrainer::Stop) => RUNNING.with(|r| {
             if let Some(cancel) = r.borrow().as_ref() {
                 cancel.cancel();
@@ -90,6 +98,26 @@ pub async fn handle(json: String, parts: Array, emit: Function, tick: Function) 
             },
             vec![],
         ),
+    }
+}
+
+/// The loop's `between_steps` in a browser: every [`YIELD_EVERY_MS`] it awaits `tick()`, a
+/// turn of the worker's event loop. On the CPU every device read completes at once, so the
+/// loop would otherwise never let a stop message (or the lending socket) in.
+pub(crate) fn pacer(tick: Function) -> impl FnMut() -> BetweenSteps {
+    let since = Rc::new(Cell::new(Instant::now()));
+    move || -> BetweenSteps {
+        if since.get().elapsed().as_millis() < YIELD_EVERY_MS {
+            return Box::pin(async {});
+        }
+        let since = since.clone();
+        let next = tick.call0(&JsValue::NULL).ok().map(Promise::from);
+        Box::pin(async move {
+            if let Some(p) = next {
+                let _ = JsFuture::from(p).await;
+            }
+            since.set(Instant::now());
+        })
     }
 }
 
@@ -170,22 +198,7 @@ async fn run(
         TrainEvent::Checkpoint(c) => last_checkpoint = Some(*c),
         TrainEvent::RankRates { .. } => {}
     };
-    // Let the worker's event loop in every few milliseconds: on the CPU every device read
-    // completes at once, so the loop would otherwise never see a stop message.
-    let since = Rc::new(Cell::new(Instant::now()));
-    let mut pause = move || -> BetweenSteps {
-        if since.get().elapsed().as_millis() < YIELD_EVERY_MS {
-            return Box::pin(async {});
-        }
-        let since = since.clone();
-        let next = tick.call0(&JsValue::NULL).ok().map(Promise::from);
-        Box::pin(async move {
-            if let Some(p) = next {
-                let _ = JsFuture::from(p).await;
-            }
-            since.set(Instant::now());
-        })
-    };
+    let mut pause = pacer(tick);
     let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);
     run.resume = checkpoint;
     run.cancel = cancel;

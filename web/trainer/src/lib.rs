@@ -9,3 +9,5 @@ pub mod files;
 
 #[cfg(target_arch = "wasm32")]
 mod browser;
+#[cfg(target_arch = "wasm32")]
+mod lend;
