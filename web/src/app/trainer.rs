@@ -100,3 +100,144 @@ impl Drop for Trainer {
         self.worker.terminate();
     }
 }
+
+/// How the lent tab is doing, as its trainer last said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LendState {
+    pub lending: bool,
+    pub connected: bool,
+    pub job: Option<kiln_proto::protocol::JobId>,
+    pub step: Option<u64>,
+    pub note: String,
+}
+
+/// Told of every change of the lending state.
+type LendListener = Box<dyn Fn(&LendState)>;
+
+thread_local! {
+    /// The trainer of a lent tab: app-wide, so lending goes on while the user moves between
+    /// pages (dropping it would stop it).
+    static LENT: std::cell::RefCell<Option<Trainer>> = const { std::cell::RefCell::new(None) };
+    static LEND_STATE: std::cell::RefCell<LendState> = std::cell::RefCell::new(LendState::default());
+    /// The page that shows the state, if one does.
+    static LEND_LISTENER: std::cell::RefCell<Option<LendListener>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn set_lend_state(update: impl FnOnce(&mut LendState)) {
+    let state = LEND_STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        update(&mut s);
+        s.clone()
+    });
+    LEND_LISTENER.with(|l| {
+        if let Some(listener) = l.borrow().as_ref() {
+            listener(&state);
+        }
+    });
+}
+
+/// The lending state now, and `listener` for every change (replacing the last listener).
+pub fn watch_lending(listener: impl Fn(&LendState) + 'static) -> LendState {
+    LEND_LISTENER.with(|l| *l.borrow_mut() = Some(Box::new(listener)));
+    LEND_STATE.with(|s| s.borrow().clone())
+}
+
+pub fn unwatch_lending() {
+    LEND_LISTENER.with(|l| *l.borrow_mut() = None);
+}
+
+/// This tab's worker id: kept in `sessionStorage`, so a reload re-attaches to its job.
+fn tab_worker_id() -> String {
+    const KEY: &str = "kiln.tab-worker-id";
+    let storage = web_sys::window().and_then(|w| w.session_storage().ok().flatten());
+    if let Some(id) = storage
+        .as_ref()
+        .and_then(|s| s.get_item(KEY).ok().flatten())
+    {
+        return id;
+    }
+    let id = format!(
+        "tab-{:012x}",
+        (js_sys::Math::random() * 2f64.powi(48)) as u64
+    );
+    if let Some(s) = storage {
+        let _ = s.set_item(KEY, &id);
+    }
+    id
+}
+
+/// "Lend this tab": run the coordinator's `webgpu` jobs here until [`unlend`].
+pub fn lend(token: String) -> Result<(), String> {
+    let server = web_sys::window()
+        .and_then(|w| w.location().origin().ok())
+        .ok_or("no page origin")?;
+    let trainer = Trainer::spawn(|message, _| match message {
+        FromTrainer::Lending {
+            connected,
+            job,
+            step,
+            note,
+            stopped,
+        } => set_lend_state(|s| {
+            *s = LendState {
+                lending: !stopped,
+                connected,
+                job,
+                step,
+                note,
+            }
+        }),
+        FromTrainer::Failed { error } => set_lend_state(|s| {
+            s.lending = false;
+            s.connected = false;
+            s.note = error;
+        }),
+        _ => {}
+    })?;
+    let agent = web_sys::window()
+        .and_then(|w| w.navigator().user_agent().ok())
+        .unwrap_or_default();
+    let browser = ["Firefox", "Edg", "Chrome", "Safari"]
+        .into_iter()
+        .find(|b| agent.contains(b))
+        .map(|b| if b == "Edg" { "Edge" } else { b })
+        .unwrap_or("browser");
+    trainer.send(
+        &ToTrainer::Lend {
+            server,
+            token,
+            worker_id: tab_worker_id(),
+            name: format!("{browser} tab"),
+            no_gpu: None,
+        },
+        vec![],
+    );
+    LENT.with(|l| *l.borrow_mut() = Some(trainer));
+    set_lend_state(|s| {
+        *s = LendState {
+            lending: true,
+            note: "loading the trainer…".into(),
+            ..LendState::default()
+        }
+    });
+    Ok(())
+}
+
+/// Stop lending: the tab's job is cancelled and its socket closed.
+pub fn unlend() {
+    if let Some(trainer) = LENT.with(|l| l.borrow_mut().take()) {
+        trainer.send(&ToTrainer::Unlend, vec![]);
+        // Give the worker a moment to close its socket cleanly before it is terminated.
+        leptos::task::spawn_local(async move {
+            gloo_timers::future::TimeoutFuture::new(500).await;
+            drop(trainer);
+        });
+    }
+    set_lend_state(|s| {
+        s.lending = false;
+        s.connected = false;
+        s.job = None;
+        s.note = "not lent".into();
+    });
+}

@@ -6,6 +6,7 @@ use leptos::task::spawn_local;
 use leptos_router::components::A;
 
 use super::ErrorLine;
+use crate::app::trainer::{self, LendState};
 use crate::app::{api, events};
 use crate::live::LiveList;
 use crate::runs::age;
@@ -57,6 +58,7 @@ pub fn WorkersPage() -> impl IntoView {
     view! {
         <section>
             <h1>"Workers"</h1>
+            <LendPanel/>
             <ErrorLine error/>
             <table class="workers">
                 <thead><tr><th>"Name"</th><th>"Status"</th><th>"Devices"</th><th class="wide">"Cores / memory"</th>
@@ -102,4 +104,52 @@ pub fn WorkersPage() -> impl IntoView {
 /// Where a worker not shown yet goes: last (the coordinator lists connected workers first).
 fn append(rows: &[WorkerInfo], _: &WorkerInfo) -> usize {
     rows.len()
+}
+
+/// "Lend this tab": this browser tab becomes a worker for `device = "webgpu"` jobs (WebGPU
+/// where the browser has it, else its CPU), until stopped or closed.
+#[component]
+fn LendPanel() -> impl IntoView {
+    let state = RwSignal::new(LendState::default());
+    let now = trainer::watch_lending(move |s| {
+        let _ = state.try_set(s.clone());
+    });
+    state.set(now);
+    on_cleanup(trainer::unwatch_lending);
+    let toggle = move |_| {
+        if state.get_untracked().lending {
+            trainer::unlend();
+        } else if let Some(token) = api::token()
+            && let Err(e) = trainer::lend(token)
+        {
+            state.update(|s| s.note = e);
+        }
+    };
+    let line = move || {
+        let s = state.get();
+        let job = s.job.map(|j| match s.step {
+            Some(step) => format!(" · running job #{j}, step {step}"),
+            None => format!(" · running job #{j}"),
+        });
+        match (s.lending, s.connected) {
+            (false, _) => format!("Not lent. {}", s.note),
+            (true, false) => format!("Lending: {}", s.note),
+            (true, true) => format!("Lent: connected as a worker{}", job.unwrap_or_default()),
+        }
+    };
+    view! {
+        <div class="lend">
+            <button id="lend-tab" class:primary=move || !state.get().lending on:click=toggle>
+                {move || if state.get().lending { "Stop lending" } else { "Lend this tab" }}
+            </button>
+            <span class="lend-status" role="status"
+                data-lending=move || state.get().lending.to_string()
+                data-connected=move || state.get().connected.to_string()
+                data-job=move || state.get().job.map(|j| j.to_string()).unwrap_or_default()>
+                {line}
+            </span>
+            <small class="help">"runs jobs submitted with device = \"webgpu\" in this tab (its GPU through \
+                WebGPU, or its CPU); keep the tab open while it is lent"</small>
+        </div>
+    }
 }
