@@ -3,6 +3,7 @@
 mod cluster;
 mod datasets;
 mod ddp;
+mod demo;
 mod netns;
 mod support;
 mod train_cli;
