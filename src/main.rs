@@ -5,6 +5,7 @@
 mod client_cmd;
 mod data_cmd;
 mod devices_cmd;
+mod predict_cmd;
 mod server_cmd;
 mod train_cmd;
 
@@ -31,6 +32,9 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// List the devices this kiln can train on here (cpu, wgpu, cuda), trying each one.
     Devices(devices_cmd::DevicesArgs),
+    /// Run a trained model on the test images of an IDX folder: one JSON line per image
+    /// (label, predicted class, logits, probabilities).
+    Predict(predict_cmd::PredictArgs),
     /// Check a job spec and print it with every default filled in.
     Check {
         /// Job spec (TOML, or JSON if it ends in .json).
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train_cmd::run(args),
         Command::Devices(args) => devices_cmd::run(args),
+        Command::Predict(args) => predict_cmd::run(args),
         Command::Check { spec } => train_cmd::read_spec(&spec).map(|s| {
             print!("{}", s.to_toml_string());
             ExitCode::SUCCESS

@@ -48,6 +48,14 @@ pub enum ToTrainer {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         no_gpu: Option<String>,
     },
+    /// Run a trained model: `model` is its `model.json`; the binary parts are its weights
+    /// (`model.bpk`), then the input (see [`PredictInput`]). The trainer keeps the model built
+    /// under `key` (the run), so the next call with that key skips building it.
+    Predict {
+        model: serde_json::Value,
+        key: String,
+        input: PredictInput,
+    },
     /// Stop lending: a running job is cancelled (it ends as cancelled on the coordinator) and
     /// the socket closes.
     Unlend,
@@ -91,6 +99,15 @@ pub enum FromTrainer {
     Failed {
         error: String,
     },
+    /// A prediction's outputs: a binary part of `rows × outputs` little-endian f32 logits;
+    /// `labels` the true classes where the input had them (a test split); `ms` the time the
+    /// model took (not the messages).
+    Predicted {
+        rows: usize,
+        outputs: usize,
+        labels: Vec<u32>,
+        ms: f64,
+    },
     /// How lending goes: whether the coordinator welcomed the tab, the job it runs and its
     /// step, and the last thing worth saying (a reconnect, an upload, the device).
     Lending {
@@ -101,6 +118,39 @@ pub enum FromTrainer {
         /// Lending ended (unlend, or a fatal refusal named in `note`).
         stopped: bool,
     },
+}
+
+/// What to predict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PredictInput {
+    /// `rows` examples of `shape` (e.g. `[1, 28, 28]` for an image), as little-endian f32 in
+    /// the second binary part.
+    Rows { rows: usize, shape: Vec<usize> },
+    /// The test images of an IDX dataset, its tar archive as the coordinator stores it in the
+    /// second binary part.
+    IdxTest,
+}
+
+/// Class probabilities from one row of logits.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exp.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+    exp.iter().map(|e| e / sum).collect()
+}
+
+/// Little-endian f32 bytes, as the messages carry floats.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The floats of [`f32_bytes`] (a trailing partial value is ignored).
+pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// How a stored dataset is handed to the trainer: the name its bytes go under, and the

@@ -16,4 +16,15 @@ pub mod device;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod driver;
 pub mod model;
+pub mod predict;
 pub mod train;
+
+/// Burn's CPU backend keeps one process-wide RNG: unit tests that train take turns, so that
+/// runs meant to be reproducible do not interleave their draws.
+#[cfg(test)]
+pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -133,6 +133,9 @@ pub trait TrainModel: Module + 'static {
     fn init(config: &Self::Config, device: &Device) -> Self;
     /// Forward pass and loss on a host batch, moved to `device`.
     fn forward_batch(&self, batch: &Dataset, device: &Device) -> StepOutput;
+    /// Raw outputs for host inputs, `[examples, outputs]`: class logits, the regression value,
+    /// or for `charlm` the next character's logits after each window.
+    fn logits(&self, inputs: &Inputs, device: &Device) -> Tensor<2>;
 }
 
 pub(crate) fn activate<const D: usize>(activation: Activation, x: Tensor<D>) -> Tensor<D> {
@@ -147,7 +150,12 @@ pub(crate) fn activate<const D: usize>(activation: Activation, x: Tensor<D>) -> 
 
 /// `[batch, features]` float inputs of a dense batch (any per-example shape, flattened).
 pub(crate) fn dense_inputs(batch: &Dataset, device: &Device) -> (Tensor<2>, Vec<usize>) {
-    match &batch.inputs {
+    dense_inputs_of(&batch.inputs, device)
+}
+
+/// [`dense_inputs`] of host inputs.
+pub(crate) fn dense_inputs_of(inputs: &Inputs, device: &Device) -> (Tensor<2>, Vec<usize>) {
+    match inputs {
         Inputs::Dense { values, shape } => {
             let width: usize = shape.iter().product();
             let n = values.len() / width.max(1);

@@ -72,6 +72,27 @@ impl TrainModel for CharLm {
         }
     }
 
+    fn logits(&self, inputs: &Inputs, device: &Device) -> Tensor<2> {
+        let (values, len) = match inputs {
+            Inputs::Tokens { values, len } => (values.clone(), *len),
+            Inputs::Dense { values, .. } => (
+                values.iter().map(|&v| v as u32).collect(),
+                values.len().max(1),
+            ),
+        };
+        let n = values.len() / len.max(1);
+        let ids: Vec<i64> = values.iter().map(|&t| t as i64).collect();
+        let logits = self.forward(Tensor::<2, Int>::from_data(
+            TensorData::new(ids, [n, len]),
+            device,
+        ));
+        let [_, _, vocab] = logits.dims();
+        // The next character after each window: the last position's logits.
+        logits
+            .slice([0..n, len - 1..len, 0..vocab])
+            .reshape([n, vocab])
+    }
+
     fn forward_batch(&self, batch: &Dataset, device: &Device) -> StepOutput {
         let (Inputs::Tokens { values, len }, Targets::Tokens { values: next, .. }) =
             (&batch.inputs, &batch.targets)

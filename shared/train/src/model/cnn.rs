@@ -7,8 +7,10 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{ModelError, StepOutput, TrainModel, activate, dense_inputs, supervised_output};
-use crate::data::Dataset;
+use super::{
+    ModelError, StepOutput, TrainModel, activate, dense_inputs, dense_inputs_of, supervised_output,
+};
+use crate::data::{Dataset, Inputs};
 use kiln_proto::spec::{Activation, ConvSpec};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,6 +152,13 @@ impl TrainModel for Cnn {
             input: c.input,
             activation: c.activation,
         }
+    }
+
+    fn logits(&self, inputs: &Inputs, device: &Device) -> Tensor<2> {
+        let (x, _) = dense_inputs_of(inputs, device);
+        let [n, _] = x.dims();
+        let [c, h, w] = self.input;
+        self.forward(x.reshape([n, c, h, w]))
     }
 
     fn forward_batch(&self, batch: &Dataset, device: &Device) -> StepOutput {

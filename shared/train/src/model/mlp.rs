@@ -5,8 +5,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{StepOutput, TrainModel, activate, dense_inputs, supervised_output};
-use crate::data::Dataset;
+use super::{StepOutput, TrainModel, activate, dense_inputs, dense_inputs_of, supervised_output};
+use crate::data::{Dataset, Inputs};
 use kiln_proto::spec::Activation;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,5 +70,9 @@ impl TrainModel for Mlp {
     fn forward_batch(&self, batch: &Dataset, device: &Device) -> StepOutput {
         let (x, _) = dense_inputs(batch, device);
         supervised_output(self.forward(x), &batch.targets, device)
+    }
+
+    fn logits(&self, inputs: &Inputs, device: &Device) -> Tensor<2> {
+        self.forward(dense_inputs_of(inputs, device).0)
     }
 }

@@ -31,14 +31,7 @@ log_every = 1
     JobSpec::from_toml_str(&text).expect("test spec is valid")
 }
 
-/// Burn's CPU backend keeps one process-wide RNG: runs that must be reproducible take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use crate::serial;
 
 const MLP: &str = "kind = \"mlp\"\nhidden = [16]";
 
