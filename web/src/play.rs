@@ -176,3 +176,102 @@ mod tests {
         assert_eq!(training_bytes(101_770), 1_628_320);
     }
 }
+
+/// A digit drawn on a canvas as MNIST's 28 × 28 input (values in 0..=1, ink bright):
+/// `ink` is the canvas's alpha channel, `width × height`. Like MNIST's own preparation, the
+/// ink's bounding box is scaled to fit 20 × 20 (averaging the pixels each output pixel
+/// covers) and placed so its centre of mass is at the centre. `None` when nothing is drawn.
+pub fn mnist_digit(ink: &[u8], width: usize, height: usize) -> Option<Vec<f32>> {
+    let at = |x: usize, y: usize| ink.get(y * width + x).copied().unwrap_or(0);
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..height {
+        for x in 0..width {
+            if at(x, y) > 0 {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+        }
+    }
+    if x0 > x1 {
+        return None;
+    }
+    let side = (x1 - x0 + 1).max(y1 - y0 + 1) as f64;
+    let scale = 20.0 / side;
+    let (w, h) = (
+        ((x1 - x0 + 1) as f64 * scale).ceil() as usize,
+        ((y1 - y0 + 1) as f64 * scale).ceil() as usize,
+    );
+    // Box-filter the bounding box down to w × h.
+    let mut small = vec![0f32; w * h];
+    for (i, v) in small.iter_mut().enumerate() {
+        let (sx, sy) = (i % w, i / w);
+        let (ax, bx) = (
+            x0 + (sx as f64 / scale) as usize,
+            x0 + (((sx + 1) as f64 / scale) as usize).max(1),
+        );
+        let (ay, by) = (
+            y0 + (sy as f64 / scale) as usize,
+            y0 + (((sy + 1) as f64 / scale) as usize).max(1),
+        );
+        let (mut sum, mut n) = (0f32, 0f32);
+        for y in ay..by.min(y1 + 1).max(ay + 1) {
+            for x in ax..bx.min(x1 + 1).max(ax + 1) {
+                sum += f32::from(at(x, y)) / 255.0;
+                n += 1.0;
+            }
+        }
+        *v = if n > 0.0 { sum / n } else { 0.0 };
+    }
+    // Centre of mass to the middle of 28 × 28.
+    let total: f32 = small.iter().sum::<f32>().max(f32::MIN_POSITIVE);
+    let cx = small
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i % w) as f32 * v)
+        .sum::<f32>()
+        / total;
+    let cy = small
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i / w) as f32 * v)
+        .sum::<f32>()
+        / total;
+    let (ox, oy) = ((13.5 - cx).round() as i64, (13.5 - cy).round() as i64);
+    let mut out = vec![0f32; 28 * 28];
+    for (i, v) in small.iter().enumerate() {
+        let (x, y) = ((i % w) as i64 + ox, (i / w) as i64 + oy);
+        if (0..28).contains(&x) && (0..28).contains(&y) {
+            out[(y * 28 + x) as usize] = v.min(1.0);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod digit_tests {
+    use super::mnist_digit;
+
+    #[test]
+    fn a_drawn_stroke_becomes_a_centred_20_pixel_digit() {
+        assert_eq!(mnist_digit(&[0; 100 * 100], 100, 100), None);
+        // A vertical bar in the top-left corner of a 100 × 100 canvas ("1").
+        let mut ink = vec![0u8; 100 * 100];
+        for y in 5..45 {
+            for x in 10..16 {
+                ink[y * 100 + x] = 255;
+            }
+        }
+        let d = mnist_digit(&ink, 100, 100).expect("ink");
+        assert_eq!(d.len(), 784);
+        let rows: Vec<usize> = (0..28)
+            .filter(|y| d[y * 28..y * 28 + 28].iter().any(|&v| v > 0.0))
+            .collect();
+        let cols: Vec<usize> = (0..28)
+            .filter(|x| (0..28).any(|y| d[y * 28 + x] > 0.0))
+            .collect();
+        // 40 px tall scaled to 20 rows, centred: rows 4..24; 6 px wide → 3 columns near 14.
+        assert_eq!((rows[0], *rows.last().expect("rows")), (4, 23), "{rows:?}");
+        assert!(cols.len() == 3 && cols.contains(&13), "{cols:?}");
+        assert!(d.iter().all(|&v| (0.0..=1.0).contains(&v)));
+        assert!(d.iter().any(|&v| v > 0.99), "solid ink stays bright");
+    }
+}

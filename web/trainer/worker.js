@@ -55,14 +55,15 @@ self.onmessage = ({ data: { json, bytes } }) => {
       if (message.type === 'stop') return training?.handle(json, [], emit, tick);
       if (message.type === 'unlend') return lending?.handle(json, [], emit, tick);
       let kind = 'cpu';
-      if (message.device !== 'cpu') {
+      // A prediction runs on the CPU module: small, quick to load, and exact.
+      if (message.type !== 'predict' && message.device !== 'cpu') {
         const why = await whyNoGpu();
         if (why) message.no_gpu = why;
         else kind = 'webgpu';
       }
       const module = await load(kind);
       if (message.type === 'lend') lending = module;
-      else training = module;
+      else if (message.type === 'train') training = module;
       module.handle(JSON.stringify(message), bytes ?? [], emit, tick);
     } catch (e) {
       fail(`the trainer module did not load: ${e}`);

@@ -15,7 +15,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_time::Instant;
 
-use crate::{files, lend};
+use crate::{files, lend, predict};
 
 /// How long the loop may run before it lets the worker's event loop in (a stop message).
 const YIELD_EVERY_MS: u128 = 10;
@@ -59,6 +59,12 @@ pub async fn handle(json: String, parts: Array, emit: Function, tick: Function) 
             no_gpu,
         }) => lend::start(server, token, worker_id, name, no_gpu, Rc::new(emit), tick),
         Ok(ToTrainer::Unlend) => lend::stop(),
+        Ok(ToTrainer::Predict { model, key, input }) => {
+            let parts = parts.iter().map(|p| Uint8Array::new(&p).to_vec()).collect();
+            if let Err(error) = predict::predict(model, key, input, parts, &emit).await {
+                emit.send(&FromTrainer::Failed { error }, vec![]);
+            }
+        }
         Ok(ToTrainer::Stop) => RUNNING.with(|r| {
             if let Some(cancel) = r.borrow().as_ref() {
                 cancel.cancel();

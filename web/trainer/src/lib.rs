@@ -11,3 +11,5 @@ pub mod files;
 mod browser;
 #[cfg(target_arch = "wasm32")]
 mod lend;
+#[cfg(target_arch = "wasm32")]
+mod predict;

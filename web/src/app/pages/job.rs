@@ -12,6 +12,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
 use super::annotate::Annotations;
+use super::try_it::TryIt;
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::chart::{Chart, ChartControls, ChartView};
 use crate::app::{api, events};
@@ -160,6 +161,12 @@ fn JobView(id: JobId) -> impl IntoView {
     let logs = RwSignal::new(Vec::<LogEntry>::new());
     let attempts = RwSignal::new(Vec::<AttemptInfo>::new());
     let artifacts = RwSignal::new(Vec::<ArtifactInfo>::new());
+    // "Try it" once the run succeeded with a final model (a memo: the job's live events must
+    // not re-create it).
+    let try_ready = Memo::new(move |_| {
+        job.with(|j| j.as_ref().is_some_and(|j| j.state == JobState::Succeeded))
+            && artifacts.with(|a| a.iter().any(|a| a.name == "model.bpk"))
+    });
     let shares = RwSignal::new(Vec::<ShareInfo>::new());
     let worker_names = RwSignal::new(std::collections::HashMap::<String, String>::new());
     let new_link = RwSignal::new(None::<String>);
@@ -543,6 +550,9 @@ fn JobView(id: JobId) -> impl IntoView {
                     </table>
                 </section>
             </div>
+            {move || try_ready.get().then(|| job.with_untracked(|j| j.as_ref().map(|j| view! {
+                <TryIt id spec=j.spec.clone()/>
+            })))}
             <section>
                 <h2>"Share links"</h2>
                 <table class="shares">

@@ -14,6 +14,7 @@ pub mod new_job;
 pub mod play;
 pub mod share;
 pub mod sweep;
+pub mod try_it;
 pub mod workers;
 
 #[component]

@@ -106,7 +106,7 @@ pub fn PlayPage() -> impl IntoView {
 
     let start_step_signal = start_step;
     let on_message = move |message: FromTrainer, mut parts: Vec<Vec<u8>>| match message {
-        FromTrainer::Ready | FromTrainer::Lending { .. } => {}
+        FromTrainer::Ready | FromTrainer::Lending { .. } | FromTrainer::Predicted { .. } => {}
         FromTrainer::Device { description, .. } => {
             let _ = device_line.try_set(Some(description));
         }
