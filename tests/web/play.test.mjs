@@ -112,6 +112,52 @@ test('a playground run stops between steps and resumes at the step it stopped, w
   await page.close();
 });
 
+test('a worker-trained job continues in the browser from its newest checkpoint, at its step, without a loss spike', async () => {
+  const res = await fetch(`${base}/api/jobs`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ spec: {
+      name: 'hand-off', device: 'cpu', seed: 4,
+      model: { kind: 'mlp', hidden: [32] },
+      dataset: { kind: 'idx', path: 'kiln:mnist-subset', validation_fraction: 0 },
+      optimizer: { kind: 'adam', lr: 0.002 },
+      training: { batch_size: 64, epochs: 1, log_every: 4, checkpoint_every: 10 },
+    } }),
+  });
+  const job = await res.json();
+  let worker;
+  for (const end = Date.now() + 120_000; ;) {
+    worker = await (await fetch(`${base}/api/jobs/${job.id}`, { headers: { authorization: `Bearer ${TOKEN}` } })).json();
+    if (worker.state === 'succeeded') break;
+    assert.ok(!['failed', 'cancelled'].includes(worker.state) && Date.now() < end, JSON.stringify(worker));
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const page = await ctx.newPage();
+  await page.goto(`${base}/jobs/${job.id}`);
+  await page.click('#continue-in-browser');
+  await page.locator('#play-continue').waitFor();
+  const before = await trainLosses(page);
+  assert.ok(before.length >= 5, `the job's own curve is shown first: ${before.length} points`);
+  // The checkpoint of another model (the form changed to a wider layer): a clear message.
+  await page.fill('#f-model-hidden', '64');
+  await page.click('#play-continue');
+  assert.equal(await waitForState(page, ['done', 'failed'], 60_000), 'failed');
+  assert.match(await status(page).textContent(), /cannot resume: the checkpoint's model configuration differs/);
+  await page.fill('#f-model-hidden', '32');
+  await page.fill('#f-training-epochs', '3');
+  await page.click('#play-continue');
+  assert.equal(await waitForState(page, ['done', 'failed'], 120_000), 'done', await status(page).textContent());
+  assert.equal(Number(await status(page).getAttribute('data-start-step')), worker.step, 'continues at the worker\'s last step');
+  assert.equal(Number(await status(page).getAttribute('data-step')), worker.step * 3);
+  const after = await trainLosses(page);
+  const lastWorker = before.slice(-2).reduce((a, b) => a + b) / 2;
+  const firstHere = after.slice(before.length, before.length + 2).reduce((a, b) => a + b) / 2;
+  console.log(`# hand-off: job ${job.id} stopped at step ${worker.step}, loss ${lastWorker.toFixed(3)}; in the browser ${firstHere.toFixed(3)} → ${after.at(-1).toFixed(3)}`);
+  assert.ok(firstHere < lastWorker * 1.5 + 0.05, `loss jumped: ${lastWorker} → ${firstHere}`);
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
+
 test('the playground trains on WebGPU when the browser has an adapter, and says so', async () => {
   const page = await ctx.newPage();
   await page.goto(`${base}/play?preset=mnist-mlp`);

@@ -528,6 +528,10 @@ fn JobView(id: JobId) -> impl IntoView {
                         </For>
                     </ul>
                     {move || artifacts.with(Vec::is_empty).then(|| view! { <p class="muted">"None yet."</p> })}
+                    {move || artifacts.with(|a| a.iter().any(|a| kiln_proto::artifact::checkpoint_step(&a.name).is_some())).then(|| view! {
+                        <p><A href=format!("/play?from={id}") attr:id="continue-in-browser">"Continue in this browser"</A>
+                            <span class="muted small">" — its newest checkpoint resumes in the playground"</span></p>
+                    })}
                 </section>
                 <section>
                     <h2>"Attempts"</h2>

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use kiln_proto::JobSpec;
+use kiln_proto::artifact::checkpoint_step;
 use kiln_proto::dataset::DatasetInfo;
 use kiln_proto::metric::Split;
-use kiln_proto::protocol::MetricPoint;
+use kiln_proto::protocol::{ArtifactInfo, JobId, JobInfo, MetricPoint};
 use kiln_proto::spec::DeviceRequest;
 use kiln_proto::trainer::{FromTrainer, ToTrainer};
 use leptos::prelude::*;
@@ -104,7 +105,51 @@ pub fn PlayPage() -> impl IntoView {
         }
     });
 
+    // "Continue in this browser": a job's newest checkpoint, resumed here (`?from=<job>`).
+    let handoff = RwSignal::new(None::<(JobId, String, u64)>);
+    if let Some(from) = query
+        .with_untracked(|q| q.get("from"))
+        .and_then(|f| f.parse::<JobId>().ok())
+    {
+        spawn_local(async move {
+            let job = api::get::<JobInfo>(&format!("/api/jobs/{from}")).await;
+            let artifacts =
+                api::get::<Vec<ArtifactInfo>>(&format!("/api/jobs/{from}/artifacts")).await;
+            let metrics = api::get::<Vec<MetricPoint>>(&format!("/api/jobs/{from}/metrics")).await;
+            match (job, artifacts) {
+                (Ok(job), Ok(artifacts)) => {
+                    let newest = artifacts
+                        .iter()
+                        .filter_map(|a| checkpoint_step(&a.name).map(|s| (s, a.name.clone())))
+                        .max();
+                    let _ = values.try_set(values_from_spec(&job.spec));
+                    let _ = preset.try_set(String::new());
+                    let _ = device.try_set("cpu".into());
+                    match newest {
+                        Some((step, name)) => {
+                            let _ = handoff.try_set(Some((from, name, step)));
+                            if let Ok(m) = metrics {
+                                let _ = points.try_set(m);
+                            }
+                        }
+                        None => {
+                            let _ = error.try_set(Some(format!(
+                                "job {from} has no checkpoint to continue from (set training.checkpoint_every)"
+                            )));
+                        }
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = error.try_set(Some(format!("cannot load job {from}: {e}")));
+                }
+            }
+        });
+    }
+
     let start_step_signal = start_step;
+    // When the first metric of the page's first run arrived (ms since navigation start): the
+    // time from opening the page to training, for the browser benchmark.
+    let first_metric_ms = RwSignal::new(None::<f64>);
     let on_message = move |message: FromTrainer, mut parts: Vec<Vec<u8>>| match message {
         FromTrainer::Ready | FromTrainer::Lending { .. } | FromTrainer::Predicted { .. } => {}
         FromTrainer::Device { description, .. } => {
@@ -124,6 +169,12 @@ pub fn PlayPage() -> impl IntoView {
             let _ = status.try_set(Status::Training);
         }
         FromTrainer::Metric { metric } => {
+            if first_metric_ms.get_untracked().is_none() {
+                let now = web_sys::window()
+                    .and_then(|w| w.performance())
+                    .map(|p| p.now());
+                let _ = first_metric_ms.try_set(now);
+            }
             if metric.split == Split::Train {
                 progress.update(|p| p.0 = metric.step);
             }
@@ -272,6 +323,59 @@ pub fn PlayPage() -> impl IntoView {
         }
     };
 
+    let continue_here = move |_| {
+        let Some((from, name, _)) = handoff.get_untracked() else {
+            return;
+        };
+        error.set(None);
+        let spec = match values.with_untracked(|v| spec_from_values(v, None)) {
+            Ok(spec) => spec,
+            Err(list) => {
+                errors.set(errors_by_field(&list));
+                return;
+            }
+        };
+        let (spec, data) = match play::plan(&spec, None) {
+            Ok(p) => p,
+            Err(e) => {
+                error.set(Some(e));
+                return;
+            }
+        };
+        status.set(Status::Loading(
+            "fetching the checkpoint and the data…".into(),
+        ));
+        spawn_local(async move {
+            let ckpt = api::get_bytes(&format!("/api/jobs/{from}/artifacts/{name}")).await;
+            let files = match data {
+                DataPlan::Stored { url, file } => {
+                    api::get_bytes(&url).await.map(|b| vec![(file, b)])
+                }
+                DataPlan::None => Ok(vec![]),
+                DataPlan::Dropped { .. } => Ok(vec![]),
+            };
+            match (ckpt, files) {
+                (Ok(ckpt), Ok(files)) => {
+                    let (files, parts) = files.into_iter().unzip();
+                    // The CPU module: Burn loads the optimizer state on its default device.
+                    send(
+                        Started {
+                            spec,
+                            files,
+                            parts,
+                            device: DeviceRequest::Cpu,
+                        },
+                        Some(ckpt),
+                    );
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ =
+                        status.try_set(Status::Failed(format!("cannot continue job {from}: {e}")));
+                }
+            }
+        });
+    };
+
     let choose_file = move |ev: leptos::ev::Event| {
         let input = ev
             .target()
@@ -324,6 +428,16 @@ pub fn PlayPage() -> impl IntoView {
         Status::Failed(e) => format!("Failed: {e}"),
     };
 
+    let train_rates = move || {
+        points.with(|p| {
+            p.iter()
+                .filter(|p| p.metric.split == Split::Train)
+                .filter_map(|p| p.metric.samples_per_sec)
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    };
     let train_losses = move || {
         points.with(|p| {
             p.iter()
@@ -336,7 +450,8 @@ pub fn PlayPage() -> impl IntoView {
 
     view! {
         // The training losses, for tests and benchmarks (the chart's canvas holds no values).
-        <section class="play" data-train-losses=train_losses>
+        <section class="play" data-train-losses=train_losses data-train-rates=train_rates
+            data-first-metric-ms=move || first_metric_ms.get().map(|ms| format!("{ms:.1}")).unwrap_or_default()>
             <h1>"Playground"</h1>
             <p class="muted">"Trains in this tab — the same model code and training loop as a worker, \
                 compiled to WebAssembly and run in a Web Worker, so the page stays responsive."</p>
@@ -362,6 +477,14 @@ pub fn PlayPage() -> impl IntoView {
                     <option value="cpu">"cpu (WebAssembly)"</option>
                 </select>
             </div>
+            {move || handoff.get().map(|(from, _, step)| view! {
+                <p class="handoff">
+                    {format!("Job #{from}'s newest checkpoint is at step {step}: continue it here, on this tab's CPU \
+                        (raise training.epochs or max_steps to train further). ")}
+                    <button type="button" id="play-continue" class="primary" on:click=continue_here
+                        disabled=busy>"Continue in this browser"</button>
+                </p>
+            })}
             <form on:submit=train novalidate>
                 <SpecFields values errors stored stored_error hidden=HIDDEN_FIELDS/>
                 <fieldset><legend>"Your own data"</legend>
