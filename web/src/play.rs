@@ -105,12 +105,6 @@ pub fn check_file(name: &str, size: u64) -> Result<DatasetKind, String> {
     })
 }
 
-/// Bytes a model of `parameters` takes to train with Adam (weights, gradients, two moments,
-/// in f32), and whether a tab takes it.
-pub fn training_bytes(parameters: u64) -> u64 {
-    parameters.saturating_mul(16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +167,6 @@ mod tests {
         let err = check_file("huge.csv", 1 << 30).expect_err("1 GiB");
         assert!(err.contains("huge.csv is 1073741824 bytes"), "{err}");
         assert!(err.contains("at most 268435456 bytes (256 MiB)"), "{err}");
-        assert_eq!(training_bytes(101_770), 1_628_320);
     }
 }
 

@@ -16,6 +16,16 @@ use crate::spec::{DeviceRequest, JobSpec};
 /// it; a tab's wasm memory is at most 4 GiB, and the data is held twice while it loads).
 pub const MAX_DATASET_BYTES: u64 = 256 * 1024 * 1024;
 
+/// The most bytes a tab may need to train a model: a tab's wasm memory is at most 4 GiB, and
+/// the data and the browser's own share come out of it too.
+pub const MAX_TRAINING_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Bytes a model of `parameters` takes to train with Adam: weights, gradients and two moment
+/// estimates, in f32 (activations come on top).
+pub fn training_bytes(parameters: u64) -> u64 {
+    parameters.saturating_mul(16)
+}
+
 /// The page asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

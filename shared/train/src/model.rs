@@ -107,6 +107,54 @@ impl ModelConfig {
         })
     }
 
+    /// The number of trainable values the model has, from its configuration alone (before
+    /// building it: a tab checks it fits before allocating). Equals the built model's
+    /// `num_params()`.
+    pub fn parameters(&self) -> u64 {
+        // In u64 throughout: a model too large for wasm32's usize is what this is asked about.
+        let dense = |widths: &[usize]| -> u64 {
+            widths
+                .windows(2)
+                .map(|w| w[0] as u64 * w[1] as u64 + w[1] as u64)
+                .sum()
+        };
+        match self {
+            ModelConfig::Mlp(c) => {
+                let widths: Vec<usize> = std::iter::once(c.input)
+                    .chain(c.hidden.iter().copied())
+                    .chain(std::iter::once(c.outputs))
+                    .collect();
+                dense(&widths)
+            }
+            ModelConfig::Cnn(c) => {
+                let mut channels = c.input[0];
+                let mut total = 0u64;
+                for conv in &c.conv {
+                    let (cin, cout, k) =
+                        (channels as u64, conv.channels as u64, conv.kernel as u64);
+                    total += cin * cout * k * k + cout;
+                    channels = conv.channels;
+                }
+                let widths: Vec<usize> = std::iter::once(c.flat)
+                    .chain(c.hidden.iter().copied())
+                    .chain(std::iter::once(c.outputs))
+                    .collect();
+                total + dense(&widths)
+            }
+            ModelConfig::Charlm(c) => {
+                let d = c.d_model as u64;
+                let ff = c.d_ff as u64;
+                // Attention (four d × d projections with biases), the feed-forward pair, two
+                // layer norms per layer.
+                let layer = 4 * (d * d + d) + (d * ff + ff) + (ff * d + d) + 4 * d;
+                (c.vocab as u64 + c.context as u64) * d
+                    + c.layers as u64 * layer
+                    + 2 * d
+                    + (d * c.vocab as u64 + c.vocab as u64)
+            }
+        }
+    }
+
     /// Whether the forward pass draws random numbers (dropout), so the loop reseeds per step.
     pub fn uses_rng(&self) -> bool {
         match self {

@@ -107,6 +107,25 @@ pub async fn handle(json: String, parts: Array, emit: Function, tick: Function) 
     }
 }
 
+/// Refuse, before anything is allocated, a model whose training would not fit in a tab.
+pub(crate) fn fits_in_a_tab(spec: &JobSpec, splits: &data::Splits) -> Result<(), String> {
+    use kiln_proto::trainer::{MAX_TRAINING_BYTES, training_bytes};
+    let config = kiln_train::model::ModelConfig::new(&spec.model, &splits.info)
+        .map_err(|e| e.to_string())?;
+    let parameters = config.parameters();
+    let bytes = training_bytes(parameters);
+    if bytes > MAX_TRAINING_BYTES {
+        return Err(format!(
+            "the model has {parameters} parameters: training it takes about {:.1} GiB (weights, \
+             gradients and Adam's moments), more than a browser tab can hold ({} GiB): make it \
+             smaller, or train it on a worker",
+            bytes as f64 / (1u64 << 30) as f64,
+            MAX_TRAINING_BYTES >> 30
+        ));
+    }
+    Ok(())
+}
+
 /// The loop's `between_steps` in a browser: every [`YIELD_EVERY_MS`] it awaits `tick()`, a
 /// turn of the worker's event loop. On the CPU every device read completes at once, so the
 /// loop would otherwise never let a stop message (or the lending socket) in.
@@ -182,6 +201,7 @@ async fn run(
     );
     let splits = data::load_for_model(&spec.dataset, &spec.model, spec.seed, &source)
         .map_err(|e| e.to_string())?;
+    fits_in_a_tab(&spec, &splits)?;
     let train_examples = splits.train.len();
 
     let mut last_checkpoint = None::<Checkpoint>;

@@ -594,6 +594,10 @@ async fn run_job(lender: Shared, attempt: AttemptRef, spec: JobSpec, resume: Opt
             return;
         }
     };
+    if let Err(e) = crate::browser::fits_in_a_tab(&spec, &splits) {
+        finish_failed(&lender, attempt, e, false);
+        return;
+    }
     let description = resolved.description.clone();
     let events = lender.clone();
     let mut on_event = move |event: TrainEvent| match event {

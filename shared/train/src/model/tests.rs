@@ -85,3 +85,57 @@ fn charlm_shapes() {
     let tokens = Tensor::<2, Int>::zeros([3, 8], &device);
     assert_eq!(model.forward(tokens).dims(), [3, 8, 11]);
 }
+
+#[test]
+fn parameters_are_known_before_the_model_is_built() {
+    let device = Device::flex();
+    let mlp = MlpConfig {
+        input: 784,
+        hidden: vec![128, 64],
+        outputs: 10,
+        activation: Activation::Relu,
+        dropout: 0.0,
+        regression: false,
+    };
+    let cnn = CnnConfig::new(
+        [1, 28, 28],
+        &[conv(32, 3, 1), conv(64, 3, 2)],
+        &[128],
+        10,
+        Activation::Relu,
+        0.0,
+    )
+    .expect("W2");
+    let charlm = CharLmConfig {
+        vocab: 37,
+        context: 16,
+        d_model: 24,
+        heads: 2,
+        layers: 2,
+        d_ff: 40,
+        dropout: 0.0,
+    };
+    let built = [
+        (
+            ModelConfig::Mlp(mlp.clone()),
+            Mlp::init(&mlp, &device).num_params(),
+        ),
+        (
+            ModelConfig::Cnn(cnn.clone()),
+            Cnn::init(&cnn, &device).num_params(),
+        ),
+        (
+            ModelConfig::Charlm(charlm.clone()),
+            CharLm::init(&charlm, &device).num_params(),
+        ),
+    ];
+    for (config, params) in built {
+        assert_eq!(config.parameters(), params as u64, "{config:?}");
+    }
+    // Counted in u64: a model whose size overflows a 32-bit usize (wasm32) is still counted.
+    let huge = ModelConfig::Mlp(MlpConfig {
+        hidden: vec![65_536, 65_536],
+        ..mlp
+    });
+    assert_eq!(huge.parameters(), 4_347_133_962);
+}
