@@ -89,22 +89,44 @@ pub fn Chart(
         })
     });
 
+    // Each chart draws in a task of its own (a zero timeout), coalescing the changes that came
+    // meanwhile: a page's four charts never redraw in one long task, and a burst of live
+    // points costs one drawing.
+    let scheduled = StoredValue::new(false);
     Effect::new(move |_| {
-        let z = zoom.get();
-        let log = log_y.get();
-        let Some(c) = canvas.get() else {
+        zoom.track();
+        log_y.track();
+        series.track();
+        smoothed.track();
+        canvas.track();
+        if scheduled.get_value() {
             return;
-        };
-        series.with(|s| {
-            smoothed.with(|sm| geometry.set_value(draw(&c, s, sm.as_deref(), z, log)));
-            drawn_points.set(s.iter().map(|s| s.points.len()).sum());
-            drawn_series.set(s.len());
-            last_step.set(
-                s.iter()
-                    .filter_map(|s| s.points.last().map(|p| p.0 as u64))
-                    .max()
-                    .unwrap_or(0),
-            );
+        }
+        scheduled.set_value(true);
+        leptos::task::spawn_local(async move {
+            gloo_timers::future::TimeoutFuture::new(0).await;
+            if scheduled.try_set_value(false).is_some() {
+                return; // the chart is gone
+            }
+            let (Some(c), Some(z), Some(log)) = (
+                canvas.get_untracked(),
+                zoom.try_get_untracked(),
+                log_y.try_get_untracked(),
+            ) else {
+                return;
+            };
+            series.try_with_untracked(|s| {
+                smoothed
+                    .with_untracked(|sm| geometry.set_value(draw(&c, s, sm.as_deref(), z, log)));
+                drawn_points.set(s.iter().map(|s| s.points.len()).sum());
+                drawn_series.set(s.len());
+                last_step.set(
+                    s.iter()
+                        .filter_map(|s| s.points.last().map(|p| p.0 as u64))
+                        .max()
+                        .unwrap_or(0),
+                );
+            });
         });
     });
 
@@ -276,7 +298,9 @@ fn draw(
     if canvas.width() != width {
         canvas.set_width(width);
     }
-    canvas.set_height(HEIGHT);
+    if canvas.height() != HEIGHT {
+        canvas.set_height(HEIGHT);
+    }
     let backend = CanvasBackend::with_canvas_object(canvas.clone())?;
     let root = backend.into_drawing_area();
     root.fill(&WHITE).ok()?;

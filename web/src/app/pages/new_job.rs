@@ -43,18 +43,7 @@ pub fn NewJobPage() -> impl IntoView {
     let tags = RwSignal::new(String::new());
     let tag_error = RwSignal::new(None::<String>);
 
-    let stored = RwSignal::new(Vec::<DatasetInfo>::new());
-    let stored_error = RwSignal::new(None::<String>);
-    spawn_local(async move {
-        match api::get::<Vec<DatasetInfo>>("/api/datasets").await {
-            Ok(l) => {
-                let _ = stored.try_set(l);
-            }
-            Err(e) => {
-                let _ = stored_error.try_set(Some(format!("cannot list stored datasets: {e}")));
-            }
-        }
-    });
+    let (stored, stored_error) = stored_datasets();
 
     // "New job like this": start from an existing run's spec.
     if let Some(from) = query.with_untracked(|q| q.get("from")) {
@@ -195,6 +184,23 @@ pub fn NewJobPage() -> impl IntoView {
             </form>
         </section>
     }
+}
+
+/// The stored datasets for the form's picker, fetched once (or why they could not be).
+pub fn stored_datasets() -> (RwSignal<Vec<DatasetInfo>>, RwSignal<Option<String>>) {
+    let stored = RwSignal::new(Vec::<DatasetInfo>::new());
+    let stored_error = RwSignal::new(None::<String>);
+    spawn_local(async move {
+        match api::get::<Vec<DatasetInfo>>("/api/datasets").await {
+            Ok(l) => {
+                let _ = stored.try_set(l);
+            }
+            Err(e) => {
+                let _ = stored_error.try_set(Some(format!("cannot list stored datasets: {e}")));
+            }
+        }
+    });
+    (stored, stored_error)
 }
 
 /// The spec's inputs by section (`crate::form::SECTIONS`), with the stored-dataset picker in

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use kiln_proto::JobSpec;
 use kiln_proto::artifact::checkpoint_step;
-use kiln_proto::dataset::DatasetInfo;
 use kiln_proto::metric::Split;
 use kiln_proto::protocol::{ArtifactInfo, JobId, JobInfo, MetricPoint};
 use kiln_proto::spec::DeviceRequest;
@@ -18,7 +17,7 @@ use wasm_bindgen::JsCast;
 
 use super::ErrorLine;
 use super::job::{FinalMetrics, RunCharts};
-use super::new_job::SpecFields;
+use super::new_job::{SpecFields, stored_datasets};
 use crate::app::api;
 use crate::app::chart::ChartView;
 use crate::app::trainer::Trainer;
@@ -92,18 +91,7 @@ pub fn PlayPage() -> impl IntoView {
     let chosen_name = RwSignal::new(None::<String>);
     let trainer = StoredValue::new_local(None::<Trainer>);
 
-    let stored = RwSignal::new(Vec::<DatasetInfo>::new());
-    let stored_error = RwSignal::new(None::<String>);
-    spawn_local(async move {
-        match api::get::<Vec<DatasetInfo>>("/api/datasets").await {
-            Ok(l) => {
-                let _ = stored.try_set(l);
-            }
-            Err(e) => {
-                let _ = stored_error.try_set(Some(format!("cannot list stored datasets: {e}")));
-            }
-        }
-    });
+    let (stored, stored_error) = stored_datasets();
 
     // "Continue in this browser": a job's newest checkpoint, resumed here (`?from=<job>`).
     let handoff = RwSignal::new(None::<(JobId, String, u64)>);
@@ -147,6 +135,9 @@ pub fn PlayPage() -> impl IntoView {
     }
 
     let start_step_signal = start_step;
+    // Metrics received but not yet charted (see the `Metric` arm).
+    let pending = StoredValue::new(Vec::<MetricPoint>::new());
+    let flush_scheduled = StoredValue::new(false);
     // When the first metric of the page's first run arrived (ms since navigation start): the
     // time from opening the page to training, for the browser benchmark.
     let first_metric_ms = RwSignal::new(None::<f64>);
@@ -169,6 +160,23 @@ pub fn PlayPage() -> impl IntoView {
             let _ = status.try_set(Status::Training);
         }
         FromTrainer::Metric { metric } => {
+            // Charts redraw at most every 100 ms, however fast the trainer reports: the main
+            // thread stays free for the user.
+            pending.update_value(|p| {
+                p.push(MetricPoint {
+                    attempt: 1,
+                    metric: metric.clone(),
+                })
+            });
+            if !flush_scheduled.get_value() {
+                flush_scheduled.set_value(true);
+                spawn_local(async move {
+                    gloo_timers::future::TimeoutFuture::new(100).await;
+                    flush_scheduled.set_value(false);
+                    let batch = pending.try_update_value(std::mem::take).unwrap_or_default();
+                    let _ = points.try_update(|p| merge_live(p, &batch));
+                });
+            }
             if first_metric_ms.get_untracked().is_none() {
                 let now = web_sys::window()
                     .and_then(|w| w.performance())
@@ -178,7 +186,6 @@ pub fn PlayPage() -> impl IntoView {
             if metric.split == Split::Train {
                 progress.update(|p| p.0 = metric.step);
             }
-            points.update(|p| merge_live(p, &[MetricPoint { attempt: 1, metric }]));
         }
         FromTrainer::Finished {
             outcome,
@@ -187,6 +194,8 @@ pub fn PlayPage() -> impl IntoView {
             weights,
             ..
         } => {
+            let batch = pending.try_update_value(std::mem::take).unwrap_or_default();
+            points.update(|p| merge_live(p, &batch));
             // Parts: the weights, then the checkpoint.
             let ckpt = sent_checkpoint.then(|| parts.pop()).flatten();
             let _ = weights;
