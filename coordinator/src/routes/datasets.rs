@@ -239,7 +239,16 @@ pub async fn content(
     request: Request,
 ) -> Result<Response, ApiError> {
     let info = state.store.dataset(&dataset).await?;
-    let path = state.datasets.path(&info.digest);
+    serve_content(&state, &info.digest, request).await
+}
+
+/// A stored dataset's bytes as an answer to `request` (Range requests, an ETag of the digest).
+pub async fn serve_content(
+    state: &AppState,
+    digest: &Digest,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let path = state.datasets.path(digest);
     let mut response = ServeFile::new(&path)
         .oneshot(request)
         .await
@@ -247,7 +256,7 @@ pub async fn content(
     if response.status() == StatusCode::NOT_FOUND {
         return Err(ApiError::internal(anyhow::anyhow!(
             "dataset {} is recorded but {} is missing",
-            info.digest,
+            digest,
             path.display()
         )));
     }
@@ -256,7 +265,7 @@ pub async fn content(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", info.digest.hex())) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", digest.hex())) {
         headers.insert(header::ETAG, v);
     }
     Ok(response.map(Body::new))

@@ -1,20 +1,24 @@
 //! Read-only share links of one run.
 //!
 //! The owner (admin token) creates, lists and revokes links under `/api/jobs/{id}/shares` and
-//! `/api/shares/{share_id}`. A link is `/s/<token>` (a dashboard page); the page reads the two
-//! public endpoints `/api/share/{token}` and `/api/share/{token}/metrics`, which need no bearer
-//! token and show that one job (without its worker) and its metrics, nothing else. Tokens are
+//! `/api/shares/{share_id}`. A link is `/s/<token>` (a dashboard page); the page reads the
+//! public endpoints `/api/share/{token}`, `/api/share/{token}/metrics` and
+//! `/api/share/{token}/dataset`, which need no bearer token and show that one job (without its
+//! worker), its metrics and the stored dataset it trained on (so the link can re-run in the
+//! recipient's browser), nothing else. Tokens are
 //! 256 random bits as hex, stored only as SHA-256 (like API tokens). An unknown, malformed or
 //! revoked token gets the same 404, so the answer does not say which links ever existed.
 
 use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use tracing::info;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use kiln_proto::dataset::DatasetRef;
 use kiln_proto::protocol::{JobId, MetricPoint, NewShare, ShareInfo, SharedRun};
 
 use crate::auth::{generate_share_token, hash_token, is_share_token};
@@ -41,6 +45,7 @@ pub fn public_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(shared_run))
         .routes(routes!(shared_metrics))
+        .routes(routes!(shared_dataset))
 }
 
 /// The link's path on the dashboard.
@@ -147,4 +152,30 @@ pub async fn shared_metrics(
 ) -> Result<Json<Vec<MetricPoint>>, ApiError> {
     let id = resolve(&state, token).await?;
     Ok(Json(metric_points(&state, id, query).await?))
+}
+
+#[utoipa::path(get, path = "/api/share/{token}/dataset", tag = "shares",
+    description = "The stored dataset the shared job trained on (no login), so the link can \
+        re-run in a browser: a link shares the run's data with whoever holds it.",
+    params(("token" = String, Path, description = "Share token: 64 hex digits")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = ApiErrorDoc,
+            description = "Unknown, malformed or revoked link, or a run whose data is not stored")))]
+pub async fn shared_dataset(
+    State(state): State<AppState>,
+    token: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = resolve(&state, token).await?;
+    let job = state.store.job(id).await?;
+    match DatasetRef::of(&job.spec.dataset) {
+        Some(Ok(DatasetRef::Pinned(digest))) => {
+            crate::routes::datasets::serve_content(&state, &digest, request).await
+        }
+        _ => Err(ApiError::NotFound(
+            "this run's data is not stored on the coordinator (synthetic data, or a path on \
+             its worker)"
+                .into(),
+        )),
+    }
 }

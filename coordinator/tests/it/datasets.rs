@@ -372,3 +372,50 @@ async fn bad_references_at_submit_and_deleting_data_in_use() {
     assert!(err.to_string().contains("has been deleted"), "{err}");
     c.shutdown().await;
 }
+
+/// A share link gives the stored dataset its run trained on (so the link can re-run in a
+/// browser), without a token; not another dataset, not a run without stored data, and not
+/// once the link is revoked.
+#[tokio::test]
+async fn a_share_link_gives_its_runs_stored_dataset_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = support::start(dir.path(), HB).await;
+    let client = support::admin(&c);
+    upload(&client, "points", DatasetKind::Csv, CSV.as_bytes())
+        .await
+        .expect("upload");
+    let job = submit(&client, csv_spec("kiln:points"))
+        .await
+        .expect("submit");
+    let link = client.create_share(job.id).await.expect("share");
+    let url = format!("{}/api/share/{}/dataset", c.url(), link.token);
+    let (status, body) = crate::api::raw(&url, reqwest::Method::GET, None, vec![]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, CSV);
+
+    // A run without stored data: a clear 404.
+    let synthetic = submit(
+        &client,
+        JobSpec::from_json_str(
+            r#"{"name":"blobs","model":{"kind":"mlp"},"dataset":{"kind":"synthetic"}}"#,
+        )
+        .expect("spec"),
+    )
+    .await
+    .expect("submit");
+    let other = client.create_share(synthetic.id).await.expect("share");
+    let (status, body) = crate::api::raw(
+        &format!("{}/api/share/{}/dataset", c.url(), other.token),
+        reqwest::Method::GET,
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("not stored on the coordinator"), "{body}");
+
+    // Revoked: the same 404 as any unknown link.
+    client.revoke_share(link.share.id).await.expect("revoke");
+    let (status, _) = crate::api::raw(&url, reqwest::Method::GET, None, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -124,6 +124,12 @@ pub async fn get_bytes(path: &str) -> Result<Vec<u8>, ApiError> {
     response.binary().await.map_err(ApiError::network)
 }
 
+/// For share links: bytes, with no token even if the browser has one.
+pub async fn get_public_bytes(path: &str) -> Result<Vec<u8>, ApiError> {
+    let response = check(Request::get(path).send().await).await?;
+    response.binary().await.map_err(ApiError::network)
+}
+
 /// For share links: no token, even if the browser has one.
 pub async fn get_public<T: DeserializeOwned>(path: &str) -> Result<T, ApiError> {
     json(check(Request::get(path).send().await).await?).await

@@ -18,6 +18,11 @@ use crate::runs::{Quantity, Series, differing_fields, final_values, fmt_value, s
 
 /// The line of one run for a quantity: training loss; accuracy on val, else test, else train.
 fn run_series(job: &JobInfo, points: &[MetricPoint], q: Quantity) -> Option<Series> {
+    run_line(&format!("#{} {}", job.id, job.name), points, q)
+}
+
+/// The line of a run labelled `name` for a quantity (see [`run_series`]).
+pub fn run_line(name: &str, points: &[MetricPoint], q: Quantity) -> Option<Series> {
     let all = series(points, q, None);
     let order: &[&str] = match q {
         Quantity::Loss => &["train", "val", "test"],
@@ -27,7 +32,7 @@ fn run_series(job: &JobInfo, points: &[MetricPoint], q: Quantity) -> Option<Seri
         .iter()
         .find_map(|want| all.iter().find(|s| s.label == *want))?;
     Some(Series {
-        label: format!("#{} {} ({})", job.id, job.name, pick.label),
+        label: format!("{name} ({})", pick.label),
         points: pick.points.clone(),
     })
 }

@@ -6,10 +6,18 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
+use kiln_proto::dataset::{DatasetKind, DatasetRef};
+use kiln_proto::metric::Split;
+use kiln_proto::spec::DeviceRequest;
+use kiln_proto::trainer::{FromTrainer, ToTrainer, stored_layout};
+
 use super::StateBadge;
+use super::compare::run_line;
 use super::job::{FETCH_POINTS, FinalMetrics, RunCharts};
 use crate::app::api;
-use crate::app::chart::ChartView;
+use crate::app::chart::{Chart, ChartView};
+use crate::app::trainer::Trainer;
+use crate::runs::{Quantity, merge_live};
 
 #[derive(Clone, PartialEq)]
 enum Load {
@@ -106,11 +114,164 @@ pub fn SharedRunPage() -> impl IntoView {
                         })}
                         <FinalMetrics points/>
                         <RunCharts points detail zoom view=chart_view/>
+                        <ReRun token=token.clone() job points/>
                         <h2>"Spec"</h2>
                         <pre class="spec" tabindex="0">{move || job.with(|j| j.as_ref().map(|j| j.spec.to_toml_string()).unwrap_or_default())}</pre>
                     </section>
                 }.into_any(),
             }}
         </main>
+    }
+}
+
+/// "Re-run in my browser": the shared spec trains in this tab (the trainer module, on the
+/// shared run's stored dataset fetched through the link) — nothing is written to the owner's
+/// coordinator — and its curve is drawn over the shared one.
+#[component]
+fn ReRun(
+    token: String,
+    job: RwSignal<Option<JobInfo>>,
+    points: RwSignal<Vec<MetricPoint>>,
+) -> impl IntoView {
+    let mine = RwSignal::new(Vec::<MetricPoint>::new());
+    let state = RwSignal::new("idle".to_string());
+    let note = RwSignal::new(String::new());
+    let trainer = StoredValue::new_local(None::<Trainer>);
+    on_cleanup(move || trainer.set_value(None));
+    let token = StoredValue::new(token);
+    let on_message = move |message: FromTrainer, _parts: Vec<Vec<u8>>| match message {
+        FromTrainer::Device { description, .. } => {
+            let _ = note.try_set(format!("training here on {description}"));
+        }
+        FromTrainer::Started { .. } => {
+            let _ = state.try_set("training".into());
+        }
+        FromTrainer::Metric { metric } => {
+            mine.update(|p| merge_live(p, &[MetricPoint { attempt: 1, metric }]));
+        }
+        FromTrainer::Finished { outcome, steps, .. } => {
+            let _ = state.try_set(
+                if outcome == "completed" {
+                    "done"
+                } else {
+                    "stopped"
+                }
+                .into(),
+            );
+            let _ = note.try_set(format!("your re-run: {outcome} after {steps} steps"));
+        }
+        FromTrainer::Failed { error } => {
+            let _ = state.try_set("failed".into());
+            let _ = note.try_set(error);
+        }
+        _ => {}
+    };
+    let start = move |_| {
+        let Some(j) = job.get_untracked() else { return };
+        let mut spec = j.spec.clone();
+        let files_of =
+            |spec: &mut kiln_proto::JobSpec| -> Result<Option<(String, String)>, String> {
+                match DatasetRef::of(&spec.dataset) {
+                None => Ok(None),
+                Some(Ok(DatasetRef::Pinned(_))) => {
+                    let kind = DatasetKind::of(&spec.dataset).unwrap_or(DatasetKind::Text);
+                    let (file, path) = stored_layout(kind);
+                    spec.dataset.set_path(path.to_string());
+                    Ok(Some((file.to_string(), format!("/api/share/{}/dataset", token.get_value()))))
+                }
+                _ => Err("this run's data is not stored on its coordinator, so it cannot re-run in a browser".into()),
+            }
+            };
+        let fetch = match files_of(&mut spec) {
+            Ok(f) => f,
+            Err(e) => {
+                state.set("failed".into());
+                note.set(e);
+                return;
+            }
+        };
+        if trainer.with_value(Option::is_none) {
+            match Trainer::spawn(on_message) {
+                Ok(t) => trainer.set_value(Some(t)),
+                Err(e) => {
+                    note.set(e);
+                    return;
+                }
+            }
+        }
+        mine.set(Vec::new());
+        state.set("loading".into());
+        note.set("fetching the data…".into());
+        spawn_local(async move {
+            let files = match fetch {
+                None => Ok(vec![]),
+                Some((file, url)) => api::get_public_bytes(&url).await.map(|b| vec![(file, b)]),
+            };
+            match files {
+                Ok(files) => {
+                    let (names, parts): (Vec<String>, Vec<Vec<u8>>) = files.into_iter().unzip();
+                    trainer.with_value(|t| {
+                        if let Some(t) = t {
+                            t.send(
+                                &ToTrainer::Train {
+                                    spec: Box::new(spec),
+                                    files: names,
+                                    device: DeviceRequest::Auto,
+                                    resume: false,
+                                    no_gpu: None,
+                                },
+                                parts,
+                            );
+                        }
+                    });
+                }
+                Err(e) => {
+                    let _ = state.try_set("failed".into());
+                    let _ = note.try_set(format!("cannot fetch the run's data: {e}"));
+                }
+            }
+        });
+    };
+    let stop = move |_| {
+        trainer.with_value(|t| {
+            if let Some(t) = t {
+                t.send(&ToTrainer::Stop, vec![]);
+            }
+        })
+    };
+    // The overlay charts exist once the re-run has points (a memo: not re-created per point).
+    let has_mine = Memo::new(move |_| !mine.with(Vec::is_empty));
+    let charts = move || {
+        let zoom = RwSignal::new(None::<(f64, f64)>);
+        [Quantity::Loss, Quantity::Accuracy].map(|q| {
+            let s = Signal::derive(move || {
+                let shared = points.with(|p| run_line("shared run", p, q));
+                let yours = mine.with(|p| run_line("your re-run", p, q));
+                shared.into_iter().chain(yours).collect::<Vec<_>>()
+            });
+            view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing=0.0 log_y=false/></div> }
+        })
+    };
+    let losses = move || {
+        mine.with(|p| {
+            p.iter()
+                .filter(|p| p.metric.split == Split::Train)
+                .map(|p| p.metric.loss.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    };
+    let running = move || matches!(state.get().as_str(), "loading" | "training");
+    view! {
+        <section class="rerun" data-rerun-state=move || state.get() data-rerun-losses=losses>
+            <h2>"Re-run in my browser"</h2>
+            <p class="muted small">"Trains this spec in your tab on the run's data; nothing is sent back to the owner."</p>
+            <div class="actions">
+                <button id="rerun" class="primary" on:click=start disabled=running>"Re-run in my browser"</button>
+                <button id="rerun-stop" on:click=stop disabled=move || !running()>"Stop"</button>
+            </div>
+            <p class="rerun-note" role="status">{move || note.get()}</p>
+            {move || has_mine.get().then(|| view! { <div class="charts">{charts().into_iter().collect_view()}</div> })}
+        </section>
     }
 }
