@@ -5,16 +5,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { chromium } from 'playwright-core';
-import { BIN, CHROMIUM_ARGS, signIn, SHOTS, TOKEN, startKiln } from './support.mjs';
+import { BIN, SHOTS, TOKEN, endSession, startSession } from './support.mjs';
 
 const run = promisify(execFile);
-let kiln, base, dataDir, browser, ctx, page;
-const pageErrors = [];
+let session, base, dataDir, page, pageErrors;
 
 async function api(path, init = {}) {
   const res = await fetch(base + path, { ...init, headers: { authorization: `Bearer ${TOKEN}` } });
@@ -65,27 +62,15 @@ log_every = 1
 const jobId = (out) => Number(out.match(/job (\d+)/)?.[1]);
 
 before(async () => {
-  mkdirSync(SHOTS, { recursive: true });
-  dataDir = mkdtempSync(join(tmpdir(), 'kiln-lend-e2e-'));
-  ({ child: kiln, url: base } = await startKiln(dataDir));
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: [...CHROMIUM_ARGS, '--enable-unsafe-webgpu'],
-  });
-  ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  await ctx.addInitScript(signIn, TOKEN);
-  ctx.on('weberror', (e) => pageErrors.push(e.error().message));
-  page = await ctx.newPage();
+  session = await startSession('lend', { webgpu: true });
+  ({ base, dataDir, errors: pageErrors } = session);
+  page = await session.ctx.newPage();
   await page.goto(`${base}/workers`);
   await page.click('#lend-tab');
   await page.locator('.lend-status[data-connected="true"]').waitFor({ timeout: 60_000 });
 });
 
-after(async () => {
-  await browser?.close();
-  kiln?.kill('SIGTERM');
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
-});
+after(() => endSession(session));
 
 test('a lent tab is a worker: it offers webgpu, shows in the list, and takes a webgpu job submitted with kiln submit', async () => {
   const workers = (await api('/api/workers')).body;

@@ -39,3 +39,34 @@ export function startKiln(dir, extra = [], addr = '127.0.0.1:0') {
   });
 }
 
+
+/**
+ * A `kiln up` on a fresh temp data dir and a signed-in Chromium context for it; page errors
+ * (uncaught exceptions in the page and its workers) are collected in `errors`. `webgpu` adds
+ * the flag that gives headless Chromium its SwiftShader WebGPU adapter.
+ */
+export async function startSession(name, { webgpu = false } = {}) {
+  const { chromium } = await import('playwright-core');
+  const { mkdtempSync, mkdirSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  mkdirSync(SHOTS, { recursive: true });
+  const dataDir = mkdtempSync(join(tmpdir(), `kiln-${name}-e2e-`));
+  const { child, url } = await startKiln(dataDir);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: webgpu ? [...CHROMIUM_ARGS, '--enable-unsafe-webgpu'] : CHROMIUM_ARGS,
+  });
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+  await ctx.addInitScript(signIn, TOKEN);
+  const errors = [];
+  ctx.on('weberror', (e) => errors.push(e.error().message));
+  return { kiln: child, base: url, dataDir, browser, ctx, errors };
+}
+
+/** Stop what `startSession` started and remove its data dir. */
+export async function endSession(session) {
+  const { rmSync } = await import('node:fs');
+  await session?.browser?.close();
+  session?.kiln?.kill('SIGTERM');
+  if (session?.dataDir) rmSync(session.dataDir, { recursive: true, force: true });
+}

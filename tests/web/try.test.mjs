@@ -4,16 +4,13 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { chromium } from 'playwright-core';
-import { BIN, CHROMIUM_ARGS, ROOT, signIn, SHOTS, TOKEN, startKiln } from './support.mjs';
+import { BIN, ROOT, SHOTS, TOKEN, endSession, startSession } from './support.mjs';
 
 const run = promisify(execFile);
-let kiln, base, dataDir, browser, ctx;
-const pageErrors = [];
+let session, base, dataDir, ctx, pageErrors;
 // Native (flex) and wasm (flex, one thread) run the same kernels: logits agree to float noise.
 const TOLERANCE = 1e-3;
 
@@ -27,20 +24,11 @@ async function api(path, init = {}) {
 const json = async (path, init) => JSON.parse((await api(path, init)).bytes.toString());
 
 before(async () => {
-  mkdirSync(SHOTS, { recursive: true });
-  dataDir = mkdtempSync(join(tmpdir(), 'kiln-try-e2e-'));
-  ({ child: kiln, url: base } = await startKiln(dataDir));
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium', args: CHROMIUM_ARGS });
-  ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
-  await ctx.addInitScript(signIn, TOKEN);
-  ctx.on('weberror', (e) => pageErrors.push(e.error().message));
+  session = await startSession('try');
+  ({ base, dataDir, ctx, errors: pageErrors } = session);
 });
 
-after(async () => {
-  await browser?.close();
-  kiln?.kill('SIGTERM');
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
-});
+after(() => endSession(session));
 
 test('a worker-trained MNIST model predicts in the page what kiln predicts natively, and takes a drawn digit', async () => {
   const job = await json('/api/jobs', {
