@@ -65,20 +65,10 @@ pub fn NewJobPage() -> impl IntoView {
     let submit = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         error.set(None);
-        let spec = match base
-            .with_untracked(|b| values.with_untracked(|v| spec_from_values(v, b.as_ref())))
-        {
-            Ok(spec) => spec,
-            Err(list) => {
-                errors.set(errors_by_field(&list));
-                error.set(Some(format!(
-                    "The spec has {} problem(s); see the marked fields.",
-                    list.len()
-                )));
-                return;
-            }
+        let Some(spec) = base.with_untracked(|b| checked_spec(values, b.as_ref(), errors, error))
+        else {
+            return;
         };
-        errors.set(Default::default());
         // Tags: comma- or space-separated, checked as the coordinator checks them.
         let list: Vec<String> = tags
             .get_untracked()
@@ -183,6 +173,30 @@ pub fn NewJobPage() -> impl IntoView {
                 <button type="submit" class="primary" disabled=move || busy.get()>"Submit job"</button>
             </form>
         </section>
+    }
+}
+
+/// The form as a spec (the fields without an input from `base`), checked as the coordinator
+/// checks it; or its problems shown at their fields and summed up in `error`.
+pub fn checked_spec(
+    values: RwSignal<FormValues>,
+    base: Option<&JobSpec>,
+    errors: RwSignal<BTreeMap<String, Vec<String>>>,
+    error: RwSignal<Option<String>>,
+) -> Option<JobSpec> {
+    match values.with_untracked(|v| spec_from_values(v, base)) {
+        Ok(spec) => {
+            errors.set(Default::default());
+            Some(spec)
+        }
+        Err(list) => {
+            errors.set(errors_by_field(&list));
+            error.set(Some(format!(
+                "The spec has {} problem(s); see the marked fields.",
+                list.len()
+            )));
+            None
+        }
     }
 }
 

@@ -17,11 +17,11 @@ use wasm_bindgen::JsCast;
 
 use super::ErrorLine;
 use super::job::{FinalMetrics, RunCharts};
-use super::new_job::{SpecFields, stored_datasets};
+use super::new_job::{SpecFields, checked_spec, stored_datasets};
 use crate::app::api;
 use crate::app::chart::ChartView;
 use crate::app::trainer::Trainer;
-use crate::form::{errors_by_field, spec_from_values, values_from_spec};
+use crate::form::values_from_spec;
 use crate::play::{self, DataPlan, HIDDEN_FIELDS, PLAY_PRESETS};
 use crate::runs::merge_live;
 
@@ -262,18 +262,9 @@ pub fn PlayPage() -> impl IntoView {
     let train = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         error.set(None);
-        let spec = match values.with_untracked(|v| spec_from_values(v, None)) {
-            Ok(spec) => spec,
-            Err(list) => {
-                errors.set(errors_by_field(&list));
-                error.set(Some(format!(
-                    "The spec has {} problem(s); see the marked fields.",
-                    list.len()
-                )));
-                return;
-            }
+        let Some(spec) = checked_spec(values, None, errors, error) else {
+            return;
         };
-        errors.set(Default::default());
         let (spec, data) = match play::plan(&spec, chosen_name.get_untracked().as_deref()) {
             Ok(p) => p,
             Err(e) => {
@@ -337,12 +328,8 @@ pub fn PlayPage() -> impl IntoView {
             return;
         };
         error.set(None);
-        let spec = match values.with_untracked(|v| spec_from_values(v, None)) {
-            Ok(spec) => spec,
-            Err(list) => {
-                errors.set(errors_by_field(&list));
-                return;
-            }
+        let Some(spec) = checked_spec(values, None, errors, error) else {
+            return;
         };
         let (spec, data) = match play::plan(&spec, None) {
             Ok(p) => p,
