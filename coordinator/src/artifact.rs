@@ -77,6 +77,65 @@ impl ArtifactDir {
     }
 }
 
+/// A folder for files that belong to no job yet (an import being received), under the
+/// artifact folder so that [`Staging::place`] is a rename. Removed when dropped unless placed.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    root: PathBuf,
+    placed: bool,
+}
+
+impl ArtifactDir {
+    pub async fn staging(&self) -> Result<Staging, WriteError> {
+        let dir = self
+            .root
+            .join(format!(".import-{:016x}", rand::random::<u64>()));
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|source| WriteError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        Ok(Staging {
+            dir,
+            root: self.root.clone(),
+            placed: false,
+        })
+    }
+}
+
+impl Staging {
+    /// Where the file `name` (checked with [`kiln_proto::artifact::check_name`]) is received.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Move every file into job `job_id`'s artifact folder (renames, in one file system).
+    pub fn place(&mut self, job_id: JobId) -> Result<(), String> {
+        let dest = self.root.join(job_id.to_string());
+        let moved = (|| {
+            std::fs::create_dir_all(&dest)?;
+            for entry in std::fs::read_dir(&self.dir)? {
+                let entry = entry?;
+                std::fs::rename(entry.path(), dest.join(entry.file_name()))?;
+            }
+            std::fs::remove_dir(&self.dir)
+        })();
+        moved.map_err(|e| format!("cannot move the imported files to {}: {e}", dest.display()))?;
+        self.placed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 /// Stream `body` into a new file at `path`, at most `limit` bytes, handing every chunk to
 /// `observe` as well (datasets hash it). Flushed and synced; returns the size. On error the
 /// caller removes the partial file.

@@ -28,6 +28,7 @@ use crate::ws::{events, worker};
 
 pub mod artifacts;
 pub mod datasets;
+pub mod import;
 pub mod jobs;
 pub mod shares;
 pub mod workers;
@@ -55,7 +56,9 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(require_admin))
         .layer(RequestBodyLimitLayer::new(max_body));
     // Admin; dataset uploads have their own, larger limit (checked as they stream).
-    let admin_uploads = datasets::upload_router().route_layer(middleware::from_fn(require_admin));
+    let admin_uploads = datasets::upload_router()
+        .merge(import::router())
+        .route_layer(middleware::from_fn(require_admin));
     // Worker or admin; artifact uploads have their own, larger limit (checked as they stream).
     let any_token = OpenApiRouter::new()
         .merge(artifacts::router())

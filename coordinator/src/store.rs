@@ -44,6 +44,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("corrupt row in the database: {0}")]
     Corrupt(String),
+    /// Files that had to move with a transaction could not.
+    #[error("{0}")]
+    Files(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -55,7 +55,7 @@ pub fn job_id(raw: &str) -> Result<JobId, ApiError> {
 /// What a valid spec may ask that no worker can give: browser tabs (the only `webgpu`
 /// workers) train alone, so a `webgpu` job cannot be data-parallel. Not part of
 /// `JobSpec::validate`, which the in-browser trainer runs on its own specs.
-fn unservable(spec: &JobSpec) -> Option<FieldError> {
+pub(crate) fn unservable(spec: &JobSpec) -> Option<FieldError> {
     (spec.device == DeviceRequest::Webgpu && spec.distributed.workers > 1).then(|| FieldError {
         field: "distributed.workers".into(),
         value: spec.distributed.workers.to_string(),

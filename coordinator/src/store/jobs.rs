@@ -4,8 +4,8 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use kiln_proto::JobSpec;
 use kiln_proto::protocol::{
-    AttemptInfo, AttemptOutcome, AttemptRank, AttemptRef, JobId, JobInfo, JobPage, JobPatch,
-    JobState,
+    AttemptInfo, AttemptOutcome, AttemptRank, AttemptRef, ImportRun, JobId, JobInfo, JobPage,
+    JobPatch, JobState,
 };
 use kiln_proto::spec::DeviceRequest;
 
@@ -131,6 +131,43 @@ async fn load_job_for_update(
     Ok((job, cancel != 0))
 }
 
+/// Insert a queued job (the spec already validated, `tags` normalized), its stored dataset
+/// pinned to its digest in the caller's transaction, so a job never refers to data that is
+/// gone. Returns its id.
+async fn insert_queued(
+    conn: &mut SqliteConnection,
+    spec: &JobSpec,
+    group: Option<&str>,
+    tags: &[String],
+) -> StoreResult<JobId> {
+    let tags_json = tags_json(tags)?;
+    let mut spec = spec.clone();
+    let pinned = super::datasets::pin(&mut *conn, &mut spec).await?;
+    let (digest, dataset_name) = match pinned {
+        Some((digest, name)) => (Some(digest.hex().to_string()), name),
+        None => (None, None),
+    };
+    let spec_json = serde_json::to_string(&spec)
+        .map_err(|e| StoreError::Corrupt(format!("cannot serialize the spec: {e}")))?;
+    Ok(sqlx::query_scalar(
+        "INSERT INTO jobs (name, spec_json, state, priority, device, \"group\", created_ms, \
+         max_attempts, tags, dataset_digest, dataset_name) \
+         VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(&spec.name)
+    .bind(spec_json)
+    .bind(spec.priority)
+    .bind(spec.device.as_str())
+    .bind(group)
+    .bind(now_ms())
+    .bind(i64::from(spec.max_attempts))
+    .bind(tags_json)
+    .bind(digest)
+    .bind(dataset_name)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
 impl Store {
     /// A new queued job; the spec is already validated, `tags` already normalized
     /// (`JobPatch::normalized`). A stored dataset (`kiln:NAME`, `kiln:sha256:…`) is pinned to
@@ -142,33 +179,83 @@ impl Store {
         group: Option<&str>,
         tags: &[String],
     ) -> StoreResult<JobInfo> {
-        let tags_json = tags_json(tags)?;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut spec = spec.clone();
-        let pinned = super::datasets::pin(&mut tx, &mut spec).await?;
-        let (digest, dataset_name) = match pinned {
-            Some((digest, name)) => (Some(digest.hex().to_string()), name),
-            None => (None, None),
+        let id = insert_queued(&mut tx, spec, group, tags).await?;
+        let job = load_job(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// A run trained outside the coordinator (already checked by the route), in one
+    /// transaction: the job (its dataset pinned as by [`Store::insert_job`]) in `run.state`,
+    /// its attempt 1 on `run.trained_on` with `run.metrics`, and the artifact rows of `files`
+    /// (name, size). `place(job_id)` moves those files into place before the commit; if it
+    /// fails, nothing is stored.
+    pub async fn import_job(
+        &self,
+        run: &ImportRun,
+        tags: &[String],
+        files: &[(String, u64)],
+        place: impl FnOnce(JobId) -> Result<(), String>,
+    ) -> StoreResult<JobInfo> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let id = insert_queued(&mut tx, &run.spec, None, tags).await?;
+        // Attempt 1 is the run as it trained; a job continued on a worker stays queued, and
+        // its attempt 2 resumes from the newest checkpoint (as after any attempt).
+        let attempt_state = match run.state {
+            JobState::Queued => JobState::Cancelled,
+            other => other,
         };
-        let spec_json = serde_json::to_string(&spec)
-            .map_err(|e| StoreError::Corrupt(format!("cannot serialize the spec: {e}")))?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO jobs (name, spec_json, state, priority, device, \"group\", created_ms, \
-             max_attempts, tags, dataset_digest, dataset_name) \
-             VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        let finished = run.state.is_terminal().then_some(run.finished_ms);
+        sqlx::query(
+            "UPDATE jobs SET state = ?, attempts = 1, worker_id = ?, started_ms = ?, \
+             finished_ms = ?, step = ?, total_steps = ? WHERE id = ?",
         )
-        .bind(&spec.name)
-        .bind(spec_json)
-        .bind(spec.priority)
-        .bind(spec.device.as_str())
-        .bind(group)
-        .bind(now_ms())
-        .bind(i64::from(spec.max_attempts))
-        .bind(tags_json)
-        .bind(digest)
-        .bind(dataset_name)
-        .fetch_one(&mut *tx)
+        .bind(run.state.as_str())
+        .bind((run.state != JobState::Queued).then_some(run.trained_on.as_str()))
+        .bind(run.started_ms)
+        .bind(finished)
+        .bind(from_u64(run.step))
+        .bind(from_u64(run.total_steps))
+        .bind(id)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO attempts (job_id, attempt, worker_id, state, started_ms, finished_ms) \
+             VALUES (?, 1, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&run.trained_on)
+        .bind(attempt_state.as_str())
+        .bind(run.started_ms)
+        .bind(run.finished_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) VALUES (?, 1, 0, ?)",
+        )
+        .bind(id)
+        .bind(&run.trained_on)
+        .execute(&mut *tx)
+        .await?;
+        let attempt = AttemptRef {
+            job_id: id,
+            attempt: 1,
+        };
+        super::series::insert_metric_rows(&mut tx, attempt, &run.metrics).await?;
+        let now = now_ms();
+        for (name, size) in files {
+            sqlx::query(
+                "INSERT INTO artifacts (job_id, name, size, created_ms) VALUES (?, ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(from_u64(*size))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        place(id).map_err(StoreError::Files)?;
         let job = load_job(&mut tx, id).await?;
         tx.commit().await?;
         Ok(job)

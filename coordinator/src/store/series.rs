@@ -34,6 +34,33 @@ async fn current_in_tx(
     Ok(n > 0)
 }
 
+/// Append `points` as `attempt`'s, in multi-row INSERTs, inside the caller's transaction.
+pub(super) async fn insert_metric_rows(
+    conn: &mut sqlx::SqliteConnection,
+    attempt: AttemptRef,
+    points: &[Metric],
+) -> StoreResult<()> {
+    for chunk in points.chunks(METRIC_ROWS_PER_INSERT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO metrics (job_id, attempt, step, split, loss, accuracy, lr, \
+                 samples_per_sec, epoch) ",
+        );
+        q.push_values(chunk, |mut row, m| {
+            row.push_bind(attempt.job_id)
+                .push_bind(i64::from(attempt.attempt))
+                .push_bind(from_u64(m.step))
+                .push_bind(split_str(m.split))
+                .push_bind(m.loss)
+                .push_bind(m.accuracy)
+                .push_bind(m.lr)
+                .push_bind(m.samples_per_sec)
+                .push_bind(m.epoch);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Append a batch of metrics in one transaction and advance the job's step. Returns
     /// `false` (and stores nothing) if the attempt is not the job's current running one.
@@ -46,24 +73,7 @@ impl Store {
         if !current_in_tx(&mut tx, attempt).await? {
             return Ok(false);
         }
-        for chunk in points.chunks(METRIC_ROWS_PER_INSERT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO metrics (job_id, attempt, step, split, loss, accuracy, lr, \
-                 samples_per_sec, epoch) ",
-            );
-            q.push_values(chunk, |mut row, m| {
-                row.push_bind(attempt.job_id)
-                    .push_bind(i64::from(attempt.attempt))
-                    .push_bind(from_u64(m.step))
-                    .push_bind(split_str(m.split))
-                    .push_bind(m.loss)
-                    .push_bind(m.accuracy)
-                    .push_bind(m.lr)
-                    .push_bind(m.samples_per_sec)
-                    .push_bind(m.epoch);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+        insert_metric_rows(&mut tx, attempt, points).await?;
         if let Some(max_step) = points.iter().map(|m| m.step).max() {
             sqlx::query("UPDATE jobs SET step = MAX(step, ?) WHERE id = ?")
                 .bind(from_u64(max_step))

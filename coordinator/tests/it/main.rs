@@ -3,6 +3,7 @@
 
 mod api;
 mod datasets;
+mod import;
 mod restart;
 mod shares;
 mod support;

@@ -21,8 +21,9 @@ use serde::de::DeserializeOwned;
 use kiln_proto::dataset::{DatasetInfo, Digest, NameDataset};
 use kiln_proto::metric::Split;
 use kiln_proto::protocol::{
-    ApiErrorBody, ArtifactInfo, AttemptInfo, Health, JobId, JobInfo, JobPage, JobPatch, JobState,
-    LogEntry, MetricPoint, NewShare, ShareInfo, SharedRun, SubmitJob, WorkerInfo,
+    ApiErrorBody, ArtifactInfo, AttemptInfo, Health, IMPORT_RUN_PART, ImportRun, JobId, JobInfo,
+    JobPage, JobPatch, JobState, LogEntry, MetricPoint, NewShare, ShareInfo, SharedRun, SubmitJob,
+    WorkerInfo,
 };
 use kiln_proto::spec::FieldError;
 
@@ -49,6 +50,9 @@ pub enum ClientError {
     Decode { url: String, message: String },
     #[error("invalid coordinator URL `{0}`")]
     BadUrl(String),
+    /// A request that could not be put into bytes.
+    #[error("cannot encode the request: {0}")]
+    Encode(String),
 }
 
 impl ClientError {
@@ -311,6 +315,29 @@ impl Client {
             self.request(Method::PUT, &format!("/api/jobs/{id}/artifacts/{name}"))
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
                 .body(bytes),
+        )
+        .await
+    }
+
+    /// A run trained elsewhere, with its files (artifact name, bytes), becomes a job
+    /// (`POST /api/jobs/import`); with `run.state = queued` a worker continues it from its
+    /// checkpoint file.
+    pub async fn import_run(
+        &self,
+        run: &ImportRun,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<JobInfo, ClientError> {
+        let json = serde_json::to_string(run).map_err(|e| ClientError::Encode(e.to_string()))?;
+        let mut form = reqwest::multipart::Form::new().text(IMPORT_RUN_PART, json);
+        for (name, bytes) in files {
+            form = form.part(
+                name.clone(),
+                reqwest::multipart::Part::bytes(bytes).file_name(name),
+            );
+        }
+        self.json(
+            self.request(Method::POST, "/api/jobs/import")
+                .multipart(form),
         )
         .await
     }

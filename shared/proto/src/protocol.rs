@@ -432,6 +432,43 @@ pub struct SubmitJob {
     pub tags: Vec<String>,
 }
 
+/// `POST /api/jobs/import`: a run trained outside the coordinator (the playground's tab), as
+/// the first part (`run`, JSON) of a `multipart/form-data` body whose other parts are its files,
+/// each named by its artifact name (`model.bpk`, `model.json`, `summary.json`,
+/// `checkpoint-<step>.ckpt`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRun {
+    pub spec: JobSpec,
+    /// Checked like `JobPatch::tags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// `succeeded` or `cancelled`: the run ended where it trained and is kept as it is.
+    /// `queued`: continue it on a worker; the job's next attempt resumes from the
+    /// checkpoint part, which is then required.
+    pub state: JobState,
+    /// The steps it trained, of `total_steps`.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Where it trained, shown as the worker of its attempt 1 (`browser tab (cpu)`).
+    pub trained_on: String,
+    /// When it started and stopped there, by that machine's clock (ms since the Unix epoch).
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    /// Its metrics; they become attempt 1's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<Metric>,
+}
+
+/// The multipart part of [`ImportRun`] itself.
+pub const IMPORT_RUN_PART: &str = "run";
+/// Most metrics one import may carry.
+pub const MAX_IMPORT_METRICS: usize = 200_000;
+/// Most files (artifacts) one import may carry.
+pub const MAX_IMPORT_FILES: usize = 16;
+/// Longest `trained_on`, in bytes.
+pub const MAX_TRAINED_ON_LEN: usize = 64;
+
 /// Most tags on one job.
 pub const MAX_TAGS: usize = 16;
 /// Longest tag, in bytes.
