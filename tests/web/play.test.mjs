@@ -33,6 +33,23 @@ async function trainLosses(page) {
   return text ? text.split(',').map(Number) : [];
 }
 
+const api = async (path) => {
+  const res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+  const text = await res.text();
+  assert.ok(res.ok, `${path}: ${res.status} ${text}`);
+  return JSON.parse(text);
+};
+
+/** Poll a job until it ends; fail if it ends other than `succeeded`. */
+async function waitForJob(id, ms) {
+  for (const end = Date.now() + ms; ;) {
+    const job = await api(`/api/jobs/${id}`);
+    if (job.state === 'succeeded') return job;
+    assert.ok(!['failed', 'cancelled'].includes(job.state) && Date.now() < end, JSON.stringify(job));
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 async function waitForState(page, states, ms) {
   await page.waitForFunction(
     (s) => s.includes(document.querySelector('.play-status')?.dataset.state),
@@ -58,18 +75,35 @@ test('the playground trains the MNIST MLP on the CPU in the tab: the loss falls 
   assert.ok(tail < head * 0.6, `loss should fall: first ${head}, last ${tail}`);
   // A test accuracy is shown at the end (the subset's t10k files).
   await assert.doesNotReject(page.locator('.final-accuracy', { hasText: 'test' }).waitFor());
-  // Main-thread long tasks (> 50 ms) from the click to the end. The page's first chart
-  // updates (once, when the first metrics arrive) are reported apart: they have measured
-  // 50–130 ms on this machine, which is not yet under the 100 ms goal; while training goes
-  // on, no task may reach 100 ms.
+  // Main-thread long tasks (> 50 ms) from the click to the end, the first chart updates
+  // included: none may reach 100 ms.
   const first = Number(await page.locator('section.play').getAttribute('data-first-metric-ms'));
   const long = await page.evaluate((m) => window.__longTasks.filter((t) => t.start >= m), mark);
-  const startup = long.filter((t) => t.start < first + 300);
-  const steady = long.filter((t) => t.start >= first + 300);
-  const worst = Math.max(0, ...steady.map((t) => t.ms));
-  console.log(`# playground CPU: ${losses.length} points, loss ${head.toFixed(3)} → ${tail.toFixed(3)}; main-thread long tasks: at the first metrics ${JSON.stringify(startup.map((t) => t.ms))} ms, afterwards ${steady.length} (longest ${worst.toFixed(0)} ms)`);
-  assert.ok(worst < 100, `the page was blocked for ${worst} ms while training: ${JSON.stringify(steady)}`);
+  const worst = Math.max(0, ...long.map((t) => t.ms));
+  console.log(`# playground CPU: ${losses.length} points, loss ${head.toFixed(3)} → ${tail.toFixed(3)}; first metrics ${(first - mark).toFixed(0)} ms after the click; main-thread long tasks: ${JSON.stringify(long.map((t) => Math.round(t.ms)))} ms (longest ${worst.toFixed(0)} ms)`);
+  assert.ok(worst < 100, `the page was blocked for ${worst} ms: ${JSON.stringify(long)}`);
   await page.screenshot({ path: join(SHOTS, 'playground.png'), fullPage: true });
+  // Save as a run: a job like any other, with the tab's curve, spec and model.
+  await page.click('#play-save');
+  const saved = page.locator('.play-saved');
+  await saved.waitFor({ timeout: 30_000 });
+  const id = Number(await saved.getAttribute('data-job'));
+  const job = await api(`/api/jobs/${id}`);
+  assert.equal(job.state, 'succeeded');
+  assert.equal(job.step, Number(await status(page).getAttribute('data-step')));
+  assert.deepEqual(job.tags, ['playground']);
+  assert.match(job.spec.dataset.path, /^kiln:sha256:[0-9a-f]{64}$/, 'its data pinned');
+  const stored = (await api(`/api/jobs/${id}/metrics?split=train`)).map((p) => p.loss);
+  assert.deepEqual(stored, losses, 'the stored curve is the tab\'s');
+  const files = (await api(`/api/jobs/${id}/artifacts`)).map((a) => a.name);
+  for (const f of ['model.bpk', 'model.json', 'summary.json']) assert.ok(files.includes(f), `${f} in ${files}`);
+  const attempts = await api(`/api/jobs/${id}/attempts`);
+  assert.match(attempts[0].worker_id, /^browser tab \(cpu\)$/);
+  // It is listed, and its page offers what any run's does: Try it runs the saved model.
+  await page.goto(`${base}/`);
+  await page.locator(`a[href="/jobs/${id}"]`).first().waitFor({ timeout: 10_000 });
+  await page.goto(`${base}/jobs/${id}`);
+  await page.locator('#try-it').waitFor({ timeout: 30_000 });
   assert.deepEqual(pageErrors, []);
   await page.close();
 });
@@ -100,6 +134,44 @@ test('a playground run stops between steps and resumes at the step it stopped, w
   console.log(`# resume: stopped at step ${stoppedAt}; loss before ${lastBefore.toFixed(3)}, after ${firstAfter.toFixed(3)}`);
   // A fresh model would start near ln(10) ≈ 2.3: a resumed one goes on near where it was.
   assert.ok(firstAfter < lastBefore * 2 + 0.05, `loss jumped on resume: ${lastBefore} → ${firstAfter}`);
+  assert.deepEqual(pageErrors, []);
+  await page.close();
+});
+
+test('a run stopped in the tab continues on a worker from its checkpoint, at its step, without a loss spike', async () => {
+  const page = await ctx.newPage();
+  await page.goto(`${base}/play?preset=mnist-mlp`);
+  await page.selectOption('#play-device', 'cpu');
+  await page.fill('#f-training-epochs', '6');
+  await page.fill('#f-training-log_every', '5');
+  await page.click('button[type=submit]');
+  await page.waitForFunction(() => Number(document.querySelector('.play-status')?.dataset.step) >= 40, null, { timeout: 120_000 });
+  await page.click('#play-stop');
+  assert.equal(await waitForState(page, ['stopped', 'failed'], 30_000), 'stopped', await status(page).textContent());
+  const stoppedAt = Number(await status(page).getAttribute('data-step'));
+  const before = await trainLosses(page);
+  await page.click('#play-continue-worker');
+  // The page goes to the new job, which the `kiln up` worker takes.
+  await page.waitForURL(/\/jobs\/\d+$/, { timeout: 30_000 });
+  const id = Number(page.url().split('/').pop());
+  const job = await waitForJob(id, 180_000);
+  const attempts = await api(`/api/jobs/${id}/attempts`);
+  assert.equal(attempts.length, 2, JSON.stringify(attempts));
+  assert.equal(attempts[0].worker_id, 'browser tab (cpu)');
+  assert.equal(attempts[1].resumed_from_step, stoppedAt, 'the worker resumed at the tab\'s step');
+  assert.equal(job.step, job.total_steps);
+  assert.ok(job.step > stoppedAt);
+  const points = (await api(`/api/jobs/${id}/metrics?split=train`));
+  const tab = points.filter((p) => p.attempt === 1).map((p) => p.loss);
+  const worker = points.filter((p) => p.attempt === 2);
+  assert.deepEqual(tab, before, 'the tab\'s curve is the job\'s first attempt');
+  assert.ok(worker.length > 0 && worker[0].step > stoppedAt, JSON.stringify(worker[0]));
+  const lastTab = before.slice(-2).reduce((a, b) => a + b) / 2;
+  const firstWorker = worker.slice(0, 2).reduce((a, p) => a + p.loss, 0) / Math.min(2, worker.length);
+  console.log(`# tab → worker: stopped at step ${stoppedAt}, loss ${lastTab.toFixed(3)}; on the worker ${firstWorker.toFixed(3)} → ${worker.at(-1).loss.toFixed(3)} at step ${job.step}`);
+  assert.ok(firstWorker < lastTab * 1.5 + 0.05, `loss jumped: ${lastTab} → ${firstWorker}`);
+  // The job page shows both attempts, the tab's first.
+  await page.locator('text=browser tab (cpu)').first().waitFor({ timeout: 10_000 });
   assert.deepEqual(pageErrors, []);
   await page.close();
 });

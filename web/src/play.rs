@@ -2,8 +2,10 @@
 //! the coordinator serves, and what a run's data is as the in-browser trainer sees it.
 
 use kiln_proto::JobSpec;
+use kiln_proto::artifact::checkpoint_name;
 use kiln_proto::dataset::{DatasetKind, DatasetRef};
-use kiln_proto::spec::DatasetSpec;
+use kiln_proto::protocol::{ImportRun, JobState, MetricPoint};
+use kiln_proto::spec::{DatasetSpec, DeviceRequest};
 use kiln_proto::trainer::MAX_DATASET_BYTES;
 
 use crate::form::PRESETS;
@@ -105,6 +107,94 @@ pub fn check_file(name: &str, size: u64) -> Result<DatasetKind, String> {
     })
 }
 
+/// What happens to a tab's run that ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveAs {
+    /// Kept as it ended, as a run in the jobs list.
+    Run,
+    /// Continued on a worker from its checkpoint (`state = queued`).
+    ContinueOnWorker,
+}
+
+/// How a tab's run ended and where it trained.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TabRun<'a> {
+    /// The spec as the user gave it (before [`plan`] renamed its data for the trainer).
+    pub spec: &'a JobSpec,
+    pub points: &'a [MetricPoint],
+    pub completed: bool,
+    pub step: u64,
+    pub total_steps: u64,
+    /// `cpu` or `webgpu`: the device the tab trained on.
+    pub device: &'a str,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+}
+
+/// The run as `POST /api/jobs/import` takes it. Continued on a worker, a `webgpu` spec asks
+/// for `auto` (a `webgpu` job would go to a tab again), and the run must have stopped early
+/// (a completed run has no steps left).
+pub fn import_run(run: &TabRun<'_>, save: SaveAs) -> Result<ImportRun, String> {
+    let mut spec = run.spec.clone();
+    let state = match save {
+        SaveAs::Run if run.completed => JobState::Succeeded,
+        SaveAs::Run => JobState::Cancelled,
+        SaveAs::ContinueOnWorker if run.completed => {
+            return Err(
+                "the run is complete: raise training.epochs or training.max_steps and \
+                        resume it here, or train it again on a worker"
+                    .into(),
+            );
+        }
+        SaveAs::ContinueOnWorker => {
+            if spec.device == DeviceRequest::Webgpu {
+                spec.device = DeviceRequest::Auto;
+            }
+            JobState::Queued
+        }
+    };
+    let step = run
+        .points
+        .iter()
+        .map(|p| p.metric.step)
+        .max()
+        .unwrap_or(0)
+        .max(run.step);
+    Ok(ImportRun {
+        spec,
+        tags: vec!["playground".into()],
+        state,
+        step,
+        total_steps: run.total_steps.max(step),
+        trained_on: format!("browser tab ({})", run.device),
+        started_ms: run.started_ms,
+        finished_ms: run.finished_ms.max(run.started_ms),
+        metrics: run.points.iter().map(|p| p.metric.clone()).collect(),
+    })
+}
+
+/// The files of a tab's run, named as a worker names them.
+pub fn import_files(
+    weights: Option<Vec<u8>>,
+    model: &serde_json::Value,
+    summary: &serde_json::Value,
+    checkpoint: Option<(u64, Vec<u8>)>,
+) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    if let Some(w) = weights {
+        files.push(("model.bpk".to_string(), w));
+    }
+    for (name, value) in [("model.json", model), ("summary.json", summary)] {
+        if !value.is_null() {
+            files.push((name.to_string(), value.to_string().into_bytes()));
+        }
+    }
+    if let Some((step, bytes)) = checkpoint {
+        files.push((checkpoint_name(step), bytes));
+    }
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +248,75 @@ mod tests {
                 .expect_err("bad digest")
                 .starts_with("dataset.path: ")
         );
+    }
+
+    fn points(steps: &[u64]) -> Vec<MetricPoint> {
+        steps
+            .iter()
+            .map(|&step| MetricPoint {
+                attempt: 1,
+                metric: kiln_proto::metric::Metric {
+                    step,
+                    epoch: 0.0,
+                    split: kiln_proto::metric::Split::Train,
+                    loss: 1.0,
+                    accuracy: None,
+                    lr: None,
+                    samples_per_sec: None,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tab_run_is_saved_or_continued_on_a_worker() {
+        let mut spec = preset_spec("mnist-mlp").expect("preset");
+        spec.device = DeviceRequest::Webgpu;
+        let p = points(&[5, 10, 15]);
+        let run = TabRun {
+            spec: &spec,
+            points: &p,
+            completed: false,
+            step: 12,
+            total_steps: 93,
+            device: "webgpu",
+            started_ms: 1000,
+            finished_ms: 900,
+        };
+        let saved = import_run(&run, SaveAs::Run).expect("save");
+        assert_eq!(saved.state, JobState::Cancelled, "stopped early");
+        assert_eq!(saved.step, 15, "the last metric's step counts");
+        assert_eq!(saved.spec.device, DeviceRequest::Webgpu, "kept as it ran");
+        assert_eq!(saved.spec.dataset.path(), Some("kiln:mnist-subset"));
+        assert_eq!(saved.trained_on, "browser tab (webgpu)");
+        assert_eq!((saved.started_ms, saved.finished_ms), (1000, 1000));
+        assert_eq!(saved.metrics.len(), 3);
+        let go_on = import_run(&run, SaveAs::ContinueOnWorker).expect("continue");
+        assert_eq!(go_on.state, JobState::Queued);
+        assert_eq!(
+            go_on.spec.device,
+            DeviceRequest::Auto,
+            "a machine may take it"
+        );
+        let done = TabRun {
+            completed: true,
+            ..run
+        };
+        assert_eq!(
+            import_run(&done, SaveAs::Run).expect("save").state,
+            JobState::Succeeded
+        );
+        let err = import_run(&done, SaveAs::ContinueOnWorker).expect_err("nothing left");
+        assert!(err.contains("raise training.epochs"), "{err}");
+
+        let files = import_files(
+            Some(vec![1]),
+            &serde_json::json!({"kind": "mlp"}),
+            &serde_json::Value::Null,
+            Some((15, vec![2])),
+        );
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["model.bpk", "model.json", &checkpoint_name(15)]);
     }
 
     #[test]

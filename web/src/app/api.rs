@@ -164,6 +164,29 @@ pub async fn delete_empty(path: &str) -> Result<(), ApiError> {
         .map(drop)
 }
 
+/// `POST /api/jobs/import`: a run trained in this tab, with its files, becomes a job.
+pub async fn import_run(
+    run: &kiln_proto::protocol::ImportRun,
+    files: Vec<(String, Vec<u8>)>,
+) -> Result<kiln_proto::protocol::JobInfo, ApiError> {
+    let fail = |what: &str| ApiError::network(format!("cannot build the request: {what}"));
+    let form = web_sys::FormData::new().map_err(|_| fail("no FormData"))?;
+    let run_json = serde_json::to_string(run).map_err(|e| fail(&e.to_string()))?;
+    // The run first: the coordinator reads it before it receives the files.
+    form.append_with_str(kiln_proto::protocol::IMPORT_RUN_PART, &run_json)
+        .map_err(|_| fail("the run"))?;
+    for (name, bytes) in files {
+        let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes.as_slice()));
+        let blob = web_sys::Blob::new_with_u8_array_sequence(&parts).map_err(|_| fail("a blob"))?;
+        form.append_with_blob_and_filename(&name, &blob, &name)
+            .map_err(|_| fail(&name))?;
+    }
+    let request = authed(Request::post("/api/jobs/import"))
+        .body(form)
+        .map_err(ApiError::network)?;
+    json(check(request.send().await).await?).await
+}
+
 /// Download an artifact with the token (a plain link could not send it) and hand it to the
 /// browser as a file.
 pub async fn download(path: &str, file_name: &str) -> Result<(), ApiError> {

@@ -22,7 +22,7 @@ use crate::app::api;
 use crate::app::chart::ChartView;
 use crate::app::trainer::Trainer;
 use crate::form::values_from_spec;
-use crate::play::{self, DataPlan, HIDDEN_FIELDS, PLAY_PRESETS};
+use crate::play::{self, DataPlan, HIDDEN_FIELDS, PLAY_PRESETS, SaveAs};
 use crate::runs::merge_live;
 
 /// Where the page is; `data-state` on the status line says it for tests.
@@ -53,9 +53,25 @@ impl Status {
 #[derive(Clone)]
 struct Started {
     spec: JobSpec,
+    /// The spec as the form gave it (its data as the coordinator names it), to save the run.
+    original: JobSpec,
     files: Vec<String>,
     parts: Vec<Vec<u8>>,
     device: DeviceRequest,
+    /// The user's own file, when the run trains on one (uploaded as a dataset to save it).
+    dropped: Option<String>,
+}
+
+/// What a run left when it ended: what "Save as a run" and "Continue on a worker" send.
+#[derive(Clone)]
+struct Ended {
+    completed: bool,
+    steps: u64,
+    weights: Option<Vec<u8>>,
+    model: serde_json::Value,
+    summary: serde_json::Value,
+    checkpoint: Option<Vec<u8>>,
+    finished_ms: i64,
 }
 
 #[component]
@@ -90,6 +106,13 @@ pub fn PlayPage() -> impl IntoView {
     let chosen = StoredValue::new_local(None::<web_sys::File>);
     let chosen_name = RwSignal::new(None::<String>);
     let trainer = StoredValue::new_local(None::<Trainer>);
+    let device_kind = RwSignal::new(String::new());
+    let started_ms = StoredValue::new(0i64);
+    let ended = StoredValue::new(None::<Ended>);
+    // The job a finished run was saved as, and how; or why it could not be.
+    let saved = RwSignal::new(None::<(JobId, SaveAs)>);
+    let saving = RwSignal::new(false);
+    let save_error = RwSignal::new(None::<String>);
 
     let (stored, stored_error) = stored_datasets();
 
@@ -143,8 +166,9 @@ pub fn PlayPage() -> impl IntoView {
     let first_metric_ms = RwSignal::new(None::<f64>);
     let on_message = move |message: FromTrainer, mut parts: Vec<Vec<u8>>| match message {
         FromTrainer::Ready | FromTrainer::Lending { .. } | FromTrainer::Predicted { .. } => {}
-        FromTrainer::Device { description, .. } => {
+        FromTrainer::Device { description, kind } => {
             let _ = device_line.try_set(Some(description));
+            let _ = device_kind.try_set(kind.to_string());
         }
         FromTrainer::Started {
             total_steps,
@@ -192,15 +216,25 @@ pub fn PlayPage() -> impl IntoView {
             steps,
             checkpoint: sent_checkpoint,
             weights,
-            ..
+            model,
+            summary,
         } => {
             let batch = pending.try_update_value(std::mem::take).unwrap_or_default();
             points.update(|p| merge_live(p, &batch));
             // Parts: the weights, then the checkpoint.
             let ckpt = sent_checkpoint.then(|| parts.pop()).flatten();
-            let _ = weights;
+            let weights = weights.then(|| parts.pop()).flatten();
             let _ = has_checkpoint.try_set(ckpt.is_some());
-            checkpoint.set_value(ckpt);
+            checkpoint.set_value(ckpt.clone());
+            ended.set_value(Some(Ended {
+                completed: outcome == "completed",
+                steps,
+                weights,
+                model,
+                summary,
+                checkpoint: ckpt,
+                finished_ms: api::now_ms(),
+            }));
             progress.update(|p| p.0 = steps);
             let _ = status.try_set(if outcome == "completed" {
                 Status::Done
@@ -236,7 +270,11 @@ pub fn PlayPage() -> impl IntoView {
         if !resuming {
             points.set(Vec::new());
             zoom.set(None);
+            started_ms.set_value(api::now_ms());
         }
+        saved.set(None);
+        save_error.set(None);
+        ended.set_value(None);
         status.set(Status::Loading(if resuming {
             "resuming…".into()
         } else {
@@ -262,10 +300,10 @@ pub fn PlayPage() -> impl IntoView {
     let train = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         error.set(None);
-        let Some(spec) = checked_spec(values, None, errors, error) else {
+        let Some(original) = checked_spec(values, None, errors, error) else {
             return;
         };
-        let (spec, data) = match play::plan(&spec, chosen_name.get_untracked().as_deref()) {
+        let (spec, data) = match play::plan(&original, chosen_name.get_untracked().as_deref()) {
             Ok(p) => p,
             Err(e) => {
                 error.set(Some(e));
@@ -278,6 +316,7 @@ pub fn PlayPage() -> impl IntoView {
             _ => DeviceRequest::Auto,
         };
         status.set(Status::Loading("fetching the data…".into()));
+        let data_kind = data.clone();
         spawn_local(async move {
             let fetched = match data {
                 DataPlan::None => Ok(vec![]),
@@ -293,12 +332,18 @@ pub fn PlayPage() -> impl IntoView {
             match fetched {
                 Ok(files) => {
                     let (files, parts) = files.into_iter().unzip();
+                    let dropped = match &data_kind {
+                        DataPlan::Dropped { file } => Some(file.clone()),
+                        _ => None,
+                    };
                     send(
                         Started {
                             spec,
+                            original,
                             files,
                             parts,
                             device,
+                            dropped,
                         },
                         None,
                     );
@@ -328,10 +373,10 @@ pub fn PlayPage() -> impl IntoView {
             return;
         };
         error.set(None);
-        let Some(spec) = checked_spec(values, None, errors, error) else {
+        let Some(original) = checked_spec(values, None, errors, error) else {
             return;
         };
-        let (spec, data) = match play::plan(&spec, None) {
+        let (spec, data) = match play::plan(&original, None) {
             Ok(p) => p,
             Err(e) => {
                 error.set(Some(e));
@@ -354,12 +399,15 @@ pub fn PlayPage() -> impl IntoView {
                 (Ok(ckpt), Ok(files)) => {
                     let (files, parts) = files.into_iter().unzip();
                     // The CPU module: Burn loads the optimizer state on its default device.
+                    started_ms.set_value(api::now_ms());
                     send(
                         Started {
                             spec,
+                            original,
                             files,
                             parts,
                             device: DeviceRequest::Cpu,
+                            dropped: None,
                         },
                         Some(ckpt),
                     );
@@ -367,6 +415,75 @@ pub fn PlayPage() -> impl IntoView {
                 (Err(e), _) | (_, Err(e)) => {
                     let _ =
                         status.try_set(Status::Failed(format!("cannot continue job {from}: {e}")));
+                }
+            }
+        });
+    };
+
+    // "Save as a run" / "Continue on a worker": the ended run goes to the coordinator.
+    let save = move |how: SaveAs| {
+        let (Some(s), Some(end)) = (started.get_value(), ended.get_value()) else {
+            return;
+        };
+        saving.set(true);
+        save_error.set(None);
+        let all_points = points.get_untracked();
+        let device_used = device_kind.get_untracked();
+        let (_, total) = progress.get_untracked();
+        spawn_local(async move {
+            let outcome = async {
+                let mut spec = s.original.clone();
+                // The user's own file travels as a stored dataset, so the job can be re-run,
+                // shared and continued like any other.
+                if let Some(file) = &s.dropped {
+                    let bytes = s
+                        .files
+                        .iter()
+                        .position(|f| f == file)
+                        .and_then(|i| s.parts.get(i))
+                        .ok_or("the file is no longer here: train again")?;
+                    let digest = store_dataset(file, &spec, bytes).await?;
+                    spec.dataset
+                        .set_path(format!("kiln:sha256:{}", digest.hex()));
+                }
+                let run = play::import_run(
+                    &play::TabRun {
+                        spec: &spec,
+                        points: &all_points,
+                        completed: end.completed,
+                        step: end.steps,
+                        total_steps: total,
+                        device: if device_used.is_empty() {
+                            "cpu"
+                        } else {
+                            &device_used
+                        },
+                        started_ms: started_ms.get_value(),
+                        finished_ms: end.finished_ms,
+                    },
+                    how,
+                )?;
+                let files = play::import_files(
+                    end.weights.clone(),
+                    &end.model,
+                    &end.summary,
+                    end.checkpoint.clone().map(|c| (end.steps, c)),
+                );
+                api::import_run(&run, files)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            let _ = saving.try_set(false);
+            match outcome {
+                Ok(job) => {
+                    let _ = saved.try_set(Some((job.id, how)));
+                    if how == SaveAs::ContinueOnWorker {
+                        api::go(&format!("/jobs/{}", job.id));
+                    }
+                }
+                Err(e) => {
+                    let _ = save_error.try_set(Some(e));
                 }
             }
         });
@@ -403,6 +520,9 @@ pub fn PlayPage() -> impl IntoView {
     };
 
     let busy = move || matches!(status.get(), Status::Loading(_) | Status::Training);
+    let ended_here = move || matches!(status.get(), Status::Done | Status::Stopped);
+    let can_continue_on_worker =
+        move || status.get() == Status::Stopped && has_checkpoint.get() && !saving.get();
     let can_resume = move || status.get() == Status::Stopped && has_checkpoint.get();
     let status_text = move || match status.get() {
         Status::Idle => "Not started.".to_string(),
@@ -497,6 +617,22 @@ pub fn PlayPage() -> impl IntoView {
                     <button type="button" id="play-resume" on:click=resume disabled=move || !can_resume()>"Resume"</button>
                 </div>
             </form>
+            {move || ended_here().then(|| view! {
+                <div class="play-save actions">
+                    <button type="button" id="play-save" on:click=move |_| save(SaveAs::Run)
+                        disabled=move || saving.get() || saved.get().is_some()>"Save as a run"</button>
+                    <button type="button" id="play-continue-worker" on:click=move |_| save(SaveAs::ContinueOnWorker)
+                        disabled=move || !can_continue_on_worker()
+                        title="Submit a job that resumes this run's checkpoint on a worker, at its step">"Continue on a worker"</button>
+                    {move || saved.get().map(|(id, _)| view! {
+                        <span class="play-saved" data-job=id.to_string()>
+                            "Saved as "<a href=format!("/jobs/{id}")>{format!("run #{id}")}</a>
+                        </span>
+                    })}
+                    {move || saving.get().then(|| view! { <span class="muted">"saving…"</span> })}
+                </div>
+                <ErrorLine error=save_error/>
+            })}
             <p class="play-status" role="status" data-state=move || status.get().slug()
                 data-step=move || progress.get().0.to_string()
                 data-start-step=move || start_step.get().to_string()>{status_text}</p>
@@ -514,4 +650,26 @@ async fn read_file(file: &web_sys::File) -> Result<Vec<u8>, String> {
         .await
         .map_err(|e| format!("cannot read {}: {e:?}", file.name()))?;
     Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
+/// Store the user's file as a dataset (named after it; a new version if the name exists) and
+/// return its digest.
+async fn store_dataset(
+    file: &str,
+    spec: &JobSpec,
+    bytes: &[u8],
+) -> Result<kiln_proto::dataset::Digest, String> {
+    use kiln_proto::dataset::{DatasetKind, name_from_file};
+    let mut hasher = crate::datasets::Hasher::default();
+    hasher.update(bytes);
+    let digest = hasher.finish();
+    let kind = DatasetKind::of(&spec.dataset).unwrap_or(DatasetKind::Text);
+    let url = crate::datasets::upload_url(&name_from_file(file), kind, &digest)?;
+    let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(bytes));
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&parts)
+        .map_err(|_| "cannot hold the file for the upload".to_string())?;
+    crate::app::upload::put(&url, &blob, |_, _| {})
+        .await
+        .map_err(|e| format!("cannot store {file} as a dataset: {e}"))?;
+    Ok(digest)
 }
