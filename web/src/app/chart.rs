@@ -169,9 +169,20 @@ pub fn Chart(
         }
     };
     let label = title.clone();
+    // The legend is HTML beside the title, not drawn by plotters: plotters measures legend
+    // text by adding a span to the page and reading its size, a forced layout per label per
+    // drawing (tens of milliseconds on the main thread when a page is busy).
+    let labels = Memo::new(move |_| {
+        series.with(|all| all.iter().map(|s| s.label.clone()).collect::<Vec<_>>())
+    });
     view! {
         <figure class="chart">
-            <figcaption>{title}</figcaption>
+            <figcaption>{title}<span class="legend">
+                {move || labels.get().into_iter().enumerate().map(|(i, l)| {
+                    let RGBColor(r, g, b) = COLORS[i % COLORS.len()];
+                    view! { <span class="key"><i style=format!("background: rgb({r}, {g}, {b})")></i>{l}</span> }
+                }).collect_view()}
+            </span></figcaption>
             <div class="plot">
                 <canvas
                     node_ref=canvas
@@ -381,25 +392,13 @@ fn draw(
         }
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .ok()?
-            .label(s.label.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+            .ok()?;
         if few {
             chart
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .ok()?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(200, 200, 200))
-        .label_font(("sans-serif", 12))
-        .draw()
-        .ok()?;
     let (px, _) = chart.plotting_area().get_pixel_range();
     root.present().ok()?;
     Some(Geometry {
