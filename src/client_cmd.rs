@@ -86,6 +86,10 @@ pub enum RemoteCommand {
     /// Create a read-only link to a job (no login needed to open it); prints its URL.
     Share {
         id: JobId,
+        /// Let the link open the run's stored training data too, so whoever holds it can
+        /// re-run the run in a browser (by default the data stays private).
+        #[arg(long)]
+        with_data: bool,
         #[arg(long)]
         json: bool,
     },
@@ -377,8 +381,14 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 let job = client.retry(id).await?;
                 println!("job {}: {} (attempt {} next)", job.id, job.state.as_str(), job.attempts + 1);
             }
-            RemoteCommand::Share { id, json } => {
-                let new = client.create_share(id).await?;
+            RemoteCommand::Share {
+                id,
+                with_data,
+                json,
+            } => {
+                let new = client
+                    .create_share(id, &kiln_proto::protocol::CreateShare { with_data })
+                    .await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&new)?);
                 } else {

@@ -90,6 +90,11 @@ wire_schema!(
     "A new share link: its info, the token (shown only once) and the path `/s/<token>`."
 );
 wire_schema!(
+    CreateShareDoc,
+    "CreateShare",
+    "Options of a new share link: `with_data` (default false) also opens the run's stored training data."
+);
+wire_schema!(
     SharedRunDoc,
     "SharedRun",
     "What a share link shows: the job, without its worker."
@@ -142,7 +147,7 @@ impl Modify for BearerAuth {
     info(title = "Kiln coordinator", description = "Jobs, workers, metrics, artifacts, datasets and read-only share links."),
     components(schemas(
         JobInfoDoc, JobPageDoc, JobPatchDoc, SubmitJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
-        ArtifactInfoDoc, WorkerInfoDoc, ShareInfoDoc, NewShareDoc, SharedRunDoc, ApiErrorDoc,
+        ArtifactInfoDoc, WorkerInfoDoc, ShareInfoDoc, NewShareDoc, CreateShareDoc, SharedRunDoc, ApiErrorDoc,
         DatasetInfoDoc, NameDatasetDoc, HealthDoc
     )),
     modifiers(&BearerAuth)

@@ -255,6 +255,8 @@ test('a share link opens read-only without a token, and shows not-found once rev
   await owner.getByRole('button', { name: 'Share' }).click();
   const link = await owner.locator('#share-link').inputValue();
   assert.match(link, new RegExp(`^${base}/s/[0-9a-f]{64}$`));
+  // By default a link keeps the run's data private.
+  await owner.locator('table.shares td', { hasText: 'private' }).waitFor();
 
   const anon = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const guest = await anon.newPage();

@@ -241,13 +241,22 @@ test('a share link re-runs in a fresh browser without a token, writes nothing to
     assert.ok(!['failed', 'cancelled'].includes(j.state) && Date.now() < end, JSON.stringify(j));
     await new Promise((r) => setTimeout(r, 250));
   }
-  const share = await (await fetch(`${base}/api/jobs/${job.id}/shares`, { method: 'POST', headers })).json();
+  // The owner chose to share the data with the link; a link without it cannot re-run.
+  const share = await (await fetch(`${base}/api/jobs/${job.id}/shares`, {
+    method: 'POST', headers, body: JSON.stringify({ with_data: true }) })).json();
+  assert.equal(share.share.with_data, true);
+  const privateLink = await (await fetch(`${base}/api/jobs/${job.id}/shares`, { method: 'POST', headers })).json();
+  assert.equal(privateLink.share.with_data, false);
   const jobsBefore = (await (await fetch(`${base}/api/jobs`, { headers })).json()).total;
   // A stranger: a fresh context, no token anywhere.
   const stranger = await session.browser.newContext();
   const writes = [];
   stranger.on('request', (r) => { if (r.method() !== 'GET') writes.push(`${r.method()} ${r.url()}`); });
   const page = await stranger.newPage();
+  await page.goto(`${base}${privateLink.path}`);
+  await page.locator('.rerun-note', { hasText: 'without its training data' }).waitFor({ timeout: 10_000 });
+  assert.equal(await page.locator('#rerun').isDisabled(), true);
+  assert.equal((await fetch(`${base}/api/share/${privateLink.token}/dataset`)).status, 403);
   await page.goto(`${base}${share.path}`);
   await page.click('#rerun');
   await page.waitForFunction(() => ['done', 'failed'].includes(document.querySelector('section.rerun')?.dataset.rerunState), null, { timeout: 120_000 });

@@ -4,12 +4,13 @@
 //! `/api/shares/{share_id}`. A link is `/s/<token>` (a dashboard page); the page reads the
 //! public endpoints `/api/share/{token}`, `/api/share/{token}/metrics` and
 //! `/api/share/{token}/dataset`, which need no bearer token and show that one job (without its
-//! worker), its metrics and the stored dataset it trained on (so the link can re-run in the
-//! recipient's browser), nothing else. Tokens are
+//! worker), its metrics and — only for a link created `with_data` — the stored dataset it
+//! trained on (so the link can re-run in the recipient's browser), nothing else. Tokens are
 //! 256 random bits as hex, stored only as SHA-256 (like API tokens). An unknown, malformed or
 //! revoked token gets the same 404, so the answer does not say which links ever existed.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -19,11 +20,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use kiln_proto::dataset::DatasetRef;
-use kiln_proto::protocol::{JobId, MetricPoint, NewShare, ShareInfo, SharedRun};
+use kiln_proto::protocol::{CreateShare, JobId, MetricPoint, NewShare, ShareInfo, SharedRun};
 
 use crate::auth::{generate_share_token, hash_token, is_share_token};
 use crate::error::ApiError;
-use crate::openapi::{ApiErrorDoc, MetricPointDoc, NewShareDoc, ShareInfoDoc, SharedRunDoc};
+use crate::openapi::{
+    ApiErrorDoc, CreateShareDoc, MetricPointDoc, NewShareDoc, ShareInfoDoc, SharedRunDoc,
+};
 use crate::routes::jobs::{MetricsQuery, job_id, metric_points};
 use crate::state::AppState;
 
@@ -54,23 +57,44 @@ pub fn share_path(token: &str) -> String {
 }
 
 #[utoipa::path(post, path = "/api/jobs/{id}/shares", tag = "shares",
-    description = "Create a read-only link to the job. The token is shown only in this answer.",
+    description = "Create a read-only link to the job. The token is shown only in this answer. \
+        An optional body `{\"with_data\": true}` lets the link open the run's stored training data \
+        too (`/api/share/{token}/dataset`), so whoever holds it can re-run the run in a browser; \
+        without it, the data stays private.",
     params(("id" = i64, Path, description = "Job id")),
+    request_body(content = Option<CreateShareDoc>, content_type = "application/json"),
     responses((status = 201, body = NewShareDoc), (status = 400, body = ApiErrorDoc),
         (status = 404, body = ApiErrorDoc)),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<NewShare>), ApiError> {
     let id = job_id(&id)?;
+    // No body (the CLI's and older clients' request) is the default: no data.
+    let options: CreateShare = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateShare::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "invalid body: {e} (expected {{\"with_data\": true or false}})"
+            ))
+        })?
+    };
     let token = generate_share_token().map_err(ApiError::internal)?;
     let hint = &token[token.len() - HINT_LEN..];
     let share = state
         .store
-        .create_share(id, &hash_token(&token), hint)
+        .create_share(id, &hash_token(&token), hint, options.with_data)
         .await?;
-    info!(job_id = id, share_id = share.id, hint, "share link created");
+    info!(
+        job_id = id,
+        share_id = share.id,
+        hint,
+        with_data = options.with_data,
+        "share link created"
+    );
     let path = share_path(&token);
     Ok((StatusCode::CREATED, Json(NewShare { share, token, path })))
 }
@@ -109,10 +133,11 @@ pub async fn revoke(
 }
 
 /// The job an active link shows; every kind of miss is the same 404.
+/// The job a link shows and whether it shares the job's data.
 async fn resolve(
     state: &AppState,
     token: Result<Path<String>, PathRejection>,
-) -> Result<JobId, ApiError> {
+) -> Result<(JobId, bool), ApiError> {
     let not_found = || ApiError::NotFound(NO_SUCH_LINK.into());
     let Ok(Path(token)) = token else {
         return Err(not_found());
@@ -136,8 +161,8 @@ pub async fn shared_run(
     State(state): State<AppState>,
     token: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SharedRun>, ApiError> {
-    let id = resolve(&state, token).await?;
-    Ok(Json(SharedRun::new(state.store.job(id).await?)))
+    let (id, with_data) = resolve(&state, token).await?;
+    Ok(Json(SharedRun::new(state.store.job(id).await?, with_data)))
 }
 
 #[utoipa::path(get, path = "/api/share/{token}/metrics", tag = "shares",
@@ -150,15 +175,16 @@ pub async fn shared_metrics(
     token: Result<Path<String>, PathRejection>,
     query: Result<Query<MetricsQuery>, QueryRejection>,
 ) -> Result<Json<Vec<MetricPoint>>, ApiError> {
-    let id = resolve(&state, token).await?;
+    let (id, _) = resolve(&state, token).await?;
     Ok(Json(metric_points(&state, id, query).await?))
 }
 
 #[utoipa::path(get, path = "/api/share/{token}/dataset", tag = "shares",
     description = "The stored dataset the shared job trained on (no login), so the link can \
-        re-run in a browser: a link shares the run's data with whoever holds it.",
+        re-run in a browser — only for a link created with `with_data`.",
     params(("token" = String, Path, description = "Share token: 64 hex digits")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, body = ApiErrorDoc, description = "The link was created without its data"),
         (status = 404, body = ApiErrorDoc,
             description = "Unknown, malformed or revoked link, or a run whose data is not stored")))]
 pub async fn shared_dataset(
@@ -166,7 +192,12 @@ pub async fn shared_dataset(
     token: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = resolve(&state, token).await?;
+    let (id, with_data) = resolve(&state, token).await?;
+    if !with_data {
+        return Err(ApiError::Forbidden(
+            "this link was shared without the run's data (its owner can create one with it)".into(),
+        ));
+    }
     let job = state.store.job(id).await?;
     match DatasetRef::of(&job.spec.dataset) {
         Some(Ok(DatasetRef::Pinned(digest))) => {

@@ -6,7 +6,7 @@ use kiln_proto::protocol::{JobId, ShareInfo};
 
 use super::{Store, StoreError, StoreResult, now_ms};
 
-const SHARE_COLUMNS: &str = "id, job_id, hint, created_ms, revoked_ms";
+const SHARE_COLUMNS: &str = "id, job_id, hint, created_ms, revoked_ms, with_data";
 
 fn share_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ShareInfo> {
     Ok(ShareInfo {
@@ -15,27 +15,31 @@ fn share_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ShareInfo> {
         hint: row.try_get("hint")?,
         created_ms: row.try_get("created_ms")?,
         revoked_ms: row.try_get("revoked_ms")?,
+        with_data: row.try_get::<i64, _>("with_data")? != 0,
     })
 }
 
 impl Store {
-    /// A new, active link to the job (`NotFound` if the job does not exist).
+    /// A new, active link to the job (`NotFound` if the job does not exist); `with_data`: it
+    /// opens the run's stored dataset too.
     pub async fn create_share(
         &self,
         job_id: JobId,
         token_hash: &str,
         hint: &str,
+        with_data: bool,
     ) -> StoreResult<ShareInfo> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         super::jobs::load_job(&mut tx, job_id).await?;
         let row = sqlx::query(&format!(
-            "INSERT INTO shares (job_id, token_hash, hint, created_ms) VALUES (?, ?, ?, ?) \
-             RETURNING {SHARE_COLUMNS}"
+            "INSERT INTO shares (job_id, token_hash, hint, created_ms, with_data) \
+             VALUES (?, ?, ?, ?, ?) RETURNING {SHARE_COLUMNS}"
         ))
         .bind(job_id)
         .bind(token_hash)
         .bind(hint)
         .bind(now_ms())
+        .bind(i64::from(with_data))
         .fetch_one(&mut *tx)
         .await?;
         let share = share_from_row(&row)?;
@@ -69,13 +73,16 @@ impl Store {
         share_from_row(&row)
     }
 
-    /// The job an active (not revoked) link with this token hash shows, if any.
-    pub async fn shared_job(&self, token_hash: &str) -> StoreResult<Option<JobId>> {
-        Ok(sqlx::query_scalar(
-            "SELECT job_id FROM shares WHERE token_hash = ? AND revoked_ms IS NULL",
+    /// The job an active (not revoked) link with this token hash shows, and whether it
+    /// shares the job's data; `None` for no such link.
+    pub async fn shared_job(&self, token_hash: &str) -> StoreResult<Option<(JobId, bool)>> {
+        let row = sqlx::query(
+            "SELECT job_id, with_data FROM shares WHERE token_hash = ? AND revoked_ms IS NULL",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        row.map(|r| Ok((r.try_get("job_id")?, r.try_get::<i64, _>("with_data")? != 0)))
+            .transpose()
     }
 }

@@ -302,11 +302,11 @@ async fn share_links_resolve_until_revoked_and_go_with_their_job() {
     let (_dir, store) = store().await;
     let job = store.insert_job(&spec(1), None, &[]).await.expect("insert");
     let a = store
-        .create_share(job.id, "hash-a", "aaaaaa")
+        .create_share(job.id, "hash-a", "aaaaaa", false)
         .await
         .expect("create");
     let b = store
-        .create_share(job.id, "hash-b", "bbbbbb")
+        .create_share(job.id, "hash-b", "bbbbbb", true)
         .await
         .expect("create");
     assert_eq!(
@@ -314,20 +314,28 @@ async fn share_links_resolve_until_revoked_and_go_with_their_job() {
         (job.id, "aaaaaa", None)
     );
     assert!(matches!(
-        store.create_share(job.id + 1, "hash-c", "cccccc").await,
+        store
+            .create_share(job.id + 1, "hash-c", "cccccc", false)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     assert!(
         matches!(
-            store.create_share(job.id, "hash-a", "aaaaaa").await,
+            store.create_share(job.id, "hash-a", "aaaaaa", false).await,
             Err(StoreError::Db(_))
         ),
         "token hashes are unique"
     );
     assert_eq!(
         store.shared_job("hash-a").await.expect("query"),
-        Some(job.id)
+        Some((job.id, false))
     );
+    assert_eq!(
+        store.shared_job("hash-b").await.expect("query"),
+        Some((job.id, true)),
+        "b shares the data"
+    );
+    assert!(b.with_data && !a.with_data);
     assert_eq!(store.shared_job("nope").await.expect("query"), None);
     let listed = store.shares(job.id).await.expect("list");
     assert_eq!(listed, vec![b.clone(), a.clone()], "newest first");
@@ -339,7 +347,7 @@ async fn share_links_resolve_until_revoked_and_go_with_their_job() {
     assert_eq!(store.shared_job("hash-a").await.expect("query"), None);
     assert_eq!(
         store.shared_job("hash-b").await.expect("query"),
-        Some(job.id)
+        Some((job.id, true))
     );
     assert!(matches!(
         store.revoke_share(b.id + 100).await,

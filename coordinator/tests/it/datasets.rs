@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use kiln_client::{Body, Client};
 use kiln_proto::dataset::{DatasetKind, DatasetPreview, Digest};
-use kiln_proto::protocol::{JobState, SubmitJob};
+use kiln_proto::protocol::{CreateShare, JobState, SubmitJob};
 use kiln_proto::spec::JobSpec;
 
 use crate::api::{error_body, raw};
@@ -387,7 +387,34 @@ async fn a_share_link_gives_its_runs_stored_dataset_and_nothing_else() {
     let job = submit(&client, csv_spec("kiln:points"))
         .await
         .expect("submit");
-    let link = client.create_share(job.id).await.expect("share");
+    // A link made without its data keeps the data private.
+    let private = client
+        .create_share(job.id, &Default::default())
+        .await
+        .expect("share");
+    assert!(!private.share.with_data);
+    let (status, body) = crate::api::raw(
+        &format!("{}/api/share/{}/dataset", c.url(), private.token),
+        reqwest::Method::GET,
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("shared without the run's data"), "{body}");
+    let shared = Client::new(&c.url(), None)
+        .expect("url")
+        .shared_run(&private.token)
+        .await
+        .expect("the run itself is shared");
+    assert!(!shared.with_data);
+
+    let with_data = CreateShare { with_data: true };
+    let link = client
+        .create_share(job.id, &with_data)
+        .await
+        .expect("share");
+    assert!(link.share.with_data);
     let url = format!("{}/api/share/{}/dataset", c.url(), link.token);
     let (status, body) = crate::api::raw(&url, reqwest::Method::GET, None, vec![]).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -403,7 +430,10 @@ async fn a_share_link_gives_its_runs_stored_dataset_and_nothing_else() {
     )
     .await
     .expect("submit");
-    let other = client.create_share(synthetic.id).await.expect("share");
+    let other = client
+        .create_share(synthetic.id, &with_data)
+        .await
+        .expect("share");
     let (status, body) = crate::api::raw(
         &format!("{}/api/share/{}/dataset", c.url(), other.token),
         reqwest::Method::GET,

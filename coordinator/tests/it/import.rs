@@ -119,7 +119,10 @@ async fn a_saved_run_is_a_job_with_its_metrics_files_and_share_link() {
     assert_eq!(model, vec![7u8; 1000]);
 
     // Shared like any run.
-    let share = client.create_share(job.id).await.expect("share");
+    let share = client
+        .create_share(job.id, &Default::default())
+        .await
+        .expect("share");
     let public = Client::new(&c.url(), None).expect("url");
     let shared = public.shared_run(&share.token).await.expect("shared run");
     assert_eq!(shared.job.id, job.id);

@@ -61,7 +61,10 @@ async fn share_links_open_one_run_read_only_until_revoked() {
     assert_eq!(done.worker_id.as_deref(), Some("gpu-box.internal"));
 
     // Create: 201, a 64-hex token, its hint, the dashboard path.
-    let new = admin.create_share(job.id).await.expect("create share");
+    let new = admin
+        .create_share(job.id, &Default::default())
+        .await
+        .expect("create share");
     assert_eq!(new.token.len(), 64);
     assert!(
         new.token
@@ -203,7 +206,10 @@ async fn share_links_open_one_run_read_only_until_revoked() {
         error_body(&text);
     }
     let worker = Client::new(&url, Some(worker_token)).expect("url");
-    let err = worker.create_share(job.id).await.expect_err("403");
+    let err = worker
+        .create_share(job.id, &Default::default())
+        .await
+        .expect_err("403");
     assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
 
     // Listing: newest first.
@@ -253,7 +259,10 @@ async fn share_links_open_one_run_read_only_until_revoked() {
 
     // Owner errors: missing job or share 404, bad ids 400 naming the value.
     for err in [
-        admin.create_share(9999).await.expect_err("no job"),
+        admin
+            .create_share(9999, &Default::default())
+            .await
+            .expect_err("no job"),
         admin.shares(9999).await.map(|_| ()).expect_err("no job"),
     ] {
         assert_eq!(err.status(), Some(StatusCode::NOT_FOUND), "{err}");
@@ -302,4 +311,25 @@ async fn share_links_open_one_run_read_only_until_revoked() {
         assert_eq!(op.get("security").is_some(), secured, "{method} {path}");
     }
     c.shutdown().await;
+}
+
+/// A share link's options are checked: an unknown field or a wrong type is a clear 400 and
+/// creates no link.
+#[tokio::test]
+async fn bad_share_options_create_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = support::start(dir.path(), Duration::from_secs(2)).await;
+    let admin = support::admin(&c);
+    let job = support::submit(&admin, "opts").await;
+    let url = format!("{}/api/jobs/{}/shares", c.url(), job.id);
+    for body in [
+        r#"{"with_dat": true}"#,
+        r#"{"with_data": "yes"}"#,
+        "not json",
+    ] {
+        let (status, text) = raw(&url, Method::POST, Some(ADMIN), body.into()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+        assert!(text.contains("with_data"), "{body}: {text}");
+    }
+    assert!(admin.shares(job.id).await.expect("list").is_empty());
 }

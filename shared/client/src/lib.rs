@@ -21,9 +21,9 @@ use serde::de::DeserializeOwned;
 use kiln_proto::dataset::{DatasetInfo, Digest, NameDataset};
 use kiln_proto::metric::Split;
 use kiln_proto::protocol::{
-    ApiErrorBody, ArtifactInfo, AttemptInfo, Health, IMPORT_RUN_PART, ImportRun, JobId, JobInfo,
-    JobPage, JobPatch, JobState, LogEntry, MetricPoint, NewShare, ShareInfo, SharedRun, SubmitJob,
-    WorkerInfo,
+    ApiErrorBody, ArtifactInfo, AttemptInfo, CreateShare, Health, IMPORT_RUN_PART, ImportRun,
+    JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry, MetricPoint, NewShare, ShareInfo,
+    SharedRun, SubmitJob, WorkerInfo,
 };
 use kiln_proto::spec::FieldError;
 
@@ -343,9 +343,16 @@ impl Client {
     }
 
     /// A new read-only link to the job (admin); the token is shown only here.
-    pub async fn create_share(&self, job: JobId) -> Result<NewShare, ClientError> {
-        self.json(self.request(Method::POST, &format!("/api/jobs/{job}/shares")))
-            .await
+    pub async fn create_share(
+        &self,
+        job: JobId,
+        options: &CreateShare,
+    ) -> Result<NewShare, ClientError> {
+        self.json(
+            self.request(Method::POST, &format!("/api/jobs/{job}/shares"))
+                .json(options),
+        )
+        .await
     }
 
     /// The job's share links, newest first, revoked ones included (admin).

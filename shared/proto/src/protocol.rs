@@ -574,6 +574,20 @@ pub struct ShareInfo {
     /// Set once the link is revoked; a revoked link answers 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_ms: Option<i64>,
+    /// Whether the link also opens the run's stored training data (so that whoever holds it
+    /// can re-run the run in a browser).
+    #[serde(default)]
+    pub with_data: bool,
+}
+
+/// `POST /api/jobs/{id}/shares` body (optional: no body is the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateShare {
+    /// Share the run's stored training data too (off by default): the link's page can then
+    /// re-run the run in the recipient's browser.
+    #[serde(default)]
+    pub with_data: bool,
 }
 
 /// `POST /api/jobs/{id}/shares` answer: the only time the token is shown.
@@ -590,12 +604,15 @@ pub struct NewShare {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharedRun {
     pub job: JobInfo,
+    /// Whether the link opens the run's stored training data (`/api/share/{token}/dataset`).
+    #[serde(default)]
+    pub with_data: bool,
 }
 
 impl SharedRun {
     /// What a share link shows of `job`: the run, without the worker (host names stay
     /// private) and without the owner's notes and tags.
-    pub fn new(job: JobInfo) -> SharedRun {
+    pub fn new(job: JobInfo, with_data: bool) -> SharedRun {
         SharedRun {
             job: JobInfo {
                 worker_id: None,
@@ -603,6 +620,7 @@ impl SharedRun {
                 tags: Vec::new(),
                 ..job
             },
+            with_data,
         }
     }
 }

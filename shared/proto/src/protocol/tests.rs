@@ -491,17 +491,27 @@ fn share_types() {
         hint: "a1b2c3".into(),
         created_ms: 1000,
         revoked_ms: None,
+        with_data: false,
     };
     check(
         share.clone(),
-        r#"{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000}"#,
+        r#"{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000,"with_data":false}"#,
     );
+    // A link stored before `with_data` existed reads as one without data.
+    assert_eq!(
+        serde_json::from_str::<ShareInfo>(
+            r#"{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000}"#
+        )
+        .expect("old share"),
+        share
+    );
+    check(CreateShare { with_data: true }, r#"{"with_data":true}"#);
     check(
         ShareInfo {
             revoked_ms: Some(2000),
             ..share.clone()
         },
-        r#"{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000,"revoked_ms":2000}"#,
+        r#"{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000,"revoked_ms":2000,"with_data":false}"#,
     );
     let token = format!("{}a1b2c3", "0".repeat(58));
     check(
@@ -511,12 +521,12 @@ fn share_types() {
             path: format!("/s/{token}"),
         },
         &format!(
-            r#"{{"share":{{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000}},"token":"{token}","path":"/s/{token}"}}"#
+            r#"{{"share":{{"id":3,"job_id":7,"hint":"a1b2c3","created_ms":1000,"with_data":false}},"token":"{token}","path":"/s/{token}"}}"#
         ),
     );
     check(
-        SharedRun::new(job()),
-        r#"{"job":{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"step":10,"total_steps":100,"spec":SPEC,"revision":41}}"#,
+        SharedRun::new(job(), true),
+        r#"{"job":{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"step":10,"total_steps":100,"spec":SPEC,"revision":41},"with_data":true}"#,
     );
 }
 
@@ -553,7 +563,7 @@ fn job_notes_and_tags_are_additive_fields() {
         tagged
     );
     // A share shows neither.
-    let shared = SharedRun::new(tagged);
+    let shared = SharedRun::new(tagged, false);
     assert!(shared.job.notes.is_empty() && shared.job.tags.is_empty());
 }
 

@@ -3,8 +3,8 @@
 
 use kiln_proto::downsample::downsample;
 use kiln_proto::protocol::{
-    ArtifactInfo, AttemptInfo, JobId, JobInfo, JobState, LogEntry, MetricPoint, NewShare,
-    ServerEvent, ShareInfo, WorkerInfo,
+    ArtifactInfo, AttemptInfo, CreateShare, JobId, JobInfo, JobState, LogEntry, MetricPoint,
+    NewShare, ServerEvent, ShareInfo, WorkerInfo,
 };
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -170,6 +170,8 @@ fn JobView(id: JobId) -> impl IntoView {
     let shares = RwSignal::new(Vec::<ShareInfo>::new());
     let worker_names = RwSignal::new(std::collections::HashMap::<String, String>::new());
     let new_link = RwSignal::new(None::<String>);
+    // Whether the next link shares the run's training data too (off: the data stays private).
+    let share_data = RwSignal::new(false);
     let zoom = RwSignal::new(query.with_untracked(zoom_from_query));
     let chart_view = query.with_untracked(ChartView::from_query);
     let now = RwSignal::new(api::now_ms());
@@ -328,7 +330,10 @@ fn JobView(id: JobId) -> impl IntoView {
     let share = move |_| {
         action_error.set(None);
         spawn_local(async move {
-            match api::post_empty::<NewShare>(&format!("/api/jobs/{id}/shares")).await {
+            let options = CreateShare {
+                with_data: share_data.get_untracked(),
+            };
+            match api::post::<_, NewShare>(&format!("/api/jobs/{id}/shares"), &options).await {
                 Ok(s) => {
                     let origin = web_sys::window()
                         .and_then(|w| w.location().origin().ok())
@@ -440,6 +445,11 @@ fn JobView(id: JobId) -> impl IntoView {
                     <button on:click=move |_| act("retry")>"Retry"</button>
                 })}
                 <button on:click=share>"Share"</button>
+                <label class="inline small" title="Whoever has the link can then download the run's stored dataset and re-run the run in their browser">
+                    <input type="checkbox" id="share-with-data" prop:checked=move || share_data.get()
+                        on:change=move |ev| share_data.set(event_target_checked(&ev))/>
+                    "with its training data"
+                </label>
                 <A href=format!("/new?from={id}") attr:class="button">"New job like this"</A>
                 <A href=format!("/compare?ids={id}") attr:class="button">"Compare…"</A>
             </div>
@@ -560,7 +570,7 @@ fn JobView(id: JobId) -> impl IntoView {
             <section>
                 <h2>"Share links"</h2>
                 <table class="shares">
-                    <thead><tr><th>"Link"</th><th>"Created"</th><th>"Status"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
+                    <thead><tr><th>"Link"</th><th>"Created"</th><th>"Status"</th><th>"Data"</th><th><span class="sr-only">"Actions"</span></th></tr></thead>
                     <tbody>
                         <For each=move || shares.get() key=|s| (s.id, s.revoked_ms) let:s>
                             {
@@ -569,6 +579,7 @@ fn JobView(id: JobId) -> impl IntoView {
                                     <td><code>{format!("/s/…{}", s.hint)}</code></td>
                                     <td>{move || format!("{} ago", age(s.created_ms, now.get()))}</td>
                                     <td>{if s.revoked_ms.is_some() { "revoked" } else { "active" }}</td>
+                                    <td>{if s.with_data { "shared (re-runnable)" } else { "private" }}</td>
                                     <td>{s.revoked_ms.is_none().then(|| view! {
                                         <button class="danger" aria-label=format!("revoke link ending {}", s.hint)
                                             on:click=move |_| revoke(sid)>"Revoke"</button>

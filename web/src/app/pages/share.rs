@@ -35,6 +35,7 @@ pub fn SharedRunPage() -> impl IntoView {
         .unwrap_or_default();
     let state = RwSignal::new(Load::Loading);
     let job = RwSignal::new(None::<JobInfo>);
+    let with_data = RwSignal::new(false);
     let points = RwSignal::new(Vec::<MetricPoint>::new());
     let detail = RwSignal::new(None::<Vec<MetricPoint>>);
     let zoom = RwSignal::new(None::<(f64, f64)>);
@@ -67,6 +68,7 @@ pub fn SharedRunPage() -> impl IntoView {
                     {
                         let _ = points.try_set(p);
                     }
+                    let _ = with_data.try_set(run.with_data);
                     let _ = job.try_set(Some(run.job));
                     let _ = state.try_set(Load::Found);
                     if !live {
@@ -114,7 +116,7 @@ pub fn SharedRunPage() -> impl IntoView {
                         })}
                         <FinalMetrics points/>
                         <RunCharts points detail zoom view=chart_view/>
-                        <ReRun token=token.clone() job points/>
+                        <ReRun token=token.clone() job points with_data/>
                         <h2>"Spec"</h2>
                         <pre class="spec" tabindex="0">{move || job.with(|j| j.as_ref().map(|j| j.spec.to_toml_string()).unwrap_or_default())}</pre>
                     </section>
@@ -124,6 +126,10 @@ pub fn SharedRunPage() -> impl IntoView {
     }
 }
 
+/// Why a link without the run's data cannot re-run it.
+const NO_DATA: &str = "The owner shared this run without its training data, so it cannot \
+                       re-run in your browser.";
+
 /// "Re-run in my browser": the shared spec trains in this tab (the trainer module, on the
 /// shared run's stored dataset fetched through the link) — nothing is written to the owner's
 /// coordinator — and its curve is drawn over the shared one.
@@ -132,6 +138,8 @@ fn ReRun(
     token: String,
     job: RwSignal<Option<JobInfo>>,
     points: RwSignal<Vec<MetricPoint>>,
+    /// Whether the link opens the run's stored data.
+    with_data: RwSignal<bool>,
 ) -> impl IntoView {
     let mine = RwSignal::new(Vec::<MetricPoint>::new());
     let state = RwSignal::new("idle".to_string());
@@ -173,6 +181,8 @@ fn ReRun(
             |spec: &mut kiln_proto::JobSpec| -> Result<Option<(String, String)>, String> {
                 match DatasetRef::of(&spec.dataset) {
                 None => Ok(None),
+                Some(Ok(DatasetRef::Pinned(_))) if !with_data.get_untracked() => Err(
+                    NO_DATA.into()),
                 Some(Ok(DatasetRef::Pinned(_))) => {
                     let kind = DatasetKind::of(&spec.dataset).unwrap_or(DatasetKind::Text);
                     let (file, path) = stored_layout(kind);
@@ -262,15 +272,27 @@ fn ReRun(
         })
     };
     let running = move || matches!(state.get().as_str(), "loading" | "training");
+    // A run on stored data whose link keeps the data private cannot re-run here.
+    let no_data = move || {
+        !with_data.get()
+            && job.with(|j| {
+                j.as_ref().is_some_and(|j| {
+                    matches!(
+                        DatasetRef::of(&j.spec.dataset),
+                        Some(Ok(DatasetRef::Pinned(_)))
+                    )
+                })
+            })
+    };
     view! {
         <section class="rerun" data-rerun-state=move || state.get() data-rerun-losses=losses>
             <h2>"Re-run in my browser"</h2>
             <p class="muted small">"Trains this spec in your tab on the run's data; nothing is sent back to the owner."</p>
             <div class="actions">
-                <button id="rerun" class="primary" on:click=start disabled=running>"Re-run in my browser"</button>
+                <button id="rerun" class="primary" on:click=start disabled=move || running() || no_data()>"Re-run in my browser"</button>
                 <button id="rerun-stop" on:click=stop disabled=move || !running()>"Stop"</button>
             </div>
-            <p class="rerun-note" role="status">{move || note.get()}</p>
+            <p class="rerun-note" role="status">{move || if no_data() && note.with(String::is_empty) { NO_DATA.to_string() } else { note.get() }}</p>
             {move || has_mine.get().then(|| view! { <div class="charts">{charts().into_iter().collect_view()}</div> })}
         </section>
     }
