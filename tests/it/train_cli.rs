@@ -21,6 +21,7 @@ fn train_writes_a_complete_run_folder_and_resumes() {
     for file in [
         "spec.toml",
         "model.json",
+        "data.json",
         "metrics.jsonl",
         "model.bpk",
         "model.safetensors",

@@ -178,13 +178,18 @@ pub fn import_files(
     weights: Option<Vec<u8>>,
     model: &serde_json::Value,
     summary: &serde_json::Value,
+    data: &serde_json::Value,
     checkpoint: Option<(u64, Vec<u8>)>,
 ) -> Vec<(String, Vec<u8>)> {
     let mut files = Vec::new();
     if let Some(w) = weights {
         files.push(("model.bpk".to_string(), w));
     }
-    for (name, value) in [("model.json", model), ("summary.json", summary)] {
+    for (name, value) in [
+        ("model.json", model),
+        ("summary.json", summary),
+        ("data.json", data),
+    ] {
         if !value.is_null() {
             files.push((name.to_string(), value.to_string().into_bytes()));
         }
@@ -313,10 +318,14 @@ mod tests {
             Some(vec![1]),
             &serde_json::json!({"kind": "mlp"}),
             &serde_json::Value::Null,
+            &serde_json::json!({"labels": []}),
             Some((15, vec![2])),
         );
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["model.bpk", "model.json", &checkpoint_name(15)]);
+        assert_eq!(
+            names,
+            ["model.bpk", "model.json", "data.json", &checkpoint_name(15)]
+        );
     }
 
     #[test]

@@ -317,3 +317,52 @@ mod tests {
         }
     }
 }
+
+/// What a model needs to know about its data: kept with a run's final model as `data.json`, so
+/// the model can be run on new inputs (a language model's vocabulary, a CSV's feature columns,
+/// classes and standardisation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// One example's input shape.
+    pub input_shape: Vec<usize>,
+    /// Number of classes (classification), 1 (regression) or the vocabulary size (text).
+    pub outputs: usize,
+    pub task: Task,
+    /// Class names (CSV classification) or the characters of the vocabulary (text).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// CSV: the feature columns, in input order (the label column left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
+    /// CSV: how each feature was standardised, so a new row can be prepared the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standardise: Option<Standardisation>,
+}
+
+/// Per-feature mean and standard deviation of the training file: a raw value `x` becomes
+/// `(x - mean) / std`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Standardisation {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+impl Standardisation {
+    /// A raw row as the model takes it; `None` when its width is not the model's.
+    pub fn apply(&self, row: &[f64]) -> Option<Vec<f32>> {
+        (row.len() == self.mean.len()).then(|| {
+            row.iter()
+                .zip(self.mean.iter().zip(&self.std))
+                .map(|(x, (m, s))| ((x - m) / s) as f32)
+                .collect()
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Classification,
+    Regression,
+    Language,
+}

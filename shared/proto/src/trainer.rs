@@ -102,6 +102,10 @@ pub enum FromTrainer {
         summary: serde_json::Value,
         /// The model's configuration (`model.json`): what the weights need to be run.
         model: serde_json::Value,
+        /// What running the model on new inputs needs of its data (`data.json`: a language
+        /// model's vocabulary, a CSV's columns, classes and standardisation).
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        data: serde_json::Value,
         weights: bool,
         checkpoint: bool,
     },
@@ -213,6 +217,7 @@ mod tests {
             steps: 7,
             summary: serde_json::json!({"steps": 7}),
             model: serde_json::json!({"kind": "mlp"}),
+            data: serde_json::Value::Null,
             weights: true,
             checkpoint: true,
         };

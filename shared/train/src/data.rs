@@ -13,11 +13,13 @@ mod text;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 
 use kiln_proto::spec::{CsvTask, DatasetSpec, ModelSpec};
 
 pub use idx::{IdxArray, parse_idx};
+/// What a model needs to know about its data; `data.json` of a run (the contract's, so a page
+/// can read it without Burn).
+pub use kiln_proto::dataset::{DataInfo, Standardisation, Task};
 
 /// Why data could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -193,27 +195,6 @@ impl Dataset {
     }
 }
 
-/// What a model needs to know about its data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DataInfo {
-    /// One example's input shape.
-    pub input_shape: Vec<usize>,
-    /// Number of classes (classification), 1 (regression) or the vocabulary size (text).
-    pub outputs: usize,
-    pub task: Task,
-    /// Class names (CSV classification) or the characters of the vocabulary (text).
-    #[serde(default)]
-    pub labels: Vec<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    Classification,
-    Regression,
-    Language,
-}
-
 /// Train, validation and (if the dataset has one) test splits.
 #[derive(Debug, Clone)]
 pub struct Splits {
@@ -242,6 +223,8 @@ pub fn load(spec: &DatasetSpec, seed: u64, source: &dyn DataSource) -> Result<Sp
                 outputs: 10.max(idx::max_class(&train) + 1),
                 task: Task::Classification,
                 labels: vec![],
+                columns: vec![],
+                standardise: None,
             };
             (train, test, info, false)
         }
@@ -272,6 +255,8 @@ pub fn load(spec: &DatasetSpec, seed: u64, source: &dyn DataSource) -> Result<Sp
                 outputs: *classes,
                 task: Task::Classification,
                 labels: vec![],
+                columns: vec![],
+                standardise: None,
             };
             (data, None, info, false)
         }

@@ -212,7 +212,8 @@ pub fn run(
 }
 
 /// The files a finished run leaves, the same for `kiln train` and workers: the final weights
-/// (`model.bpk`, `model.safetensors`) with the config to re-create the model (`model.json`),
+/// (`model.bpk`, `model.safetensors`) with the config to re-create the model (`model.json`)
+/// and what running it on new inputs needs of its data (`data.json`),
 /// where the loop produced weights, and `summary.json`. A file that cannot be made is left out
 /// and named in the warnings.
 pub fn final_files(
@@ -232,6 +233,10 @@ pub fn final_files(
         match serde_json::to_vec_pretty(&summary.model) {
             Ok(json) => add("model.json", json),
             Err(e) => warnings.push(format!("model.json: {e}")),
+        }
+        match serde_json::to_vec_pretty(&summary.data) {
+            Ok(json) => add("data.json", json),
+            Err(e) => warnings.push(format!("data.json: {e}")),
         }
     }
     match serde_json::to_vec_pretty(&summary.report(name, device.as_str())) {

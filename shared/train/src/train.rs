@@ -80,6 +80,9 @@ pub struct TrainSummary {
     pub world: usize,
     /// Of several replicas: seconds this one spent keeping them one model.
     pub sync: Option<SyncTimes>,
+    /// What the model needs to know about its data to be run on new inputs (`data.json`):
+    /// the vocabulary of a language model, a CSV's columns, classes and standardisation.
+    pub data: data::DataInfo,
 }
 
 /// Where a replica's synchronisation time went (seconds over the whole run).
@@ -858,6 +861,7 @@ impl<M: TrainModel> Loop<M> {
             train_samples_per_sec: train_samples as f64 / train_secs.max(1e-9),
             world,
             sync: (world > 1 && hook.is_some()).then_some(sync),
+            data: data.info.clone(),
         })
     }
 }

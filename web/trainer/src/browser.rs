@@ -234,6 +234,7 @@ async fn run(
 
     let report = summary.report(&spec.name, resolved.kind.as_str());
     let model = serde_json::to_value(&summary.model).unwrap_or_default();
+    let data = serde_json::to_value(&summary.data).unwrap_or_default();
     let mut parts = Vec::new();
     let weights = summary.weights.is_some();
     parts.extend(summary.weights);
@@ -249,6 +250,7 @@ async fn run(
             steps: summary.steps,
             summary: report,
             model,
+            data,
             weights,
             checkpoint,
         },

@@ -655,6 +655,14 @@ async fn run_job(lender: Shared, attempt: AttemptRef, spec: JobSpec, resume: Opt
                     bytes: json,
                 });
             }
+            if summary.weights.is_some()
+                && let Ok(json) = serde_json::to_vec_pretty(&summary.data)
+            {
+                artifacts.push(Artifact {
+                    name: "data.json".into(),
+                    bytes: json,
+                });
+            }
             if let Ok(json) =
                 serde_json::to_vec_pretty(&summary.report(&spec.name, resolved.kind.as_str()))
             {

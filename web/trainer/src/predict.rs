@@ -53,7 +53,51 @@ pub async fn predict(
                     values.len()
                 ));
             }
-            (Inputs::Dense { values, shape }, Vec::new())
+            match &config {
+                // A language model reads token ids: whole numbers below its vocabulary, at
+                // most its context long (a bad id would fail inside Burn's embedding).
+                ModelConfig::Charlm(c) => {
+                    if width == 0 || width > c.context {
+                        return Err(format!(
+                            "a prompt of {width} characters: this model reads 1 to {}",
+                            c.context
+                        ));
+                    }
+                    let ids = values
+                        .iter()
+                        .map(|&v| {
+                            (v.fract() == 0.0 && v >= 0.0 && (v as usize) < c.vocab)
+                                .then_some(v as u32)
+                                .ok_or_else(|| {
+                                    format!(
+                                        "token id {v} is not in 0..{} (the vocabulary)",
+                                        c.vocab
+                                    )
+                                })
+                        })
+                        .collect::<Result<Vec<u32>, String>>()?;
+                    (
+                        Inputs::Tokens {
+                            values: ids,
+                            len: width,
+                        },
+                        Vec::new(),
+                    )
+                }
+                ModelConfig::Mlp(c) if width != c.input => {
+                    return Err(format!(
+                        "rows of {width} values: this model takes {}",
+                        c.input
+                    ));
+                }
+                ModelConfig::Cnn(c) if width != c.input.iter().product::<usize>() => {
+                    return Err(format!(
+                        "rows of shape {shape:?}: this model takes {:?}",
+                        c.input
+                    ));
+                }
+                _ => (Inputs::Dense { values, shape }, Vec::new()),
+            }
         }
         PredictInput::IdxTest => {
             let unpacked =

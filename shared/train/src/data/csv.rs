@@ -1,7 +1,7 @@
 //! CSV tabular data: a header row, one label column chosen by name, every other column numeric.
 //! Features are standardised (zero mean, unit variance per column).
 
-use super::{DataError, DataInfo, DataSource, Dataset, Inputs, Targets, Task};
+use super::{DataError, DataInfo, DataSource, Dataset, Inputs, Standardisation, Targets, Task};
 use kiln_proto::spec::CsvTask;
 
 pub(super) fn load(
@@ -76,7 +76,7 @@ pub(super) fn load(
     if n < 2 {
         return Err(err(format!("{n} data rows; at least 2 are needed")));
     }
-    standardise(&mut features, width);
+    let standardisation = standardise(&mut features, width);
     let (targets, outputs, labels, task) = match task {
         CsvTask::Classification => {
             let mut classes = raw_labels.clone();
@@ -122,12 +122,24 @@ pub(super) fn load(
             outputs,
             task,
             labels,
+            columns: headers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != label_index)
+                .map(|(_, h)| h.to_string())
+                .collect(),
+            standardise: Some(standardisation),
         },
     ))
 }
 
-fn standardise(values: &mut [f32], width: usize) {
+/// Standardise each column in place; returns the means and deviations it used.
+fn standardise(values: &mut [f32], width: usize) -> Standardisation {
     let n = values.len() / width;
+    let mut stats = Standardisation {
+        mean: Vec::with_capacity(width),
+        std: Vec::with_capacity(width),
+    };
     for c in 0..width {
         let mean = (0..n).map(|r| values[r * width + c] as f64).sum::<f64>() / n as f64;
         let var = (0..n)
@@ -139,5 +151,8 @@ fn standardise(values: &mut [f32], width: usize) {
             let v = &mut values[r * width + c];
             *v = ((*v as f64 - mean) / std) as f32;
         }
+        stats.mean.push(mean);
+        stats.std.push(std);
     }
+    stats
 }

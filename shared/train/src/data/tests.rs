@@ -271,6 +271,48 @@ fn csv_classification_and_regression() {
 }
 
 #[test]
+fn a_csv_keeps_what_a_new_row_needs() {
+    // The label in the middle: the columns are the features in input order, and the kept
+    // standardisation turns a raw row into exactly the model's input for it.
+    let text = "a,species,b\n1,cat,20\n3,dog,40\n5,cat,60\n7,emu,80\n";
+    let source = MemorySource::default().with("t.csv", text.as_bytes().to_vec());
+    let d = load(
+        &csv_spec("species", kiln_proto::spec::CsvTask::Classification),
+        1,
+        &source,
+    )
+    .expect("loads");
+    assert_eq!(d.info.columns, vec!["a", "b"]);
+    let stats = d.info.standardise.clone().expect("kept");
+    assert_eq!(stats.mean, vec![4.0, 50.0]);
+    let Inputs::Dense { values, .. } = &d.train.inputs else {
+        panic!("dense inputs")
+    };
+    let mut rows: Vec<Vec<f32>> = values.chunks(2).map(<[f32]>::to_vec).collect();
+    rows.sort_by(|x, y| x[0].total_cmp(&y[0]));
+    assert_eq!(
+        stats.apply(&[1.0, 20.0]).as_deref(),
+        Some(rows[0].as_slice())
+    );
+    assert_eq!(
+        stats.apply(&[7.0, 80.0]).as_deref(),
+        Some(rows[3].as_slice())
+    );
+    assert_eq!(stats.apply(&[1.0]), None, "a row of another width");
+    // And it travels as `data.json` (serde_json's float parsing may move the last bit).
+    let json = serde_json::to_string(&d.info).expect("serializes");
+    let back: DataInfo = serde_json::from_str(&json).expect("parses");
+    assert_eq!(
+        (&back.columns, &back.labels),
+        (&d.info.columns, &d.info.labels)
+    );
+    let back_stats = back.standardise.expect("kept");
+    for (x, y) in back_stats.std.iter().zip(&stats.std) {
+        assert!((x - y).abs() <= y * 1e-12, "{x} vs {y}");
+    }
+}
+
+#[test]
 fn bad_csv_gives_clear_errors() {
     use kiln_proto::spec::CsvTask::*;
     let cases: &[(&str, &str, kiln_proto::spec::CsvTask, &str)] = &[

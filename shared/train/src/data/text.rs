@@ -41,6 +41,8 @@ pub(super) fn load(source: &dyn DataSource, path: &str) -> Result<(Dataset, Data
             outputs: vocab.len(),
             task: Task::Language,
             labels: vocab.iter().map(|c| c.to_string()).collect(),
+            columns: vec![],
+            standardise: None,
         },
     ))
 }

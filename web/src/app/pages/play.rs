@@ -70,6 +70,7 @@ struct Ended {
     weights: Option<Vec<u8>>,
     model: serde_json::Value,
     summary: serde_json::Value,
+    data: serde_json::Value,
     checkpoint: Option<Vec<u8>>,
     finished_ms: i64,
 }
@@ -218,6 +219,7 @@ pub fn PlayPage() -> impl IntoView {
             weights,
             model,
             summary,
+            data,
         } => {
             let batch = pending.try_update_value(std::mem::take).unwrap_or_default();
             points.update(|p| merge_live(p, &batch));
@@ -232,6 +234,7 @@ pub fn PlayPage() -> impl IntoView {
                 weights,
                 model,
                 summary,
+                data,
                 checkpoint: ckpt,
                 finished_ms: api::now_ms(),
             }));
@@ -467,6 +470,7 @@ pub fn PlayPage() -> impl IntoView {
                     end.weights.clone(),
                     &end.model,
                     &end.summary,
+                    &end.data,
                     end.checkpoint.clone().map(|c| (end.steps, c)),
                 );
                 api::import_run(&run, files)

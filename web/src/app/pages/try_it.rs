@@ -1,6 +1,7 @@
-//! "Try it" on a finished run: its final model (`model.json`, `model.bpk`) runs in this page's
-//! trainer (a Web Worker): draw a digit and see the class probabilities, or check the model
-//! on its dataset's test images here in the browser.
+//! "Try it" on a finished run: its final model (`model.json`, `model.bpk`, with `data.json`)
+//! runs in this page's trainer (a Web Worker): draw a digit and see the class probabilities, or
+//! check the model on its dataset's test images here in the browser; type a row of a CSV
+//! model's columns; or give a character language model a prompt and let it write.
 
 use kiln_proto::dataset::DatasetRef;
 use kiln_proto::protocol::JobId;
@@ -15,20 +16,28 @@ use super::ErrorLine;
 use crate::app::api;
 use crate::app::trainer::Trainer;
 use crate::play::mnist_digit;
+use crate::try_it::{TryKind, prompt_ids, row_input, sample, try_kind};
 
-/// What "Try it" can do with a model: an MNIST-shaped image model takes a drawing.
-fn takes_digits(model: &serde_json::Value) -> bool {
-    match model["kind"].as_str() {
-        Some("mlp") => model["input"] == 784 && model["outputs"] == 10,
-        Some("cnn") => model["input"] == serde_json::json!([1, 28, 28]) && model["outputs"] == 10,
-        _ => false,
-    }
-}
+/// Characters "Generate" writes.
+const GENERATE: usize = 200;
 
 #[component]
 pub fn TryIt(id: JobId, spec: JobSpec) -> impl IntoView {
     let error = RwSignal::new(None::<String>);
     let model = RwSignal::new(None::<serde_json::Value>);
+    let kind = RwSignal::new(None::<TryKind>);
+    // A CSV model's row as typed, one text per column.
+    let row = RwSignal::new(Vec::<String>::new());
+    let value = RwSignal::new(None::<f32>);
+    // A language model's prompt, what it wrote after it, and the sampling temperature.
+    let prompt = RwSignal::new(String::new());
+    let written = RwSignal::new(String::new());
+    // The prompt the shown text continues.
+    let used_prompt = RwSignal::new(String::new());
+    let temperature = RwSignal::new("0.8".to_string());
+    let generating = RwSignal::new(false);
+    // While a generation runs, each prediction's logits go to it rather than to the page.
+    let replies = StoredValue::new_local(None::<futures::channel::mpsc::UnboundedSender<Vec<f32>>>);
     let weights = StoredValue::new(None::<Vec<u8>>);
     let probabilities = RwSignal::new(Vec::<f32>::new());
     let infer_ms = RwSignal::new(None::<f64>);
@@ -49,6 +58,11 @@ pub fn TryIt(id: JobId, spec: JobSpec) -> impl IntoView {
             let logits = parts.first().map(|b| f32_values(b)).unwrap_or_default();
             let _ = busy.try_set(false);
             if rows == 1 {
+                let waiting = replies.with_value(|r| r.clone());
+                if let Some(tx) = waiting {
+                    let _ = tx.unbounded_send(logits.clone());
+                }
+                let _ = value.try_set(logits.first().copied());
                 let _ = probabilities.try_set(softmax(&logits));
                 let _ = infer_ms.try_set(Some(ms));
             } else {
@@ -77,6 +91,8 @@ pub fn TryIt(id: JobId, spec: JobSpec) -> impl IntoView {
         }
         FromTrainer::Failed { error: e } => {
             let _ = busy.try_set(false);
+            // A generation waiting for this prediction ends.
+            replies.set_value(None);
             let _ = error.try_set(Some(e));
         }
         _ => {}
@@ -114,18 +130,42 @@ pub fn TryIt(id: JobId, spec: JobSpec) -> impl IntoView {
         spawn_local(async move {
             let json = api::get_bytes(&format!("/api/jobs/{id}/artifacts/model.json")).await;
             let bpk = api::get_bytes(&format!("/api/jobs/{id}/artifacts/model.bpk")).await;
+            // Runs from before `data.json` have none; digit models do not need it.
+            let data = api::get_bytes(&format!("/api/jobs/{id}/artifacts/data.json"))
+                .await
+                .ok()
+                .and_then(|d| serde_json::from_slice::<kiln_proto::dataset::DataInfo>(&d).ok());
             match (json, bpk) {
                 (Ok(j), Ok(b)) => match serde_json::from_slice::<serde_json::Value>(&j) {
-                    Ok(m) if takes_digits(&m) => {
-                        weights.set_value(Some(b));
-                        let _ = model.try_set(Some(m));
-                    }
-                    Ok(m) => {
-                        let _ = error.try_set(Some(format!(
-                            "Try it runs MNIST-shaped image models for now; this is a {} model",
-                            m["kind"].as_str().unwrap_or("different")
-                        )));
-                    }
+                    Ok(m) => match try_kind(&m, data.as_ref()) {
+                        Ok(k) => {
+                            match &k {
+                                TryKind::Row { stats, .. } => {
+                                    let _ = row.try_set(
+                                        stats.mean.iter().map(|v| format!("{v:.4}")).collect(),
+                                    );
+                                }
+                                TryKind::Text { vocab, .. } => {
+                                    let start = if "The "
+                                        .chars()
+                                        .all(|c| vocab.binary_search(&c).is_ok())
+                                    {
+                                        "The ".to_string()
+                                    } else {
+                                        vocab.iter().take(1).collect()
+                                    };
+                                    let _ = prompt.try_set(start);
+                                }
+                                TryKind::Digits => {}
+                            }
+                            weights.set_value(Some(b));
+                            let _ = kind.try_set(Some(k));
+                            let _ = model.try_set(Some(m));
+                        }
+                        Err(e) => {
+                            let _ = error.try_set(Some(e));
+                        }
+                    },
                     Err(e) => {
                         let _ = error.try_set(Some(format!("model.json does not parse: {e}")));
                     }
@@ -134,6 +174,80 @@ pub fn TryIt(id: JobId, spec: JobSpec) -> impl IntoView {
                     let _ = error.try_set(Some(format!("cannot fetch the final model: {e}")));
                 }
             }
+        });
+    };
+
+    let predict_row = move |_| {
+        error.set(None);
+        let Some(TryKind::Row { columns, stats, .. }) = kind.get_untracked() else {
+            return;
+        };
+        match row_input(&row.get_untracked(), &columns, &stats) {
+            Ok(input) => send(
+                PredictInput::Rows {
+                    rows: 1,
+                    shape: vec![columns.len()],
+                },
+                f32_bytes(&input),
+            ),
+            Err(e) => error.set(Some(e)),
+        }
+    };
+    let generate = move |_| {
+        error.set(None);
+        let Some(TryKind::Text { vocab, context }) = kind.get_untracked() else {
+            return;
+        };
+        let t = match temperature.get_untracked().trim().parse::<f32>() {
+            Ok(t) if (0.0..=5.0).contains(&t) => t,
+            _ => {
+                error.set(Some(format!(
+                    "temperature: {:?} is not a number from 0 to 5",
+                    temperature.get_untracked()
+                )));
+                return;
+            }
+        };
+        let start = prompt.get_untracked();
+        if let Err(e) = prompt_ids(&start, &vocab, context) {
+            error.set(Some(e));
+            return;
+        }
+        written.set(String::new());
+        used_prompt.set(start.clone());
+        generating.set(true);
+        spawn_local(async move {
+            use futures::StreamExt;
+            let (tx, mut rx) = futures::channel::mpsc::unbounded();
+            replies.set_value(Some(tx));
+            let mut text = start;
+            for _ in 0..GENERATE {
+                if !generating.get_untracked() {
+                    break;
+                }
+                let ids = match prompt_ids(&text, &vocab, context) {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        let _ = error.try_set(Some(e));
+                        break;
+                    }
+                };
+                send(
+                    PredictInput::Rows {
+                        rows: 1,
+                        shape: vec![ids.len()],
+                    },
+                    f32_bytes(&ids),
+                );
+                let Some(logits) = rx.next().await else { break };
+                let next = vocab[sample(&logits, t, js_sys::Math::random()).min(vocab.len() - 1)];
+                text.push(next);
+                if written.try_update(|w| w.push(next)).is_none() {
+                    break; // the page is gone
+                }
+            }
+            replies.set_value(None);
+            let _ = generating.try_set(false);
         });
     };
 
@@ -228,7 +342,7 @@ pub fn TryIt(id: JobId, spec: JobSpec) -> impl IntoView {
                 <button id="try-it" on:click=open>"Try the final model in this browser"</button>
             })}
             <ErrorLine error/>
-            {move || model.get().is_some().then(|| view! {
+            {move || (kind.get() == Some(TryKind::Digits)).then(|| view! {
                 <div class="try-digit">
                     <canvas node_ref=canvas width="280" height="280" class="draw" aria-label="Draw a digit"
                         on:pointerdown=down on:pointermove=moved on:pointerup=up on:pointerleave=up></canvas>
@@ -256,6 +370,62 @@ pub fn TryIt(id: JobId, spec: JobSpec) -> impl IntoView {
                     </div>
                 </div>
             })}
+            {move || match kind.get() {
+                Some(TryKind::Row { columns, classes, .. }) => Some(view! {
+                    <div class="try-row">
+                        <p class="muted small">"Type a row (standardised as the training file was); the model runs in this tab."</p>
+                        <div class="fields">
+                            {columns.iter().enumerate().map(|(i, c)| view! {
+                                <label class="field">{c.clone()}
+                                    <input type="text" inputmode="decimal" data-column=c.clone()
+                                        prop:value=move || row.with(|r| r.get(i).cloned().unwrap_or_default())
+                                        on:input=move |ev| row.update(|r| if let Some(v) = r.get_mut(i) { *v = event_target_value(&ev) })/>
+                                </label>
+                            }).collect_view()}
+                        </div>
+                        <button id="try-predict-row" class="primary" on:click=predict_row disabled=move || busy.get()>"Predict"</button>
+                        {if classes.is_empty() {
+                            view! { <p class="try-value" data-value=move || value.get().map(|v| v.to_string()).unwrap_or_default()>
+                                {move || value.get().map(|v| format!("Predicted value: {v:.4}")).unwrap_or_default()}
+                            </p> }.into_any()
+                        } else {
+                            view! { <ol class="probabilities">
+                                {move || {
+                                    let p = probabilities.get();
+                                    let best = (!p.is_empty()).then(|| argmax(&p));
+                                    p.iter().zip(&classes).enumerate().map(|(i, (v, name))| view! {
+                                        <li class:best=best == Some(i) data-class=name.clone() data-p=format!("{v}")>
+                                            <span class="class">{name.clone()}</span>
+                                            <span class="bar" style=format!("width: {:.1}%", v * 100.0)></span>
+                                            <span class="value">{format!("{:.1} %", v * 100.0)}</span>
+                                        </li>
+                                    }).collect_view()
+                                }}
+                            </ol> }.into_any()
+                        }}
+                    </div>
+                }.into_any()),
+                Some(TryKind::Text { context, .. }) => Some(view! {
+                    <div class="try-text">
+                        <p class="muted small">{format!("A prompt; the model continues it one sampled character at a time, reading the last {context} characters, in this tab.")}</p>
+                        <textarea id="try-prompt" rows="3" prop:value=move || prompt.get()
+                            on:input=move |ev| prompt.set(event_target_value(&ev))></textarea>
+                        <div class="actions">
+                            <label class="inline">"Temperature"
+                                <input id="try-temperature" type="text" inputmode="decimal" size="4" prop:value=move || temperature.get()
+                                    on:input=move |ev| temperature.set(event_target_value(&ev))/>
+                            </label>
+                            <button id="try-generate" class="primary" on:click=generate disabled=move || generating.get()>{format!("Write {GENERATE} characters")}</button>
+                            <button on:click=move |_| generating.set(false) disabled=move || !generating.get()>"Stop"</button>
+                        </div>
+                        <pre class="try-written" data-state=move || if generating.get() { "writing" } else { "idle" }
+                            data-written=move || written.get()>
+                            <span class="muted">{move || used_prompt.get()}</span>{move || written.get()}
+                        </pre>
+                    </div>
+                }.into_any()),
+                _ => None,
+            }}
         </section>
     }
 }
