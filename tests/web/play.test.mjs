@@ -275,23 +275,36 @@ test('a share link re-runs in a fresh browser without a token, writes nothing to
   assert.deepEqual(pageErrors, []);
 });
 
-test('the playground trains on WebGPU when the browser has an adapter, and says so', async () => {
+test('the playground trains on WebGPU when the browser has an adapter, says so, and resumes a stopped run', async () => {
   const page = await ctx.newPage();
   await page.goto(`${base}/play?preset=mnist-mlp`);
   await page.selectOption('#play-device', 'webgpu');
   // SwiftShader is ≈ 100× slower than a GPU: a few steps, logged every step.
   await page.fill('#f-training-batch_size', '32');
-  await page.fill('#f-training-max_steps', '12');
+  await page.fill('#f-training-max_steps', '24');
   await page.fill('#f-training-log_every', '1');
   await page.click('button[type=submit]');
-  assert.equal(await waitForState(page, ['done', 'failed'], 300_000), 'done', await status(page).textContent());
+  await page.waitForFunction(() => Number(document.querySelector('.play-status')?.dataset.step) >= 8, null, { timeout: 300_000 });
   const device = await page.locator('.play-device').textContent();
   assert.match(device, /webgpu/, device);
+  await page.click('#play-stop');
+  assert.equal(await waitForState(page, ['stopped', 'failed'], 60_000), 'stopped', await status(page).textContent());
+  const stoppedAt = Number(await status(page).getAttribute('data-step'));
+  // Burn cannot read optimizer state on WebGPU: the checkpoint has the weights, and says so.
+  assert.match(await status(page).textContent(), /optimizer's state starts afresh/);
+  const before = await trainLosses(page);
+  await page.click('#play-resume');
+  assert.equal(await waitForState(page, ['done', 'failed'], 300_000), 'done', await status(page).textContent());
+  assert.equal(Number(await status(page).getAttribute('data-start-step')), stoppedAt);
   const losses = await trainLosses(page);
-  assert.equal(losses.length, 12);
+  assert.equal(losses.length, 24);
   const head = losses.slice(0, 3).reduce((a, b) => a + b) / 3;
   const tail = losses.slice(-3).reduce((a, b) => a + b) / 3;
+  const lastBefore = before.slice(-2).reduce((a, b) => a + b) / 2;
+  const firstAfter = losses.slice(before.length, before.length + 2).reduce((a, b) => a + b) / 2;
+  console.log(`# webgpu: stopped at step ${stoppedAt}, loss ${lastBefore.toFixed(3)}; resumed (fresh optimizer) ${firstAfter.toFixed(3)} → ${tail.toFixed(3)}`);
   assert.ok(tail < head * 0.9, `loss should fall on WebGPU: ${losses}`);
+  assert.ok(firstAfter < lastBefore * 2 + 0.05, `loss jumped on resume: ${lastBefore} → ${firstAfter}`);
   assert.deepEqual(pageErrors, []);
   await page.close();
 });

@@ -189,6 +189,7 @@ pub fn run(
             step,
             samples_per_sec,
         } => sink.rank_rates(step, &samples_per_sec),
+        TrainEvent::Note(line) => sink.log(&line),
     };
     let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);
     run.resume = resume;

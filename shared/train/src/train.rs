@@ -52,6 +52,8 @@ pub enum TrainEvent {
         step: u64,
         samples_per_sec: Vec<f64>,
     },
+    /// A line for the run's log (e.g. that a checkpoint carries no optimizer state).
+    Note(String),
 }
 
 /// How a run ended.
@@ -571,9 +573,17 @@ impl<M: TrainModel> Loop<M> {
         let mut clock_from = (0.0, world);
         if let Some(ckpt) = resume {
             model = load_weights(model, &ckpt.model)?;
-            optim = optim
-                .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
-                .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
+            if ckpt.optimizer.is_empty() {
+                on_event(TrainEvent::Note(format!(
+                    "the checkpoint of step {} has no optimizer state (it was written on WebGPU, \
+                     which Burn cannot read it from): the optimizer starts afresh from its weights",
+                    ckpt.state.step
+                )));
+            } else {
+                optim = optim
+                    .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
+                    .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
+            }
             let s = ckpt.state;
             // The schedule's clock: where the run was, in steps of the world it started at.
             clock_from = (
@@ -634,17 +644,9 @@ impl<M: TrainModel> Loop<M> {
         let mut train_secs = 0.0f64;
         let mut sync = SyncTimes::default();
         let mut train_samples = 0u64;
-        let checkpoint = |model: &M,
-                          optim: &ModuleOptimizer,
-                          step,
-                          epoch,
-                          batch_in_epoch,
-                          samples,
-                          consumed: usize,
-                          clock: &ScheduleClock|
-         -> Result<Checkpoint, TrainError> {
-            Ok(Checkpoint {
-                state: TrainState {
+        let state_at =
+            |step, epoch, batch_in_epoch, samples, consumed: usize, clock: &ScheduleClock| {
+                TrainState {
                     spec: spec.clone(),
                     model: config.clone(),
                     step,
@@ -656,7 +658,19 @@ impl<M: TrainModel> Loop<M> {
                     samples_in_epoch: Some(consumed as u64),
                     schedule_step: Some(clock.at),
                     schedule_world: Some(clock.started_world),
-                },
+                }
+            };
+        let checkpoint = |model: &M,
+                          optim: &ModuleOptimizer,
+                          step,
+                          epoch,
+                          batch_in_epoch,
+                          samples,
+                          consumed: usize,
+                          clock: &ScheduleClock|
+         -> Result<Checkpoint, TrainError> {
+            Ok(Checkpoint {
+                state: state_at(step, epoch, batch_in_epoch, samples, consumed, clock),
                 model: weights_of(model)?,
                 optimizer: optim
                     .into_bytes()
@@ -847,7 +861,22 @@ impl<M: TrainModel> Loop<M> {
         } else if cfg!(target_arch = "wasm32") {
             // In a browser the final weights are always wanted (to run the model in the page,
             // to save the run); read asynchronously, they are safe on WebGPU too.
-            weights = Some(weights_async(&model).await?);
+            let w = weights_async(&model).await?;
+            if wants_checkpoint {
+                // WebGPU: Burn reads optimizer state only synchronously, which WebGPU cannot
+                // do, so the checkpoint keeps the weights and where the loop stands, and a
+                // resume starts the optimizer afresh (an empty optimizer section).
+                on_event(TrainEvent::Note(format!(
+                    "checkpoint at step {step} without optimizer state (WebGPU: Burn cannot read \
+                     it); a resume starts the optimizer afresh"
+                )));
+                on_event(TrainEvent::Checkpoint(Box::new(Checkpoint {
+                    state: state_at(step, epoch, batch_in_epoch, samples, consumed, &clock),
+                    model: w.clone(),
+                    optimizer: Vec::new(),
+                })));
+            }
+            weights = Some(w);
         }
         Ok(TrainSummary {
             outcome,

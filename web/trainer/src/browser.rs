@@ -222,7 +222,8 @@ async fn run(
         ),
         TrainEvent::Metric(metric) => emit.send(&FromTrainer::Metric { metric }, vec![]),
         TrainEvent::Checkpoint(c) => last_checkpoint = Some(*c),
-        TrainEvent::RankRates { .. } => {}
+        // The page says itself what a WebGPU checkpoint lacks.
+        TrainEvent::RankRates { .. } | TrainEvent::Note(_) => {}
     };
     let mut pause = pacer(tick);
     let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);

@@ -627,6 +627,7 @@ async fn run_job(lender: Shared, attempt: AttemptRef, spec: JobSpec, resume: Opt
             },
         ),
         TrainEvent::RankRates { .. } => {}
+        TrainEvent::Note(line) => log(&events, attempt, line),
     };
     let mut pause = pacer(tick);
     let mut run = TrainRun::new(

@@ -2,7 +2,9 @@
 //! optimizer state (both burnpack). Everything needed to resume bit-exactly on the CPU device.
 //!
 //! Layout: `KILNCKPT` · u32 format version · three length-prefixed (u64 LE) sections:
-//! state JSON, model burnpack, optimizer burnpack.
+//! state JSON, model burnpack, optimizer burnpack. The optimizer section is empty in a
+//! checkpoint written on WebGPU (Burn reads optimizer state only synchronously, which WebGPU
+//! cannot do); resuming from one starts the optimizer afresh from the weights, and says so.
 //!
 //! Format 2 adds `samples_in_epoch` to the state (where the epoch stands, for any world size);
 //! format 1 files still load and derive it from `batch_in_epoch`.

@@ -72,7 +72,7 @@ fn run_as(
             metrics.push(m)
         }
         TrainEvent::Checkpoint(c) => checkpoints.push(*c),
-        TrainEvent::Started { .. } | TrainEvent::RankRates { .. } => {}
+        TrainEvent::Started { .. } | TrainEvent::RankRates { .. } | TrainEvent::Note(_) => {}
     };
     let mut run = TrainRun::new(spec.clone(), data, Device::flex(), &mut on_event);
     run.resume = resume;
@@ -167,6 +167,52 @@ fn resume_is_bit_exact() {
             "final weights, model: {model}"
         );
     }
+}
+
+/// A checkpoint without optimizer state (what a WebGPU tab writes: Burn cannot read the state
+/// there) resumes with a fresh optimizer: at its step, from its weights, without a loss spike,
+/// and the run's log says so.
+#[test]
+fn a_checkpoint_without_optimizer_state_resumes_with_a_fresh_optimizer() {
+    let s = spec("epochs = 4\ncheckpoint_every = 7", MLP);
+    let first = run_with(&s, None, Some(10), None);
+    let mut ckpt = first
+        .checkpoints
+        .iter()
+        .find(|c| c.state.step == 7)
+        .expect("checkpoint at step 7")
+        .clone();
+    ckpt.optimizer.clear();
+    let ckpt = Checkpoint::decode(&ckpt.encode()).expect("an empty section round-trips");
+    let _serial = serial();
+    let data = load(&s.dataset, s.seed, &MemorySource::default()).expect("synthetic data");
+    let mut notes = Vec::new();
+    let mut metrics = Vec::new();
+    let mut on_event = |e: TrainEvent| match e {
+        TrainEvent::Note(n) => notes.push(n),
+        TrainEvent::Metric(m) => metrics.push(m),
+        _ => {}
+    };
+    let mut run = TrainRun::new(s.clone(), data, Device::flex(), &mut on_event);
+    run.resume = Some(ckpt);
+    run.max_steps = Some(20);
+    pollster::block_on(train(run)).expect("resumes");
+    let losses = train_losses(&metrics);
+    assert_eq!(losses.first().map(|l| l.0), Some(8), "goes on at its step");
+    let before = train_losses(&first.metrics)
+        .iter()
+        .find(|l| l.0 == 7)
+        .map(|l| l.1)
+        .expect("loss at step 7");
+    assert!(
+        losses[0].1 < before * 2.0,
+        "loss jumped: {before} → {}",
+        losses[0].1
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("no optimizer state")),
+        "{notes:?}"
+    );
 }
 
 /// A checkpoint says how much of the epoch all ranks consumed, so a run resumed at another

@@ -535,15 +535,17 @@ pub fn PlayPage() -> impl IntoView {
             let (step, total) = progress.get();
             format!("Training: step {step} of {total}")
         }
+        Status::Stopped if has_checkpoint.get() && device_kind.get() == "webgpu" => format!(
+            "Stopped at step {}. Resume continues from there with the same weights; the \
+             optimizer's state starts afresh (Burn reads it only synchronously, which WebGPU does \
+             not allow — train on the CPU to keep it).",
+            progress.get().0
+        ),
         Status::Stopped if has_checkpoint.get() => format!(
             "Stopped at step {}. Resume continues from there.",
             progress.get().0
         ),
-        Status::Stopped => format!(
-            "Stopped at step {}. A WebGPU run cannot be resumed yet: Burn reads optimizer \
-             state only synchronously, which WebGPU does not allow (train on the CPU to resume).",
-            progress.get().0
-        ),
+        Status::Stopped => format!("Stopped at step {}.", progress.get().0),
         Status::Done => format!("Done: {} steps.", progress.get().0),
         Status::Failed(e) => format!("Failed: {e}"),
     };
