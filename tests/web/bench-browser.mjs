@@ -117,10 +117,13 @@ for (const device of DEVICES) {
   await page.click('#try-it');
   const canvas = page.locator('canvas.draw');
   await canvas.waitFor();
-  const box = await canvas.boundingBox();
   const times = [];
   for (let i = 0; i < 11; i++) {
+    // Clear empties the probabilities and the time, so the next one read is this drawing's;
+    // clicking it may scroll the page, so the canvas is found again each time.
     await page.getByRole('button', { name: 'Clear' }).click();
+    await canvas.scrollIntoViewIfNeeded();
+    const box = await canvas.boundingBox();
     await page.mouse.move(box.x + 140, box.y + 40);
     await page.mouse.down();
     for (let y = 40; y <= 240; y += 20) await page.mouse.move(box.x + 140 + (i % 3), box.y + y);

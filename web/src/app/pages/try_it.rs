@@ -309,6 +309,7 @@ pub fn TryIt(id: JobId, spec: JobSpec) -> impl IntoView {
             ctx.clear_rect(0.0, 0.0, 280.0, 280.0);
         }
         probabilities.set(Vec::new());
+        infer_ms.set(None);
     };
     let dataset = StoredValue::new(match DatasetRef::of(&spec.dataset) {
         Some(Ok(DatasetRef::Pinned(d))) => Some(format!("sha256:{}", d.hex())),
