@@ -53,12 +53,7 @@ impl ArtifactDir {
         E: std::fmt::Display,
     {
         let dir = self.root.join(job_id.to_string());
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|source| WriteError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+        create_dir(&dir).await?;
         let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
         let result = write_file(&tmp, body, limit as u64, |_| {}).await;
         let size = match result {
@@ -91,12 +86,7 @@ impl ArtifactDir {
         let dir = self
             .root
             .join(format!(".import-{:016x}", rand::random::<u64>()));
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|source| WriteError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+        create_dir(&dir).await?;
         Ok(Staging {
             dir,
             root: self.root.clone(),
@@ -134,6 +124,15 @@ impl Drop for Staging {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+async fn create_dir(dir: &Path) -> Result<(), WriteError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|source| WriteError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Stream `body` into a new file at `path`, at most `limit` bytes, handing every chunk to

@@ -458,13 +458,7 @@ async fn auth_limits_and_meta() {
         .expect_err("413");
     assert_eq!(err.status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
     assert!(client.health().await.is_ok());
-    let names: Vec<String> = client
-        .artifacts(job.id)
-        .await
-        .expect("artifacts")
-        .into_iter()
-        .map(|a| a.name)
-        .collect();
+    let names = support::artifact_names(&client, job.id).await;
     assert_eq!(names, vec!["model.bpk"]);
 
     // Prometheus text and the OpenAPI document.

@@ -101,13 +101,7 @@ async fn a_saved_run_is_a_job_with_its_metrics_files_and_share_link() {
     assert_eq!(attempts[0].worker_id, "Chrome tab (cpu)");
     assert_eq!(attempts[0].state, JobState::Succeeded);
 
-    let names: Vec<String> = client
-        .artifacts(job.id)
-        .await
-        .expect("artifacts")
-        .into_iter()
-        .map(|a| a.name)
-        .collect();
+    let names = support::artifact_names(&client, job.id).await;
     assert_eq!(
         names,
         vec![checkpoint_name(40), "model.bpk".into(), "model.json".into()]

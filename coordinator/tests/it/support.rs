@@ -46,6 +46,17 @@ pub fn admin(c: &Coordinator) -> Client {
     Client::new(&c.url(), Some(ADMIN.into())).expect("valid url")
 }
 
+/// The names of a job's artifacts, sorted.
+pub async fn artifact_names(client: &Client, id: JobId) -> Vec<String> {
+    client
+        .artifacts(id)
+        .await
+        .expect("artifacts")
+        .into_iter()
+        .map(|a| a.name)
+        .collect()
+}
+
 pub fn spec(name: &str) -> JobSpec {
     JobSpec::from_json_str(&format!(
         r#"{{"name":"{name}","model":{{"kind":"mlp"}},"dataset":{{"kind":"synthetic"}}}}"#
