@@ -1,4 +1,4 @@
-//! Commands against a running coordinator: submit, jobs, job, logs, cancel, workers, sweep,
+//! Commands against a running coordinator: submit, import, jobs, job, logs, cancel, workers, sweep,
 //! share links, tags and notes.
 
 use std::path::PathBuf;
@@ -47,6 +47,23 @@ pub enum RemoteCommand {
         /// and `distributed.min_workers` if the spec has none).
         #[arg(long, value_name = "N")]
         workers: Option<u32>,
+        /// Tag the job (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a run folder of `kiln train --out` on the coordinator as a job: its curve, spec,
+    /// final model and newest checkpoint, to see and share it beside the others. A relative
+    /// `dataset.path` that exists here is uploaded, as by `submit`.
+    Import {
+        dir: PathBuf,
+        /// Queue it to go on training on a worker from its newest checkpoint.
+        #[arg(long = "continue")]
+        continue_on_worker: bool,
+        /// Do not upload a local dataset.
+        #[arg(long)]
+        no_upload: bool,
         /// Tag the job (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -191,6 +208,33 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 }
                 if follow {
                     return follow_job(&client, job.id).await;
+                }
+            }
+            RemoteCommand::Import {
+                dir,
+                continue_on_worker,
+                no_upload,
+                tags,
+                json,
+            } => {
+                let (mut run, files) = crate::import_cmd::read_run(&dir, tags, continue_on_worker)?;
+                if !no_upload {
+                    crate::data_cmd::upload_local_dataset(&client, &mut run.spec).await?;
+                }
+                let job = client
+                    .import_run(&run, files)
+                    .await
+                    .context("importing the run")?;
+                if json {
+                    println!("{}", serde_json::to_string(&job)?);
+                } else {
+                    println!(
+                        "imported {} as job {} ({}, step {})",
+                        dir.display(),
+                        job.id,
+                        job.state.as_str(),
+                        job.step
+                    );
                 }
             }
             RemoteCommand::Jobs {

@@ -5,6 +5,7 @@
 mod client_cmd;
 mod data_cmd;
 mod devices_cmd;
+mod import_cmd;
 mod predict_cmd;
 mod server_cmd;
 mod train_cmd;

@@ -4,6 +4,7 @@ mod cluster;
 mod datasets;
 mod ddp;
 mod demo;
+mod import;
 mod netns;
 mod support;
 mod train_cli;
