@@ -8,7 +8,7 @@ use kiln_proto::artifact::checkpoint_name;
 use kiln_proto::protocol::{JobInfo, JobState};
 
 use crate::cluster::{Cluster, TOKEN};
-use crate::support::{kiln, read_jsonl, run, stderr};
+use crate::support::{kiln, read_jsonl, run, stderr, train_w1};
 
 fn import(cluster: &Cluster, dir: &Path, extra: &[&str]) -> Output {
     run(kiln().arg("import").arg(dir).args(extra).args([
@@ -29,16 +29,7 @@ fn job_of(out: &Output) -> JobInfo {
 fn a_kiln_train_run_imports_as_a_job_and_goes_on_on_a_worker() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("run");
-    let o = run(kiln()
-        .args([
-            "train",
-            "examples/mnist-mlp.toml",
-            "--max-steps",
-            "12",
-            "--out",
-        ])
-        .arg(&out));
-    assert!(o.status.success(), "kiln train failed: {}", stderr(&o));
+    train_w1(&out, 12);
     let mut cluster = Cluster::start(&dir.path().join("coordinator"));
 
     let job = job_of(&import(&cluster, &out, &["--tag", "local"]));

@@ -26,6 +26,17 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// `kiln train examples/mnist-mlp.toml --max-steps STEPS --out OUT` (W1 on the committed
+/// subset), which must succeed.
+pub fn train_w1(out: &Path, steps: u64) {
+    let o = run(kiln()
+        .args(["train", "examples/mnist-mlp.toml", "--max-steps"])
+        .arg(steps.to_string())
+        .arg("--out")
+        .arg(out));
+    assert!(o.status.success(), "kiln train failed: {}", stderr(&o));
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

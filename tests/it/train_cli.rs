@@ -2,22 +2,13 @@
 
 use std::fs;
 
-use crate::support::{kiln, read_jsonl, repo_root, run, stderr};
+use crate::support::{kiln, read_jsonl, repo_root, run, stderr, train_w1};
 
 #[test]
 fn train_writes_a_complete_run_folder_and_resumes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("run");
-    let o = run(kiln()
-        .args([
-            "train",
-            "examples/mnist-mlp.toml",
-            "--max-steps",
-            "12",
-            "--out",
-        ])
-        .arg(&out));
-    assert!(o.status.success(), "kiln train failed: {}", stderr(&o));
+    train_w1(&out, 12);
     for file in [
         "spec.toml",
         "model.json",
