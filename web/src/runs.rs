@@ -298,6 +298,21 @@ pub fn progress(step: u64, total: u64) -> Option<f64> {
     (total > 0).then(|| (step as f64 / total as f64 * 100.0).min(100.0))
 }
 
+/// One value of every training point, in order, comma-separated: the playground's and the
+/// share page's `data-*` attributes, which tests and benchmarks read (a canvas holds no values).
+pub fn train_values(
+    points: &[MetricPoint],
+    value: impl Fn(&kiln_proto::metric::Metric) -> Option<f64>,
+) -> String {
+    points
+        .iter()
+        .filter(|p| p.metric.split == Split::Train)
+        .filter_map(|p| value(&p.metric))
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,5 +500,18 @@ mod tests {
             with_param("/x?smoothing=1", "smooth", None),
             "/x?smoothing=1"
         );
+    }
+
+    #[test]
+    fn train_values_list_one_value_of_the_training_points() {
+        let mut points = vec![
+            pt(1, Split::Train, 2.5, None),
+            pt(1, Split::Val, 9.0, None),
+            pt(2, Split::Train, 1.25, None),
+        ];
+        points[2].metric.samples_per_sec = Some(300.0);
+        assert_eq!(train_values(&points, |m| Some(m.loss)), "2.5,1.25");
+        assert_eq!(train_values(&points, |m| m.samples_per_sec), "300");
+        assert_eq!(train_values(&[], |m| Some(m.loss)), "");
     }
 }

@@ -23,7 +23,7 @@ use crate::app::chart::ChartView;
 use crate::app::trainer::Trainer;
 use crate::form::values_from_spec;
 use crate::play::{self, DataPlan, HIDDEN_FIELDS, PLAY_PRESETS, SaveAs};
-use crate::runs::merge_live;
+use crate::runs::{merge_live, train_values};
 
 /// Where the page is; `data-state` on the status line says it for tests.
 #[derive(Debug, Clone, PartialEq)]
@@ -550,25 +550,8 @@ pub fn PlayPage() -> impl IntoView {
         Status::Failed(e) => format!("Failed: {e}"),
     };
 
-    let train_rates = move || {
-        points.with(|p| {
-            p.iter()
-                .filter(|p| p.metric.split == Split::Train)
-                .filter_map(|p| p.metric.samples_per_sec)
-                .map(|r| r.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-    };
-    let train_losses = move || {
-        points.with(|p| {
-            p.iter()
-                .filter(|p| p.metric.split == Split::Train)
-                .map(|p| p.metric.loss.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-    };
+    let train_rates = move || points.with(|p| train_values(p, |m| m.samples_per_sec));
+    let train_losses = move || points.with(|p| train_values(p, |m| Some(m.loss)));
 
     view! {
         // The training losses, for tests and benchmarks (the chart's canvas holds no values).

@@ -7,7 +7,6 @@ use leptos::task::spawn_local;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
 use kiln_proto::dataset::{DatasetKind, DatasetRef};
-use kiln_proto::metric::Split;
 use kiln_proto::spec::DeviceRequest;
 use kiln_proto::trainer::{FromTrainer, ToTrainer, stored_layout};
 
@@ -262,15 +261,7 @@ fn ReRun(
             view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing=0.0 log_y=false/></div> }
         })
     };
-    let losses = move || {
-        mine.with(|p| {
-            p.iter()
-                .filter(|p| p.metric.split == Split::Train)
-                .map(|p| p.metric.loss.to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-    };
+    let losses = move || mine.with(|p| crate::runs::train_values(p, |m| Some(m.loss)));
     let running = move || matches!(state.get().as_str(), "loading" | "training");
     // A run on stored data whose link keeps the data private cannot re-run here.
     let no_data = move || {
