@@ -93,6 +93,25 @@ pub fn assert_transport(lines: &[String], ranks: usize, transport: &str) {
     );
 }
 
+/// A log line without its ANSI colours.
+pub fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -249,6 +268,21 @@ impl Cluster {
             .expect("logs")
             .into_iter()
             .map(|l| l.line.text)
+            .collect()
+    }
+
+    /// The steps of the checkpoints of job `id` that its workers announced (the coordinator
+    /// logs each as it marks it resumable).
+    pub fn announced_checkpoints(&self, id: JobId) -> Vec<u64> {
+        let prefix = format!("kiln_coordinator::ws::worker: checkpoint job_id={id} step=");
+        self.coordinator
+            .lines()
+            .iter()
+            .filter_map(|l| {
+                let l = plain(l);
+                let rest = &l[l.find(&prefix)? + prefix.len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            })
             .collect()
     }
 
@@ -440,28 +474,35 @@ fn a_killed_workers_job_resumes_from_its_checkpoint_on_another_worker() {
     let mut c = Cluster::start(dir.path());
     c.add_worker("first");
     let job = c.submit(&spec("survivor", 3000, 25));
-    // Wait for a checkpoint to be stored, then kill the worker that runs the job.
+    // Wait until the coordinator has a checkpoint announced, then kill the worker that runs
+    // the job: whatever it uploaded after that without announcing it is not resumed from.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !c
-        .artifacts(job.id)
-        .iter()
-        .any(|a| a.starts_with("checkpoint-"))
-    {
-        assert!(Instant::now() < deadline, "no checkpoint stored");
+    while c.announced_checkpoints(job.id).is_empty() {
+        assert!(Instant::now() < deadline, "no checkpoint announced");
         std::thread::sleep(Duration::from_millis(20));
     }
     c.workers[0].kill();
-    let checkpoints: Vec<u64> = c
-        .artifacts(job.id)
+    // The worker is dead: the coordinator has read all it will ever read of it once it saw
+    // the socket close.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c
+        .coordinator
+        .lines()
         .iter()
-        .filter_map(|a| {
-            a.strip_prefix("checkpoint-")?
-                .strip_suffix(".ckpt")?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let newest = *checkpoints.iter().max().unwrap();
+        .map(|l| plain(l))
+        .any(|l| l.contains("worker{worker_id=first}") && l.contains("worker disconnected"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator did not see `first` go"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let newest = *c
+        .announced_checkpoints(job.id)
+        .iter()
+        .max()
+        .expect("announced");
     let before_kill: Vec<u64> = c
         .metrics(job.id)
         .iter()
@@ -482,8 +523,8 @@ fn a_killed_workers_job_resumes_from_its_checkpoint_on_another_worker() {
         .resumed_from_step
         .expect("attempt 2 resumed from a checkpoint");
     assert!(
-        resumed_from >= newest,
-        "resumed from {resumed_from}, newest checkpoint seen {newest}"
+        resumed_from == newest,
+        "resumed from {resumed_from}, newest announced checkpoint {newest}"
     );
     let metrics = c.metrics(job.id);
     // The step count continues: attempt 2 starts after its checkpoint.

@@ -7,13 +7,16 @@ use kiln_proto::protocol::{ArtifactInfo, JobId};
 
 use super::{Store, StoreResult, from_u64, now_ms, to_u64};
 
-/// The job's checkpoint with the highest step, with that step.
+/// The job's announced checkpoint with the highest step, with that step. A checkpoint whose
+/// announcement never came (its worker died between the upload and the notice) is skipped:
+/// the metrics before it may be lost with the worker.
 pub(super) async fn newest_checkpoint(
     conn: &mut SqliteConnection,
     job_id: JobId,
 ) -> StoreResult<Option<(String, u64)>> {
     let names: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM artifacts WHERE job_id = ? AND name LIKE 'checkpoint-%.ckpt'",
+        "SELECT name FROM artifacts WHERE job_id = ? AND name LIKE 'checkpoint-%.ckpt' \
+         AND announced = 1",
     )
     .bind(job_id)
     .fetch_all(&mut *conn)
@@ -33,25 +36,42 @@ fn artifact_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ArtifactInfo>
 }
 
 impl Store {
-    /// Record (or replace) an artifact whose file is already in place.
+    /// Record (or replace) an uploaded artifact whose file is already in place. A checkpoint
+    /// starts unannounced: it is resumed from once [`Store::announce_checkpoint`] says its
+    /// worker's metrics up to it arrived.
     pub async fn upsert_artifact(
         &self,
         job_id: JobId,
         name: &str,
         size: u64,
     ) -> StoreResult<ArtifactInfo> {
+        let announced = checkpoint_step(name).is_none();
         let row = sqlx::query(
-            "INSERT INTO artifacts (job_id, name, size, created_ms) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (job_id, name) DO UPDATE SET size = excluded.size, \
-             created_ms = excluded.created_ms RETURNING name, size, created_ms",
+            "INSERT INTO artifacts (job_id, name, size, created_ms, announced) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id, name) DO UPDATE SET \
+             size = excluded.size, created_ms = excluded.created_ms, \
+             announced = excluded.announced RETURNING name, size, created_ms",
         )
         .bind(job_id)
         .bind(name)
         .bind(from_u64(size))
         .bind(now_ms())
+        .bind(i64::from(announced))
         .fetch_one(&self.pool)
         .await?;
         artifact_from_row(&row)
+    }
+
+    /// A worker announced the checkpoint `name` of `job_id` (after the metrics up to its
+    /// step, on the same WebSocket): from now on an attempt may resume from it. False when
+    /// no such artifact is stored.
+    pub async fn announce_checkpoint(&self, job_id: JobId, name: &str) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE artifacts SET announced = 1 WHERE job_id = ? AND name = ?")
+            .bind(job_id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn artifacts(&self, job_id: JobId) -> StoreResult<Vec<ArtifactInfo>> {

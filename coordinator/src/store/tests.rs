@@ -131,7 +131,7 @@ async fn a_failure_that_is_not_retryable_fails_the_job_with_attempts_left() {
 }
 
 #[tokio::test]
-async fn cancel_requested_wins_over_requeue_and_resume_picks_the_newest_checkpoint() {
+async fn cancel_requested_wins_over_requeue_and_resume_picks_the_newest_announced_checkpoint() {
     let (_dir, store) = store().await;
     let job = store
         .insert_job(&spec(3), Some("g"), &[])
@@ -143,12 +143,28 @@ async fn cancel_requested_wins_over_requeue_and_resume_picks_the_newest_checkpoi
         .expect("assign")
         .expect("queued");
     assert_eq!(a.resume, None);
-    for step in [9, 10, 2] {
+    for step in [9, 10, 2, 12] {
         store
             .upsert_artifact(job.id, &kiln_proto::artifact::checkpoint_name(step), 1)
             .await
             .expect("artifact");
     }
+    // Step 12's worker died before it announced the checkpoint: not resumed from.
+    for step in [9, 10, 2] {
+        assert!(
+            store
+                .announce_checkpoint(job.id, &kiln_proto::artifact::checkpoint_name(step))
+                .await
+                .expect("announce")
+        );
+    }
+    assert!(
+        !store
+            .announce_checkpoint(job.id, "checkpoint-0000000099.ckpt")
+            .await
+            .expect("announce"),
+        "an unstored checkpoint"
+    );
     store
         .upsert_artifact(job.id, "checkpoint-x.ckpt", 1)
         .await

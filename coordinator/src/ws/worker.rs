@@ -343,10 +343,22 @@ impl Conn<'_> {
                 attempt,
                 step,
                 artifact,
-            } => {
-                info!(job_id = attempt.job_id, step, %artifact, "checkpoint");
-                Ok(())
-            }
+            } => match self
+                .state
+                .store
+                .announce_checkpoint(attempt.job_id, &artifact)
+                .await
+            {
+                Ok(true) => {
+                    info!(job_id = attempt.job_id, step, %artifact, "checkpoint");
+                    Ok(())
+                }
+                Ok(false) => {
+                    warn!(job_id = attempt.job_id, step, %artifact, "announced a checkpoint that is not stored");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            },
             WorkerMessage::Finished {
                 attempt,
                 outcome,

@@ -329,6 +329,12 @@ async fn a_silent_worker_is_lost_and_the_job_resumes_elsewhere() {
         },
     )
     .await;
+    // Step 15's upload lands but `a` never announces it (as if killed in between): the
+    // metrics before it may be lost with `a`, so it is not resumed from.
+    client
+        .upload_artifact(job.id, &kiln_proto::artifact::checkpoint_name(15), vec![15])
+        .await
+        .expect("upload");
     // Worker `a` now goes silent: no heartbeats.
     let requeued = support::wait_state(&client, job.id, JobState::Queued).await;
     assert_eq!(requeued.error.as_deref(), Some("worker lost"));
