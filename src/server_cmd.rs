@@ -21,6 +21,15 @@ pub struct ServeArgs {
     /// Where the SQLite database and artifacts live (default: the user's data directory).
     #[arg(long, env = "KILN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep jobs, metrics and tokens in this PostgreSQL database instead of SQLite
+    /// (postgres://USER:PASSWORD@HOST:PORT/DB; artifacts stay in the data directory).
+    #[arg(
+        long,
+        env = "KILN_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub database: Option<String>,
     /// Set the admin token instead of generating one at first start.
     #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -101,6 +110,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
         admin_token: args.admin_token.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
         dataset_max_bytes: args.dataset_max_bytes,
+        database: args.database.clone(),
         ..CoordinatorConfig::default()
     };
     if let Some(dir) = &args.data_dir {

@@ -37,6 +37,8 @@ pub mod scheduler;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 pub mod ws;
 
 pub use routes::app;
@@ -50,8 +52,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct CoordinatorConfig {
     /// Where to listen; port 0 lets the OS choose.
     pub addr: SocketAddr,
-    /// Holds `kiln.db` (SQLite, WAL), `artifacts/` and `datasets/`; created if missing.
+    /// Holds `kiln.db` (SQLite, WAL; unless `database` is set), `artifacts/` and
+    /// `datasets/`; created if missing.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL (`postgres://…`) to keep jobs, metrics and tokens in instead of
+    /// `data_dir/kiln.db`.
+    pub database: Option<String>,
     /// If set, (re)stored as the admin token. If unset and none exists yet, one is generated
     /// (see [`Coordinator::new_admin_token`]).
     pub admin_token: Option<String>,
@@ -77,6 +83,7 @@ impl Default for CoordinatorConfig {
             data_dir: dirs::data_dir()
                 .unwrap_or_else(|| PathBuf::from(".kiln-data"))
                 .join("kiln"),
+            database: None,
             admin_token: None,
             heartbeat_interval: Duration::from_secs(2),
             max_body_bytes: 2 * 1024 * 1024,
@@ -113,7 +120,10 @@ impl Coordinator {
             config.heartbeat_interval > Duration::ZERO,
             "the heartbeat interval must be positive"
         );
-        let store = store::Store::open(&config.data_dir).await?;
+        let store = match &config.database {
+            Some(url) => store::Store::connect(url).await?,
+            None => store::Store::open(&config.data_dir).await?,
+        };
         store.disconnect_all_workers().await?;
         let new_admin_token = match &config.admin_token {
             Some(token) => {

@@ -296,6 +296,22 @@ impl Cluster {
     }
 }
 
+/// `--database URL` when the suite runs on PostgreSQL (`KILN_TEST_POSTGRES`, see
+/// `kiln_coordinator::testing`): one database per data directory, kept across restarts.
+fn postgres_for(data_dir: &Path) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match rt
+        .block_on(kiln_coordinator::testing::database_for(data_dir))
+        .expect("test database")
+    {
+        Some(url) => vec!["--database".into(), url],
+        None => Vec::new(),
+    }
+}
+
 fn start_coordinator(data_dir: &Path, ip: &str, port: u16) -> Proc {
     let p = Proc::spawn(
         "coordinator",
@@ -313,7 +329,8 @@ fn start_coordinator(data_dir: &Path, ip: &str, port: u16) -> Proc {
                 "500",
             ])
             .arg("--data-dir")
-            .arg(data_dir),
+            .arg(data_dir)
+            .args(postgres_for(data_dir)),
     );
     // Poll health instead of sleeping.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,6 +1,6 @@
 //! Artifact rows (the bytes live in files under `data_dir/artifacts/`, see `crate::artifact`).
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use kiln_proto::artifact::checkpoint_step;
 use kiln_proto::protocol::{ArtifactInfo, JobId};
@@ -11,11 +11,11 @@ use super::{Store, StoreResult, from_u64, now_ms, to_u64};
 /// announcement never came (its worker died between the upload and the notice) is skipped:
 /// the metrics before it may be lost with the worker.
 pub(super) async fn newest_checkpoint(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job_id: JobId,
 ) -> StoreResult<Option<(String, u64)>> {
     let names: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM artifacts WHERE job_id = ? AND name LIKE 'checkpoint-%.ckpt' \
+        "SELECT name FROM artifacts WHERE job_id = $1 AND name LIKE 'checkpoint-%.ckpt' \
          AND announced = 1",
     )
     .bind(job_id)
@@ -27,7 +27,7 @@ pub(super) async fn newest_checkpoint(
         .max_by_key(|(_, step)| *step))
 }
 
-fn artifact_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ArtifactInfo> {
+fn artifact_from_row(row: &sqlx::any::AnyRow) -> StoreResult<ArtifactInfo> {
     Ok(ArtifactInfo {
         name: row.try_get("name")?,
         size: to_u64(row.try_get("size")?, "artifacts.size")?,
@@ -48,7 +48,7 @@ impl Store {
         let announced = checkpoint_step(name).is_none();
         let row = sqlx::query(
             "INSERT INTO artifacts (job_id, name, size, created_ms, announced) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id, name) DO UPDATE SET \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, name) DO UPDATE SET \
              size = excluded.size, created_ms = excluded.created_ms, \
              announced = excluded.announced RETURNING name, size, created_ms",
         )
@@ -66,18 +66,19 @@ impl Store {
     /// step, on the same WebSocket): from now on an attempt may resume from it. False when
     /// no such artifact is stored.
     pub async fn announce_checkpoint(&self, job_id: JobId, name: &str) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE artifacts SET announced = 1 WHERE job_id = ? AND name = ?")
-            .bind(job_id)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("UPDATE artifacts SET announced = 1 WHERE job_id = $1 AND name = $2")
+                .bind(job_id)
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn artifacts(&self, job_id: JobId) -> StoreResult<Vec<ArtifactInfo>> {
         self.job(job_id).await?;
         let rows = sqlx::query(
-            "SELECT name, size, created_ms FROM artifacts WHERE job_id = ? ORDER BY name",
+            "SELECT name, size, created_ms FROM artifacts WHERE job_id = $1 ORDER BY name",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -87,7 +88,7 @@ impl Store {
 
     pub async fn artifact(&self, job_id: JobId, name: &str) -> StoreResult<Option<ArtifactInfo>> {
         let row = sqlx::query(
-            "SELECT name, size, created_ms FROM artifacts WHERE job_id = ? AND name = ?",
+            "SELECT name, size, created_ms FROM artifacts WHERE job_id = $1 AND name = $2",
         )
         .bind(job_id)
         .bind(name)

@@ -2,7 +2,7 @@
 //! `crate::dataset`) and the versions of each name. Also the pinning of a job's `kiln:`
 //! dataset at submission, inside the job's insert transaction.
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use kiln_proto::dataset::{DatasetInfo, DatasetKind, DatasetPreview, DatasetRef, Digest};
 use kiln_proto::protocol::JobId;
@@ -24,7 +24,7 @@ const INFO_COLUMNS: &str = "v.name, v.digest, b.kind, b.size, v.created_ms, b.pr
      (SELECT COUNT(*) FROM dataset_versions w WHERE w.name = v.name AND w.id <= v.id) AS version, \
      (SELECT COUNT(*) FROM dataset_versions w WHERE w.name = v.name) AS versions";
 
-fn info_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DatasetInfo> {
+fn info_from_row(row: &sqlx::any::AnyRow) -> StoreResult<DatasetInfo> {
     let digest: String = row.try_get("digest")?;
     let kind: &str = row.try_get("kind")?;
     let preview: &str = row.try_get("preview")?;
@@ -41,9 +41,9 @@ fn info_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<DatasetInfo> {
     })
 }
 
-async fn blob_kind(conn: &mut SqliteConnection, digest: &Digest) -> StoreResult<Option<String>> {
+async fn blob_kind(conn: &mut AnyConnection, digest: &Digest) -> StoreResult<Option<String>> {
     Ok(
-        sqlx::query_scalar("SELECT kind FROM dataset_blobs WHERE digest = ?")
+        sqlx::query_scalar("SELECT kind FROM dataset_blobs WHERE digest = $1")
             .bind(digest.hex())
             .fetch_optional(&mut *conn)
             .await?,
@@ -51,10 +51,10 @@ async fn blob_kind(conn: &mut SqliteConnection, digest: &Digest) -> StoreResult<
 }
 
 /// The newest version of `name`.
-async fn newest(conn: &mut SqliteConnection, name: &str) -> StoreResult<Option<DatasetInfo>> {
+async fn newest(conn: &mut AnyConnection, name: &str) -> StoreResult<Option<DatasetInfo>> {
     let row = sqlx::query(&format!(
         "SELECT {INFO_COLUMNS} FROM dataset_versions v JOIN dataset_blobs b USING (digest) \
-         WHERE v.name = ? ORDER BY v.id DESC LIMIT 1"
+         WHERE v.name = $1 ORDER BY v.id DESC LIMIT 1"
     ))
     .bind(name)
     .fetch_optional(&mut *conn)
@@ -65,13 +65,13 @@ async fn newest(conn: &mut SqliteConnection, name: &str) -> StoreResult<Option<D
 /// Give `digest` (already stored) the next version of `name`, unless that is already its
 /// newest version.
 async fn add_version(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     name: &str,
     digest: &Digest,
 ) -> StoreResult<DatasetInfo> {
     let current = newest(conn, name).await?;
     if current.as_ref().is_none_or(|c| c.digest != *digest) {
-        sqlx::query("INSERT INTO dataset_versions (name, digest, created_ms) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO dataset_versions (name, digest, created_ms) VALUES ($1, $2, $3)")
             .bind(name)
             .bind(digest.hex())
             .bind(now_ms())
@@ -95,7 +95,7 @@ fn path_error(spec: &JobSpec, allowed: String) -> StoreError {
 /// version; `kiln:sha256:…` must be stored. The dataset's kind must be the one the spec reads.
 /// Returns the digest and the name it goes by; `None` for a path on the worker.
 pub(super) async fn pin(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     spec: &mut JobSpec,
 ) -> StoreResult<Option<(Digest, Option<String>)>> {
     let Some(Ok(reference)) = DatasetRef::of(&spec.dataset) else {
@@ -120,7 +120,7 @@ pub(super) async fn pin(
             // The name it goes by (its newest naming), for people; the digest is what counts.
             Some(kind) => {
                 let name: Option<String> = sqlx::query_scalar(
-                    "SELECT name FROM dataset_versions WHERE digest = ? ORDER BY id DESC LIMIT 1",
+                    "SELECT name FROM dataset_versions WHERE digest = $1 ORDER BY id DESC LIMIT 1",
                 )
                 .bind(digest.hex())
                 .fetch_optional(&mut *conn)
@@ -154,12 +154,13 @@ pub(super) async fn pin(
 }
 
 /// Refuse to queue a job again whose dataset was deleted since.
-pub(super) async fn check_still_stored(conn: &mut SqliteConnection, job: JobId) -> StoreResult<()> {
-    let digest: Option<String> = sqlx::query_scalar("SELECT dataset_digest FROM jobs WHERE id = ?")
-        .bind(job)
-        .fetch_optional(&mut *conn)
-        .await?
-        .flatten();
+pub(super) async fn check_still_stored(conn: &mut AnyConnection, job: JobId) -> StoreResult<()> {
+    let digest: Option<String> =
+        sqlx::query_scalar("SELECT dataset_digest FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
     let Some(digest) = digest else {
         return Ok(());
     };
@@ -186,7 +187,7 @@ impl Store {
     /// Record a blob whose file is in place (if it is not recorded yet) and make it the newest
     /// version of `name`. A blob already stored as another kind is a conflict.
     pub async fn add_dataset(&self, name: &str, blob: &NewBlob) -> StoreResult<DatasetInfo> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         match blob_kind(&mut tx, &blob.digest).await? {
             Some(kind) if kind != blob.kind.as_str() => {
                 return Err(StoreError::Conflict(format!(
@@ -200,7 +201,7 @@ impl Store {
                     .map_err(|e| StoreError::Corrupt(format!("cannot serialize a preview: {e}")))?;
                 sqlx::query(
                     "INSERT INTO dataset_blobs (digest, kind, size, preview, created_ms) \
-                     VALUES (?, ?, ?, ?, ?)",
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(blob.digest.hex())
                 .bind(blob.kind.as_str())
@@ -218,7 +219,7 @@ impl Store {
 
     /// Name an already-stored blob (a new version of `name`, unless it is the newest already).
     pub async fn name_dataset(&self, name: &str, digest: &Digest) -> StoreResult<DatasetInfo> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         if blob_kind(&mut tx, digest).await?.is_none() {
             return Err(StoreError::NotFound(format!(
                 "no dataset with the digest {digest} is stored; upload it first"
@@ -250,7 +251,7 @@ impl Store {
                     .map_err(|e| StoreError::NotFound(format!("no dataset `{reference}`: {e}")))?;
                 sqlx::query(&format!(
                     "SELECT {INFO_COLUMNS} FROM dataset_versions v JOIN dataset_blobs b \
-                     USING (digest) WHERE v.digest = ? ORDER BY v.id DESC LIMIT 1"
+                     USING (digest) WHERE v.digest = $1 ORDER BY v.id DESC LIMIT 1"
                 ))
                 .bind(digest.hex().to_string())
                 .fetch_optional(&mut *conn)
@@ -272,7 +273,7 @@ impl Store {
     pub async fn dataset_versions(&self, name: &str) -> StoreResult<Vec<DatasetInfo>> {
         let rows = sqlx::query(&format!(
             "SELECT {INFO_COLUMNS} FROM dataset_versions v JOIN dataset_blobs b USING (digest) \
-             WHERE v.name = ? ORDER BY v.id DESC"
+             WHERE v.name = $1 ORDER BY v.id DESC"
         ))
         .bind(name)
         .fetch_all(&self.pool)
@@ -289,9 +290,9 @@ impl Store {
     /// rows are gone and whose files the caller removes. Refused while a queued or running job
     /// trains on one of those.
     pub async fn delete_dataset(&self, name: &str) -> StoreResult<Vec<Digest>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let digests: Vec<String> =
-            sqlx::query_scalar("SELECT DISTINCT digest FROM dataset_versions WHERE name = ?")
+            sqlx::query_scalar("SELECT DISTINCT digest FROM dataset_versions WHERE name = $1")
                 .bind(name)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -303,7 +304,7 @@ impl Store {
         let mut orphans = Vec::new();
         for digest in digests {
             let other_names: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM dataset_versions WHERE digest = ? AND name != ?",
+                "SELECT COUNT(*) FROM dataset_versions WHERE digest = $1 AND name != $2",
             )
             .bind(&digest)
             .bind(name)
@@ -316,7 +317,7 @@ impl Store {
         let mut users: Vec<(i64, String)> = Vec::new();
         for digest in &orphans {
             let rows = sqlx::query(
-                "SELECT id, state FROM jobs WHERE dataset_digest = ? \
+                "SELECT id, state FROM jobs WHERE dataset_digest = $1 \
                  AND state IN ('queued', 'running') ORDER BY id",
             )
             .bind(digest)
@@ -337,13 +338,13 @@ impl Store {
                  finish, then delete it"
             )));
         }
-        sqlx::query("DELETE FROM dataset_versions WHERE name = ?")
+        sqlx::query("DELETE FROM dataset_versions WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
         let mut gone = Vec::new();
         for digest in orphans {
-            sqlx::query("DELETE FROM dataset_blobs WHERE digest = ?")
+            sqlx::query("DELETE FROM dataset_blobs WHERE digest = $1")
                 .bind(&digest)
                 .execute(&mut *tx)
                 .await?;

@@ -1,6 +1,6 @@
 //! Jobs and attempts: submission, listing and every state transition (one transaction each).
 
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 use kiln_proto::JobSpec;
 use kiln_proto::protocol::{
@@ -10,7 +10,8 @@ use kiln_proto::protocol::{
 use kiln_proto::spec::DeviceRequest;
 
 use super::{
-    Store, StoreError, StoreResult, attempt_from_row, from_u64, now_ms, parse_state, to_u32, to_u64,
+    Backend, Sql, Store, StoreError, StoreResult, attempt_from_row, from_u64, now_ms, parse_state,
+    to_u32, to_u64,
 };
 
 const JOB_COLUMNS: &str = "id, name, spec_json, state, priority, \"group\", created_ms, started_ms, \
@@ -74,7 +75,7 @@ pub enum CancelOutcome {
     },
 }
 
-fn job_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<JobInfo> {
+fn job_from_row(row: &sqlx::any::AnyRow) -> StoreResult<JobInfo> {
     let id: i64 = row.try_get("id")?;
     let spec_json: &str = row.try_get("spec_json")?;
     let spec: JobSpec = serde_json::from_str(spec_json)
@@ -109,8 +110,8 @@ fn tags_json(tags: &[String]) -> StoreResult<String> {
         .map_err(|e| StoreError::Corrupt(format!("cannot serialize the tags: {e}")))
 }
 
-pub(super) async fn load_job(conn: &mut SqliteConnection, id: JobId) -> StoreResult<JobInfo> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+pub(super) async fn load_job(conn: &mut AnyConnection, id: JobId) -> StoreResult<JobInfo> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
@@ -119,12 +120,9 @@ pub(super) async fn load_job(conn: &mut SqliteConnection, id: JobId) -> StoreRes
 }
 
 /// The job row plus the flag that is not part of [`JobInfo`].
-async fn load_job_for_update(
-    conn: &mut SqliteConnection,
-    id: JobId,
-) -> StoreResult<(JobInfo, bool)> {
+async fn load_job_for_update(conn: &mut AnyConnection, id: JobId) -> StoreResult<(JobInfo, bool)> {
     let job = load_job(conn, id).await?;
-    let cancel: i64 = sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
+    let cancel: i64 = sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_one(&mut *conn)
         .await?;
@@ -135,7 +133,7 @@ async fn load_job_for_update(
 /// pinned to its digest in the caller's transaction, so a job never refers to data that is
 /// gone. Returns its id.
 async fn insert_queued(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     spec: &JobSpec,
     group: Option<&str>,
     tags: &[String],
@@ -152,7 +150,7 @@ async fn insert_queued(
     Ok(sqlx::query_scalar(
         "INSERT INTO jobs (name, spec_json, state, priority, device, \"group\", created_ms, \
          max_attempts, tags, dataset_digest, dataset_name) \
-         VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(&spec.name)
     .bind(spec_json)
@@ -179,7 +177,7 @@ impl Store {
         group: Option<&str>,
         tags: &[String],
     ) -> StoreResult<JobInfo> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let id = insert_queued(&mut tx, spec, group, tags).await?;
         let job = load_job(&mut tx, id).await?;
         tx.commit().await?;
@@ -198,7 +196,7 @@ impl Store {
         files: &[(String, u64)],
         place: impl FnOnce(JobId) -> Result<(), String>,
     ) -> StoreResult<JobInfo> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let id = insert_queued(&mut tx, &run.spec, None, tags).await?;
         // Attempt 1 is the run as it trained; a job continued on a worker stays queued, and
         // its attempt 2 resumes from the newest checkpoint (as after any attempt).
@@ -208,8 +206,8 @@ impl Store {
         };
         let finished = run.state.is_terminal().then_some(run.finished_ms);
         sqlx::query(
-            "UPDATE jobs SET state = ?, attempts = 1, worker_id = ?, started_ms = ?, \
-             finished_ms = ?, step = ?, total_steps = ? WHERE id = ?",
+            "UPDATE jobs SET state = $1, attempts = 1, worker_id = $2, started_ms = $3, \
+             finished_ms = $4, step = $5, total_steps = $6 WHERE id = $7",
         )
         .bind(run.state.as_str())
         .bind((run.state != JobState::Queued).then_some(run.trained_on.as_str()))
@@ -222,7 +220,7 @@ impl Store {
         .await?;
         sqlx::query(
             "INSERT INTO attempts (job_id, attempt, worker_id, state, started_ms, finished_ms) \
-             VALUES (?, 1, ?, ?, ?, ?)",
+             VALUES ($1, 1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(&run.trained_on)
@@ -232,7 +230,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) VALUES (?, 1, 0, ?)",
+            "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) VALUES ($1, 1, 0, $2)",
         )
         .bind(id)
         .bind(&run.trained_on)
@@ -246,7 +244,7 @@ impl Store {
         let now = now_ms();
         for (name, size) in files {
             sqlx::query(
-                "INSERT INTO artifacts (job_id, name, size, created_ms) VALUES (?, ?, ?, ?)",
+                "INSERT INTO artifacts (job_id, name, size, created_ms) VALUES ($1, $2, $3, $4)",
             )
             .bind(id)
             .bind(name)
@@ -268,41 +266,47 @@ impl Store {
 
     /// Newest first.
     pub async fn jobs(&self, filter: &JobFilter) -> StoreResult<JobPage> {
-        fn push_where(q: &mut QueryBuilder<'_, Sqlite>, filter: &JobFilter) {
+        fn push_where(q: &mut Sql, filter: &JobFilter, backend: Backend) {
             q.push(" WHERE 1 = 1");
             if let Some(state) = filter.state {
-                q.push(" AND state = ").push_bind(state.as_str());
+                q.push(" AND state = ").bind(state.as_str().to_string());
             }
             if let Some(group) = &filter.group {
-                q.push(" AND \"group\" = ").push_bind(group.clone());
+                q.push(" AND \"group\" = ").bind(group.clone());
             }
             if let Some(name) = &filter.name {
-                q.push(" AND instr(name, ")
-                    .push_bind(name.clone())
-                    .push(") > 0");
+                let needle = q.next_placeholder();
+                q.push(" AND ")
+                    .push(&backend.contains("name", &needle))
+                    .bind_only(name.clone());
             }
             if let Some(tag) = &filter.tag {
-                q.push(" AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ")
-                    .push_bind(tag.clone())
-                    .push(")");
+                let value = q.next_placeholder();
+                q.push(" AND ")
+                    .push(&backend.json_array_has("jobs.tags", &value))
+                    .bind_only(tag.clone());
             }
         }
         // One read transaction: the count, the rows and the revision are one snapshot.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.snapshot().await?;
         let revision: i64 = sqlx::query_scalar("SELECT value FROM revision_counter WHERE id = 1")
             .fetch_one(&mut *tx)
             .await?;
-        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM jobs");
-        push_where(&mut count, filter);
-        let total: i64 = count.build_query_scalar().fetch_one(&mut *tx).await?;
+        let mut count = Sql::new("SELECT COUNT(*) FROM jobs");
+        push_where(&mut count, filter, self.backend);
+        let (text, args) = count.parts()?;
+        let total: i64 = sqlx::query_scalar_with(&text, args)
+            .fetch_one(&mut *tx)
+            .await?;
 
-        let mut list = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs"));
-        push_where(&mut list, filter);
+        let mut list = Sql::new(format!("SELECT {JOB_COLUMNS} FROM jobs"));
+        push_where(&mut list, filter, self.backend);
         list.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit))
+            .bind(i64::from(filter.limit))
             .push(" OFFSET ")
-            .push_bind(from_u64(filter.offset));
-        let rows = list.build().fetch_all(&mut *tx).await?;
+            .bind(from_u64(filter.offset));
+        let (text, args) = list.parts()?;
+        let rows = sqlx::query_with(&text, args).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let jobs = rows
             .iter()
@@ -317,12 +321,12 @@ impl Store {
 
     /// Set a job's notes and/or tags (a patch already normalized); the job as it is now.
     pub async fn annotate_job(&self, id: JobId, patch: &JobPatch) -> StoreResult<JobInfo> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         load_job(&mut tx, id).await?;
         let tags = patch.tags.as_deref().map(tags_json).transpose()?;
         // NULL keeps the column as it is.
         sqlx::query(
-            "UPDATE jobs SET notes = COALESCE(?, notes), tags = COALESCE(?, tags) WHERE id = ?",
+            "UPDATE jobs SET notes = COALESCE($1, notes), tags = COALESCE($2, tags) WHERE id = $3",
         )
         .bind(patch.notes.as_deref())
         .bind(tags)
@@ -354,7 +358,7 @@ impl Store {
         self.job(job_id).await?;
         let rows = sqlx::query(
             "SELECT job_id, attempt, worker_id, state, started_ms, finished_ms, \
-             resumed_from_step, error FROM attempts WHERE job_id = ? ORDER BY attempt",
+             resumed_from_step, error FROM attempts WHERE job_id = $1 ORDER BY attempt",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -364,7 +368,7 @@ impl Store {
             .map(attempt_from_row)
             .collect::<StoreResult<Vec<_>>>()?;
         let ranks = sqlx::query(
-            "SELECT attempt, rank, worker_id FROM attempt_ranks WHERE job_id = ? \
+            "SELECT attempt, rank, worker_id FROM attempt_ranks WHERE job_id = $1 \
              ORDER BY attempt, rank",
         )
         .bind(job_id)
@@ -393,8 +397,8 @@ impl Store {
     ) -> StoreResult<Option<()>> {
         let done = sqlx::query(
             "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) \
-             SELECT id, attempts, ?, ? FROM jobs \
-             WHERE id = ? AND state = 'running' AND attempts = ?",
+             SELECT id, attempts, $1, $2 FROM jobs \
+             WHERE id = $3 AND state = 'running' AND attempts = $4",
         )
         .bind(i64::from(rank))
         .bind(worker_id)
@@ -458,7 +462,7 @@ impl Store {
     /// The workers of an attempt, in rank order (one for a one-worker attempt).
     pub async fn attempt_workers(&self, attempt: AttemptRef) -> StoreResult<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT worker_id FROM attempt_ranks WHERE job_id = ? AND attempt = ? ORDER BY rank",
+            "SELECT worker_id FROM attempt_ranks WHERE job_id = $1 AND attempt = $2 ORDER BY rank",
         )
         .bind(attempt.job_id)
         .bind(i64::from(attempt.attempt))
@@ -488,7 +492,7 @@ impl Store {
             )));
         };
         let worker_id = worker_id.as_str();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let job = load_job(&mut tx, job_id).await?;
         if job.state != JobState::Queued {
             return Ok(None);
@@ -498,7 +502,7 @@ impl Store {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO attempts (job_id, attempt, worker_id, state, started_ms, \
-             resumed_from_step, resume_artifact) VALUES (?, ?, ?, 'running', ?, ?, ?)",
+             resumed_from_step, resume_artifact) VALUES ($1, $2, $3, 'running', $4, $5, $6)",
         )
         .bind(job_id)
         .bind(i64::from(attempt))
@@ -511,7 +515,7 @@ impl Store {
         for (rank, worker) in workers.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO attempt_ranks (job_id, attempt, rank, worker_id) \
-                 VALUES (?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4)",
             )
             .bind(job_id)
             .bind(i64::from(attempt))
@@ -521,8 +525,8 @@ impl Store {
             .await?;
         }
         sqlx::query(
-            "UPDATE jobs SET state = 'running', attempts = ?, worker_id = ?, \
-             started_ms = COALESCE(started_ms, ?), step = ? WHERE id = ?",
+            "UPDATE jobs SET state = 'running', attempts = $1, worker_id = $2, \
+             started_ms = COALESCE(started_ms, $3), step = $4 WHERE id = $5",
         )
         .bind(i64::from(attempt))
         .bind(worker_id)
@@ -548,7 +552,7 @@ impl Store {
     /// Whether `attempt` is the job's current, running attempt.
     pub async fn is_current(&self, attempt: AttemptRef) -> StoreResult<bool> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE id = ? AND state = 'running' AND attempts = ?",
+            "SELECT COUNT(*) FROM jobs WHERE id = $1 AND state = 'running' AND attempts = $2",
         )
         .bind(attempt.job_id)
         .bind(i64::from(attempt.attempt))
@@ -564,10 +568,10 @@ impl Store {
         total_steps: u64,
         start_step: u64,
     ) -> StoreResult<Option<JobInfo>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let done = sqlx::query(
-            "UPDATE jobs SET total_steps = ?, step = ? \
-             WHERE id = ? AND state = 'running' AND attempts = ?",
+            "UPDATE jobs SET total_steps = $1, step = $2 \
+             WHERE id = $3 AND state = 'running' AND attempts = $4",
         )
         .bind(from_u64(total_steps))
         .bind(from_u64(start_step))
@@ -597,7 +601,7 @@ impl Store {
         steps: Option<u64>,
         retryable: bool,
     ) -> StoreResult<Option<JobInfo>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let (job, cancel_requested) = load_job_for_update(&mut tx, attempt.job_id).await?;
         if job.state != JobState::Running || job.attempts != attempt.attempt {
             return Ok(None);
@@ -609,8 +613,8 @@ impl Store {
             AttemptOutcome::Cancelled => JobState::Cancelled,
         };
         sqlx::query(
-            "UPDATE attempts SET state = ?, finished_ms = ?, error = ? \
-             WHERE job_id = ? AND attempt = ?",
+            "UPDATE attempts SET state = $1, finished_ms = $2, error = $3 \
+             WHERE job_id = $4 AND attempt = $5",
         )
         .bind(attempt_state.as_str())
         .bind(now)
@@ -638,8 +642,9 @@ impl Store {
         let finished = next.is_terminal().then_some(now);
         let step = steps.map_or(from_u64(job.step), from_u64);
         sqlx::query(
-            "UPDATE jobs SET state = ?, finished_ms = ?, step = MAX(step, ?), error = ?, \
-             worker_id = CASE WHEN ? = 'queued' THEN NULL ELSE worker_id END WHERE id = ?",
+            "UPDATE jobs SET state = $1, finished_ms = $2, \
+             step = CASE WHEN step > $3 THEN step ELSE $3 END, error = $4, \
+             worker_id = CASE WHEN $5 = 'queued' THEN NULL ELSE worker_id END WHERE id = $6",
         )
         .bind(next.as_str())
         .bind(finished)
@@ -656,11 +661,11 @@ impl Store {
 
     /// Cancel a queued job at once, or mark a running one for cancellation.
     pub async fn cancel_job(&self, id: JobId) -> StoreResult<CancelOutcome> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let job = load_job(&mut tx, id).await?;
         let outcome = match job.state {
             JobState::Queued => {
-                sqlx::query("UPDATE jobs SET state = 'cancelled', finished_ms = ? WHERE id = ?")
+                sqlx::query("UPDATE jobs SET state = 'cancelled', finished_ms = $1 WHERE id = $2")
                     .bind(now_ms())
                     .bind(id)
                     .execute(&mut *tx)
@@ -668,7 +673,7 @@ impl Store {
                 CancelOutcome::Cancelled(load_job(&mut tx, id).await?)
             }
             JobState::Running => {
-                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?")
+                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = $1")
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -694,7 +699,7 @@ impl Store {
 
     /// Re-queue a failed or cancelled job with `spec.max_attempts` more attempts.
     pub async fn retry_job(&self, id: JobId) -> StoreResult<JobInfo> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let job = load_job(&mut tx, id).await?;
         if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
             return Err(StoreError::Conflict(format!(
@@ -705,8 +710,8 @@ impl Store {
         super::datasets::check_still_stored(&mut tx, id).await?;
         let max_attempts = job.attempts.saturating_add(job.spec.max_attempts);
         sqlx::query(
-            "UPDATE jobs SET state = 'queued', max_attempts = ?, error = NULL, finished_ms = NULL, \
-             worker_id = NULL, cancel_requested = 0 WHERE id = ?",
+            "UPDATE jobs SET state = 'queued', max_attempts = $1, error = NULL, finished_ms = NULL, \
+             worker_id = NULL, cancel_requested = 0 WHERE id = $2",
         )
         .bind(i64::from(max_attempts))
         .bind(id)

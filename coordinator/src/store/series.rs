@@ -1,14 +1,17 @@
 //! Metrics and logs: append-only series of a job.
 
 use futures_util::TryStreamExt;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
 use kiln_proto::metric::{Metric, Split};
 use kiln_proto::protocol::{AttemptRef, JobId, LogEntry, LogLine, MetricPoint};
 
-use super::{Store, StoreError, StoreResult, from_u64, parse_split, split_str, to_u32, to_u64};
+use super::{
+    Sql, Store, StoreError, StoreResult, from_u64, parse_split, split_str, to_u32, to_u64,
+};
 
-/// Rows per multi-row INSERT: 9 binds each, well under SQLite's 32766 bind limit.
+/// Rows per multi-row INSERT: 9 binds each, well under SQLite's 32766 and PostgreSQL's 65535
+/// bind limits.
 const METRIC_ROWS_PER_INSERT: usize = 500;
 const LOG_ROWS_PER_INSERT: usize = 1000;
 
@@ -20,12 +23,9 @@ pub struct MetricRange {
     pub to_step: Option<u64>,
 }
 
-async fn current_in_tx(
-    conn: &mut sqlx::SqliteConnection,
-    attempt: AttemptRef,
-) -> StoreResult<bool> {
+async fn current_in_tx(conn: &mut sqlx::AnyConnection, attempt: AttemptRef) -> StoreResult<bool> {
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM jobs WHERE id = ? AND state = 'running' AND attempts = ?",
+        "SELECT COUNT(*) FROM jobs WHERE id = $1 AND state = 'running' AND attempts = $2",
     )
     .bind(attempt.job_id)
     .bind(i64::from(attempt.attempt))
@@ -36,27 +36,45 @@ async fn current_in_tx(
 
 /// Append `points` as `attempt`'s, in multi-row INSERTs, inside the caller's transaction.
 pub(super) async fn insert_metric_rows(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     attempt: AttemptRef,
     points: &[Metric],
 ) -> StoreResult<()> {
     for chunk in points.chunks(METRIC_ROWS_PER_INSERT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
+        let mut q = Sql::new(
             "INSERT INTO metrics (job_id, attempt, step, split, loss, accuracy, lr, \
-                 samples_per_sec, epoch) ",
+                 samples_per_sec, epoch) VALUES ",
         );
-        q.push_values(chunk, |mut row, m| {
-            row.push_bind(attempt.job_id)
-                .push_bind(i64::from(attempt.attempt))
-                .push_bind(from_u64(m.step))
-                .push_bind(split_str(m.split))
-                .push_bind(m.loss)
-                .push_bind(m.accuracy)
-                .push_bind(m.lr)
-                .push_bind(m.samples_per_sec)
-                .push_bind(m.epoch);
-        });
-        q.build().execute(&mut *conn).await?;
+        for (i, m) in chunk.iter().enumerate() {
+            q.push(if i == 0 { "(" } else { ", (" })
+                .bind(attempt.job_id)
+                .push(", ")
+                .bind(i64::from(attempt.attempt))
+                .push(", ")
+                .bind(from_u64(m.step))
+                .push(", ")
+                .bind(split_str(m.split))
+                .push(", ")
+                // A non-finite loss is stored as NULL (SQLite does so with NaN by itself).
+                .bind(m.loss.is_finite().then_some(m.loss))
+                .push(", ")
+                .bind(m.accuracy)
+                .push(", ")
+                .bind(m.lr)
+                .push(", ")
+                .bind(m.samples_per_sec)
+                .push(", ")
+                .bind(m.epoch)
+                .push(")");
+        }
+        let (text, args) = q.parts()?;
+        // Not a prepared statement kept for reuse: sqlx 0.8's `Any` sends a NULL `f64` as a
+        // `float4` to PostgreSQL, and a statement prepared with that type then refuses the
+        // next batch's `float8` values in the same column.
+        sqlx::query_with(&text, args)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -69,17 +87,19 @@ impl Store {
         attempt: AttemptRef,
         points: &[Metric],
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         if !current_in_tx(&mut tx, attempt).await? {
             return Ok(false);
         }
         insert_metric_rows(&mut tx, attempt, points).await?;
         if let Some(max_step) = points.iter().map(|m| m.step).max() {
-            sqlx::query("UPDATE jobs SET step = MAX(step, ?) WHERE id = ?")
-                .bind(from_u64(max_step))
-                .bind(attempt.job_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE jobs SET step = CASE WHEN step > $1 THEN step ELSE $1 END WHERE id = $2",
+            )
+            .bind(from_u64(max_step))
+            .bind(attempt.job_id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -92,23 +112,23 @@ impl Store {
         range: MetricRange,
     ) -> StoreResult<Vec<MetricPoint>> {
         self.job(job_id).await?;
-        let mut q = QueryBuilder::<Sqlite>::new(
+        let mut q = Sql::new(
             "SELECT attempt, step, split, loss, accuracy, lr, samples_per_sec, epoch \
              FROM metrics WHERE job_id = ",
         );
-        q.push_bind(job_id);
+        q.bind(job_id);
         if let Some(split) = range.split {
-            q.push(" AND split = ").push_bind(split_str(split));
+            q.push(" AND split = ").bind(split_str(split));
         }
         if let Some(from) = range.from_step {
-            q.push(" AND step >= ").push_bind(from_u64(from));
+            q.push(" AND step >= ").bind(from_u64(from));
         }
         if let Some(to) = range.to_step {
-            q.push(" AND step <= ").push_bind(from_u64(to));
+            q.push(" AND step <= ").bind(from_u64(to));
         }
-        q.push(" ORDER BY step, rowid");
+        q.push(" ORDER BY step, ").push(self.backend.arrival());
         // Positional tuples, streamed: a chart overview of a 10⁵-point run reads every row, and
-        // per-row column lookups by name plus a buffered `Vec<SqliteRow>` cost ≈ 20 % more.
+        // per-row column lookups by name plus a buffered `Vec<AnyRow>` cost ≈ 20 % more.
         type Row = (
             i64,
             i64,
@@ -119,7 +139,8 @@ impl Store {
             Option<f64>,
             f64,
         );
-        let mut rows = q.build_query_as::<Row>().fetch(&self.pool);
+        let (text, args) = q.parts()?;
+        let mut rows = sqlx::query_as_with::<_, Row, _>(&text, args).fetch(&self.pool);
         let mut out = Vec::new();
         while let Some((attempt, step, split, loss, accuracy, lr, samples_per_sec, epoch)) =
             rows.try_next().await?
@@ -143,20 +164,25 @@ impl Store {
     /// Append log lines in one transaction. Returns `false` (and stores nothing) if the
     /// attempt is not current.
     pub async fn insert_logs(&self, attempt: AttemptRef, lines: &[LogLine]) -> StoreResult<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         if !current_in_tx(&mut tx, attempt).await? {
             return Ok(false);
         }
         for chunk in lines.chunks(LOG_ROWS_PER_INSERT) {
-            let mut q =
-                QueryBuilder::<Sqlite>::new("INSERT INTO logs (job_id, attempt, ts_ms, text) ");
-            q.push_values(chunk, |mut row, line| {
-                row.push_bind(attempt.job_id)
-                    .push_bind(i64::from(attempt.attempt))
-                    .push_bind(line.ts_ms)
-                    .push_bind(line.text.clone());
-            });
-            q.build().execute(&mut *tx).await?;
+            let mut q = Sql::new("INSERT INTO logs (job_id, attempt, ts_ms, text) VALUES ");
+            for (i, line) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" })
+                    .bind(attempt.job_id)
+                    .push(", ")
+                    .bind(i64::from(attempt.attempt))
+                    .push(", ")
+                    .bind(line.ts_ms)
+                    .push(", ")
+                    .bind(line.text.clone())
+                    .push(")");
+            }
+            let (text, args) = q.parts()?;
+            sqlx::query_with(&text, args).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -166,7 +192,7 @@ impl Store {
     pub async fn logs(&self, job_id: JobId, after: i64, limit: u32) -> StoreResult<Vec<LogEntry>> {
         self.job(job_id).await?;
         let rows = sqlx::query(
-            "SELECT seq, ts_ms, text FROM logs WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, ts_ms, text FROM logs WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(job_id)
         .bind(after)

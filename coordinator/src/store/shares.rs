@@ -8,7 +8,7 @@ use super::{Store, StoreError, StoreResult, now_ms};
 
 const SHARE_COLUMNS: &str = "id, job_id, hint, created_ms, revoked_ms, with_data";
 
-fn share_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ShareInfo> {
+fn share_from_row(row: &sqlx::any::AnyRow) -> StoreResult<ShareInfo> {
     Ok(ShareInfo {
         id: row.try_get("id")?,
         job_id: row.try_get("job_id")?,
@@ -29,11 +29,11 @@ impl Store {
         hint: &str,
         with_data: bool,
     ) -> StoreResult<ShareInfo> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         super::jobs::load_job(&mut tx, job_id).await?;
         let row = sqlx::query(&format!(
             "INSERT INTO shares (job_id, token_hash, hint, created_ms, with_data) \
-             VALUES (?, ?, ?, ?, ?) RETURNING {SHARE_COLUMNS}"
+             VALUES ($1, $2, $3, $4, $5) RETURNING {SHARE_COLUMNS}"
         ))
         .bind(job_id)
         .bind(token_hash)
@@ -51,7 +51,7 @@ impl Store {
     pub async fn shares(&self, job_id: JobId) -> StoreResult<Vec<ShareInfo>> {
         self.job(job_id).await?;
         let rows = sqlx::query(&format!(
-            "SELECT {SHARE_COLUMNS} FROM shares WHERE job_id = ? ORDER BY id DESC"
+            "SELECT {SHARE_COLUMNS} FROM shares WHERE job_id = $1 ORDER BY id DESC"
         ))
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -62,7 +62,7 @@ impl Store {
     /// Revoke a link; revoking again keeps the first `revoked_ms`.
     pub async fn revoke_share(&self, id: i64) -> StoreResult<ShareInfo> {
         let row = sqlx::query(&format!(
-            "UPDATE shares SET revoked_ms = COALESCE(revoked_ms, ?) WHERE id = ? \
+            "UPDATE shares SET revoked_ms = COALESCE(revoked_ms, $1) WHERE id = $2 \
              RETURNING {SHARE_COLUMNS}"
         ))
         .bind(now_ms())
@@ -77,7 +77,7 @@ impl Store {
     /// shares the job's data; `None` for no such link.
     pub async fn shared_job(&self, token_hash: &str) -> StoreResult<Option<(JobId, bool)>> {
         let row = sqlx::query(
-            "SELECT job_id, with_data FROM shares WHERE token_hash = ? AND revoked_ms IS NULL",
+            "SELECT job_id, with_data FROM shares WHERE token_hash = $1 AND revoked_ms IS NULL",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)

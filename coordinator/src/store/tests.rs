@@ -28,8 +28,41 @@ fn caps() -> kiln_proto::protocol::Capabilities {
 
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path()).await.expect("opens");
+    let store = crate::testing::store(dir.path()).await.expect("opens");
     (dir, store)
+}
+
+#[tokio::test]
+async fn a_database_url_that_is_not_postgres_is_refused_naming_the_flag() {
+    let err = Store::connect("mysql://kiln:secret@db.example/kiln")
+        .await
+        .expect_err("not postgres");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--database") && msg.contains("postgres://"),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret"), "the password is hidden: {msg}");
+    // Nothing listens on port 1: the error names the server, not the password.
+    let err = Store::connect("postgres://kiln:secret@127.0.0.1:1/kiln")
+        .await
+        .expect_err("unreachable");
+    let msg = err.to_string();
+    assert!(msg.contains("cannot connect to the database"), "{msg}");
+    assert!(
+        msg.contains("127.0.0.1:1") && !msg.contains("secret"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn database_urls_are_shown_without_their_password() {
+    assert_eq!(
+        super::redact("postgres://kiln:hunter2@db:5432/kiln?sslmode=require"),
+        "postgres://kiln:***@db:5432/kiln?sslmode=require"
+    );
+    assert_eq!(super::redact("postgres://db/kiln"), "postgres://db/kiln");
+    assert_eq!(super::redact("not a url"), "(not a URL)");
 }
 
 #[tokio::test]
@@ -371,7 +404,7 @@ async fn share_links_resolve_until_revoked_and_go_with_their_job() {
     ));
 
     // Jobs are never deleted through the API; if one is, its links go with it.
-    sqlx::query("DELETE FROM jobs WHERE id = ?")
+    sqlx::query("DELETE FROM jobs WHERE id = $1")
         .bind(job.id)
         .execute(&store.pool)
         .await
@@ -546,7 +579,7 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
     );
     // Revisions survive a reopen of the database (they live in it, not in memory).
     drop(store);
-    let store = Store::open(dir.path()).await.expect("reopen");
+    let store = crate::testing::store(dir.path()).await.expect("reopen");
     let w3 = store
         .set_worker_connected("w", false)
         .await

@@ -28,7 +28,7 @@ const WORKER_SELECT: &str = "SELECT w.id, w.name, w.capabilities_json, w.connect
      w.last_seen_ms, w.revision, j.id AS job_id, j.attempts AS attempt FROM workers w \
      LEFT JOIN jobs j ON j.worker_id = w.id AND j.state = 'running'";
 
-fn worker_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<WorkerInfo> {
+fn worker_from_row(row: &sqlx::any::AnyRow) -> StoreResult<WorkerInfo> {
     let id: String = row.try_get("id")?;
     let caps: &str = row.try_get("capabilities_json")?;
     let capabilities: Capabilities = serde_json::from_str(caps)
@@ -66,9 +66,9 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("cannot serialize capabilities: {e}")))?;
         sqlx::query(
             "INSERT INTO workers (id, name, capabilities_json, connected, draining, last_seen_ms) \
-             VALUES (?, ?, ?, 1, 0, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+             VALUES ($1, $2, $3, 1, 0, $4) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
              capabilities_json = excluded.capabilities_json, connected = 1, \
-             draining = CASE WHEN ? THEN draining ELSE 0 END, last_seen_ms = excluded.last_seen_ms",
+             draining = CASE WHEN $5 THEN workers.draining ELSE 0 END, last_seen_ms = excluded.last_seen_ms",
         )
         .bind(id)
         .bind(name)
@@ -81,8 +81,8 @@ impl Store {
     }
 
     pub async fn set_worker_connected(&self, id: &str, connected: bool) -> StoreResult<WorkerInfo> {
-        sqlx::query("UPDATE workers SET connected = ?, last_seen_ms = ? WHERE id = ?")
-            .bind(connected)
+        sqlx::query("UPDATE workers SET connected = $1, last_seen_ms = $2 WHERE id = $3")
+            .bind(i64::from(connected))
             .bind(now_ms())
             .bind(id)
             .execute(&self.pool)
@@ -99,7 +99,7 @@ impl Store {
     }
 
     pub async fn touch_worker(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE workers SET last_seen_ms = ? WHERE id = ?")
+        sqlx::query("UPDATE workers SET last_seen_ms = $1 WHERE id = $2")
             .bind(now_ms())
             .bind(id)
             .execute(&self.pool)
@@ -108,7 +108,7 @@ impl Store {
     }
 
     pub async fn drain_worker(&self, id: &str) -> StoreResult<WorkerInfo> {
-        let done = sqlx::query("UPDATE workers SET draining = 1 WHERE id = ?")
+        let done = sqlx::query("UPDATE workers SET draining = 1 WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -119,7 +119,7 @@ impl Store {
     }
 
     pub async fn worker(&self, id: &str) -> StoreResult<WorkerInfo> {
-        let row = sqlx::query(&format!("{WORKER_SELECT} WHERE w.id = ?"))
+        let row = sqlx::query(&format!("{WORKER_SELECT} WHERE w.id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -137,14 +137,14 @@ impl Store {
 
     /// Store a token hash. Replaces every earlier admin token when `kind` is admin.
     pub async fn put_token(&self, hash: &str, kind: TokenKind, name: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         if kind == TokenKind::Admin {
             sqlx::query("DELETE FROM tokens WHERE kind = 'admin'")
                 .execute(&mut *tx)
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO tokens (hash, kind, name, created_ms) VALUES (?, ?, ?, ?) \
+            "INSERT INTO tokens (hash, kind, name, created_ms) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (hash) DO UPDATE SET kind = excluded.kind, name = excluded.name",
         )
         .bind(hash)
@@ -165,7 +165,7 @@ impl Store {
     }
 
     pub async fn token_kind(&self, hash: &str) -> StoreResult<Option<TokenKind>> {
-        let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM tokens WHERE hash = ?")
+        let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM tokens WHERE hash = $1")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await?;

@@ -15,13 +15,12 @@ use kiln_proto::protocol::{
 use super::*;
 use crate::CoordinatorConfig;
 use crate::state::AppState;
-use crate::store::Store;
 
 type In = mpsc::UnboundedSender<Result<Message, std::io::Error>>;
 type Out = mpsc::UnboundedReceiver<Message>;
 
 async fn state(dir: &std::path::Path) -> (AppState, watch::Sender<bool>) {
-    let store = Store::open(dir).await.expect("store opens");
+    let store = crate::testing::store(dir).await.expect("store opens");
     let (tx, rx) = watch::channel(false);
     let config = CoordinatorConfig {
         data_dir: dir.to_path_buf(),

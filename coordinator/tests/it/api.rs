@@ -591,6 +591,9 @@ async fn json_and_dashboard_files_are_gzipped_but_artifacts_are_not() {
     let c = Coordinator::start(kiln_coordinator::CoordinatorConfig {
         addr: "127.0.0.1:0".parse().expect("literal address"),
         data_dir: dir.path().to_path_buf(),
+        database: kiln_coordinator::testing::database_for(dir.path())
+            .await
+            .expect("test database"),
         admin_token: Some(ADMIN.into()),
         static_dir: Some(web.path().to_path_buf()),
         ..Default::default()

@@ -72,6 +72,9 @@ async fn restart_keeps_jobs_and_reattaches_running_attempts() {
     let c = kiln_coordinator::Coordinator::start(kiln_coordinator::CoordinatorConfig {
         addr: "127.0.0.1:0".parse().expect("addr"),
         data_dir: dir.path().to_path_buf(),
+        database: kiln_coordinator::testing::database_for(dir.path())
+            .await
+            .expect("test database"),
         admin_token: None,
         heartbeat_interval: hb,
         ..Default::default()

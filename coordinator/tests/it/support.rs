@@ -30,6 +30,9 @@ pub async fn start(dir: &Path, heartbeat: Duration) -> Coordinator {
     Coordinator::start(CoordinatorConfig {
         addr: "127.0.0.1:0".parse().expect("literal address"),
         data_dir: dir.to_path_buf(),
+        database: kiln_coordinator::testing::database_for(dir)
+            .await
+            .expect("test database"),
         admin_token: Some(ADMIN.into()),
         heartbeat_interval: heartbeat,
         max_body_bytes: MAX_BODY,
