@@ -103,7 +103,9 @@ impl IntoResponse for ApiError {
 }
 
 /// `axum::Json`, but a bad body is an [`ApiError`] (400 naming serde's complaint, 413 when
-/// too large) instead of axum's plain-text rejection.
+/// too large) instead of axum's plain-text rejection. The body must be a JSON object: serde
+/// also reads a struct from an array (`[]` is a `JobPatch` with no field, `["n"]` sets notes),
+/// which no documented body is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
 
@@ -115,10 +117,18 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let Json(value) = Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        if !value.is_object() {
+            return Err(ApiError::BadRequest(
+                "invalid JSON body: expected a JSON object".into(),
+            ));
         }
+        // serde_path_to_error (axum's own Json uses it) keeps the field path in the message.
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
 }
 

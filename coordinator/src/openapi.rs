@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Schema, Type};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 macro_rules! wire_schema {
@@ -139,6 +139,58 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Secured routes a worker token may use too (`require_token` only); every other secured route
+/// is admin-only (`require_admin`). Keep in step with `routes::app`'s `any_token` router.
+const ANY_TOKEN_PATHS: &[&str] = &[
+    "/api/jobs/{id}/artifacts",
+    "/api/jobs/{id}/artifacts/{name}",
+    "/api/datasets/{dataset}/content",
+    "/ws/worker",
+    "/api/relay/{job_id}/{attempt}/{link}",
+];
+
+/// Add the answers of the auth middlewares, which no handler annotation lists: 401
+/// (`require_token`) on every operation with a `security` requirement, 403 (`require_admin`: a
+/// worker token) on the admin-only ones. Runs on the finished document: `ApiDoc`'s modifiers
+/// run before `routes::app` merges the routes' paths in.
+pub fn document_auth_errors(doc: &mut utoipa::openapi::OpenApi) {
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ApiErrorBody")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let admin_only = !ANY_TOKEN_PATHS.contains(&path.as_str());
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            if op.security.as_ref().is_none_or(Vec::is_empty) {
+                continue;
+            }
+            let responses = &mut op.responses.responses;
+            responses
+                .entry("401".into())
+                .or_insert_with(|| error("Missing, malformed or unknown bearer token").into());
+            if admin_only {
+                responses
+                    .entry("403".into())
+                    .or_insert_with(|| error("A worker token on an admin-only route").into());
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +27,7 @@ use tracing::{debug, info, warn};
 use kiln_proto::protocol::{AttemptRef, JobId};
 
 use crate::error::ApiError;
+use crate::openapi::ApiErrorDoc;
 use crate::state::AppState;
 
 /// How long the first side of a link waits for the other.
@@ -139,18 +141,23 @@ pub struct RelayQuery {
     tag = "websocket",
     description = "A relayed ring link of a data-parallel attempt (worker token): link `r` carries rank r's bytes to rank r + 1. Rank r connects with `side=dial`, rank r + 1 with `side=accept`, both with `Upgrade: kiln-ring`; once both are there their streams are joined.",
     params(("job_id" = i64, Path), ("attempt" = u32, Path), ("link" = u32, Path),
-        ("side" = String, Query, description = "dial or accept")),
+        ("side" = String, Query, description = "dial or accept", pattern = "^(dial|accept)$"),
+        ("Upgrade" = String, Header, description = "kiln-ring", pattern = "^kiln-ring$")),
     responses((status = 101, description = "Switching to the raw link"),
-        (status = 404, description = "No such attempt running, or no such link"),
-        (status = 400, description = "Not an upgrade to kiln-ring")),
+        (status = 404, body = ApiErrorDoc, description = "No such attempt running, or no such link"),
+        (status = 400, body = ApiErrorDoc,
+            description = "Not an upgrade to kiln-ring, or a malformed path or `side`")),
     security(("bearer" = []))
 )]
 pub async fn upgrade(
     State(state): State<AppState>,
-    Path((job_id, attempt, link)): Path<(JobId, u32, u32)>,
-    Query(query): Query<RelayQuery>,
+    path: Result<Path<(JobId, u32, u32)>, PathRejection>,
+    query: Result<Query<RelayQuery>, QueryRejection>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
+    // axum's own rejections are plain text; every other 4xx of the API is an ApiErrorBody.
+    let Path((job_id, attempt, link)) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let wants_ring = req
         .headers()
         .get(header::UPGRADE)

@@ -72,11 +72,13 @@ pub fn app(state: AppState) -> Router {
     // No bearer token: a share token in the path opens one job and its metrics, nothing
     // else. Outside `require_token`; more specific than the `/api/{*rest}` catch-all below.
     let public = shares::public_router().layer(RequestBodyLimitLayer::new(max_body));
-    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health))
         .merge(public)
         .merge(protected)
         .split_for_parts();
+    // The middlewares' answers (401, 403) are on no handler's annotation.
+    crate::openapi::document_auth_errors(&mut doc);
     // The document describes the routes above, so it is served once they are all known;
     // like them, it needs a worker or admin token. Serialized once, at start.
     let doc = Bytes::from(
@@ -144,7 +146,7 @@ pub async fn health() -> Json<Health> {
 
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     description = "Prometheus text: jobs by state, workers connected, metric points ingested, jobs submitted.",
-    responses((status = 200, content_type = "text/plain", body = String)),
+    responses((status = 200, content_type = "application/openmetrics-text", body = String)),
     security(("bearer" = [])))]
 pub async fn prometheus(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = state.store.count_jobs_by_state().await?;

@@ -28,7 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[utoipa::path(get, path = "/api/jobs/{id}/artifacts", tag = "artifacts",
     params(("id" = i64, Path, description = "Job id")),
-    responses((status = 200, body = Vec<ArtifactInfoDoc>), (status = 404, body = ApiErrorDoc)),
+    responses((status = 200, body = Vec<ArtifactInfoDoc>), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -48,7 +49,7 @@ async fn existing_job(state: &AppState, id: &str, name: &str) -> Result<i64, Api
 
 #[utoipa::path(get, path = "/api/jobs/{id}/artifacts/{name}", tag = "artifacts",
     params(("id" = i64, Path, description = "Job id"),
-        ("name" = String, Path, description = "Artifact name")),
+        ("name" = String, Path, description = "Artifact name", pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, body = ApiErrorDoc), (status = 404, body = ApiErrorDoc)),
     security(("bearer" = [])))]
@@ -83,7 +84,8 @@ pub async fn download(
 
 #[utoipa::path(put, path = "/api/jobs/{id}/artifacts/{name}", tag = "artifacts",
     params(("id" = i64, Path, description = "Job id"),
-        ("name" = String, Path, description = "Artifact name: [A-Za-z0-9._-]{1,128}, not starting with '.'")),
+        ("name" = String, Path, description = "Artifact name: [A-Za-z0-9._-]{1,128}, not starting with '.'",
+            pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = ArtifactInfoDoc), (status = 400, body = ApiErrorDoc),
         (status = 404, body = ApiErrorDoc), (status = 413, body = ApiErrorDoc)),

@@ -65,8 +65,9 @@ pub async fn show(
 }
 
 #[utoipa::path(get, path = "/api/datasets/{dataset}/versions", tag = "datasets",
-    params(("dataset" = String, Path, description = "Dataset name")),
-    responses((status = 200, body = Vec<DatasetInfoDoc>), (status = 404, body = ApiErrorDoc)),
+    params(("dataset" = String, Path, description = "Dataset name", pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")),
+    responses((status = 200, body = Vec<DatasetInfoDoc>), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc)),
     security(("bearer" = [])))]
 pub async fn versions(
     State(state): State<AppState>,
@@ -78,7 +79,7 @@ pub async fn versions(
 #[utoipa::path(post, path = "/api/datasets/{dataset}/versions", tag = "datasets",
     description = "Give an already-stored dataset (by digest) this name, as its newest version; \
         nothing is uploaded. A no-op if it is the newest version already.",
-    params(("dataset" = String, Path, description = "Dataset name")),
+    params(("dataset" = String, Path, description = "Dataset name", pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")),
     request_body = NameDatasetDoc,
     responses((status = 200, body = DatasetInfoDoc), (status = 400, body = ApiErrorDoc),
         (status = 404, body = ApiErrorDoc)),
@@ -98,11 +99,14 @@ pub async fn name_version(
 
 /// `PUT /api/datasets/{name}` query.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// idx (a tar of an IDX folder), csv or text.
+    #[param(pattern = "^(idx|csv|text)$")]
     kind: String,
     /// The SHA-256 of the body, 64 hex digits: checked before anything is stored.
+    #[param(pattern = "^[0-9A-Fa-f]{64}$")]
     sha256: String,
 }
 
@@ -111,7 +115,8 @@ pub struct UploadQuery {
         to disk, is checked against `sha256` and read for a preview; only then is it stored \
         (content-addressed: bytes stored before are kept once). 201 when the bytes are new, 200 \
         when they were stored already.",
-    params(("dataset" = String, Path, description = "Dataset name"), UploadQuery),
+    params(("dataset" = String, Path, description = "Dataset name", pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"),
+        UploadQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = DatasetInfoDoc), (status = 200, body = DatasetInfoDoc),
         (status = 400, body = ApiErrorDoc), (status = 409, body = ApiErrorDoc),
@@ -210,8 +215,9 @@ pub async fn upload(
 #[utoipa::path(delete, path = "/api/datasets/{dataset}", tag = "datasets",
     description = "Delete every version of a name; bytes no other name uses are removed. \
         Refused (409, naming the jobs) while a queued or running job trains on them.",
-    params(("dataset" = String, Path, description = "Dataset name")),
-    responses((status = 204), (status = 404, body = ApiErrorDoc), (status = 409, body = ApiErrorDoc)),
+    params(("dataset" = String, Path, description = "Dataset name", pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")),
+    responses((status = 204), (status = 400, body = ApiErrorDoc), (status = 404, body = ApiErrorDoc),
+        (status = 409, body = ApiErrorDoc)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -103,10 +103,16 @@ pub async fn submit(
 }
 
 /// `GET /api/jobs` query; every value is checked by hand so the error can name it.
+//
+// `parameter_in = Query`: the handlers take `Result<Query<_>, QueryRejection>`, which utoipa does
+// not recognize, so without it every field is documented as a required *path* parameter. The
+// fields stay strings (the handler names a bad one); `value_type` & co. document what is allowed.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// queued, running, succeeded, failed or cancelled.
+    #[param(pattern = "^(queued|running|succeeded|failed|cancelled)$")]
     state: Option<String>,
     /// Sweep group, exact.
     group: Option<String>,
@@ -115,8 +121,10 @@ pub struct ListQuery {
     /// A tag the job has, exact.
     tag: Option<String>,
     /// 1 to 500 (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// Jobs to skip (default 0).
+    #[param(value_type = Option<i64>, minimum = 0)]
     offset: Option<String>,
 }
 
@@ -142,7 +150,19 @@ pub async fn list(
             "invalid query parameter `limit`: got `{limit}`, allowed: an integer from 1 to {MAX_LIMIT}"
         )));
     }
-    let offset = parse_param::<u64>("offset", q.offset.as_deref(), "an integer ≥ 0")?.unwrap_or(0);
+    // At most i64::MAX: the database's integers are signed 64-bit.
+    let offset = parse_param::<i64>(
+        "offset",
+        q.offset.as_deref(),
+        "an integer from 0 to 2^63 - 1",
+    )?
+    .unwrap_or(0);
+    let offset = u64::try_from(offset).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid query parameter `offset`: got `{offset}`, allowed: an integer from 0 to \
+             2^63 - 1"
+        ))
+    })?;
     let filter = JobFilter {
         state: job_state,
         group: q.group,
@@ -174,7 +194,8 @@ pub async fn annotate(
 
 #[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
     params(("id" = i64, Path, description = "Job id")),
-    responses((status = 200, body = JobInfoDoc), (status = 404, body = ApiErrorDoc)),
+    responses((status = 200, body = JobInfoDoc), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc)),
     security(("bearer" = [])))]
 pub async fn job(
     State(state): State<AppState>,
@@ -185,7 +206,8 @@ pub async fn job(
 
 #[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs",
     params(("id" = i64, Path, description = "Job id")),
-    responses((status = 200, body = JobInfoDoc), (status = 404, body = ApiErrorDoc),
+    responses((status = 200, body = JobInfoDoc), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc),
         (status = 409, body = ApiErrorDoc, description = "The job already ended")),
     security(("bearer" = [])))]
 pub async fn cancel(
@@ -232,7 +254,8 @@ pub async fn cancel(
 
 #[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "jobs",
     params(("id" = i64, Path, description = "Job id")),
-    responses((status = 200, body = JobInfoDoc), (status = 404, body = ApiErrorDoc),
+    responses((status = 200, body = JobInfoDoc), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc),
         (status = 409, body = ApiErrorDoc, description = "The job is not failed or cancelled")),
     security(("bearer" = [])))]
 pub async fn retry(
@@ -247,7 +270,8 @@ pub async fn retry(
 
 #[utoipa::path(get, path = "/api/jobs/{id}/attempts", tag = "jobs",
     params(("id" = i64, Path, description = "Job id")),
-    responses((status = 200, body = Vec<AttemptInfoDoc>), (status = 404, body = ApiErrorDoc)),
+    responses((status = 200, body = Vec<AttemptInfoDoc>), (status = 400, body = ApiErrorDoc),
+        (status = 404, body = ApiErrorDoc)),
     security(("bearer" = [])))]
 pub async fn attempts(
     State(state): State<AppState>,
@@ -258,15 +282,20 @@ pub async fn attempts(
 
 /// `GET /api/jobs/{id}/metrics` query.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsQuery {
     /// train, val or test (default: all).
+    #[param(pattern = "^(train|val|test)$")]
     split: Option<String>,
     /// First step, inclusive.
+    #[param(value_type = Option<u64>)]
     from_step: Option<String>,
-    /// Last step, inclusive.
+    /// Last step, inclusive (not before `from_step`).
+    #[param(value_type = Option<u64>)]
     to_step: Option<String>,
     /// 2 to 100000 (default 2000); more matching points are downsampled per split.
+    #[param(value_type = Option<u32>, minimum = 2, maximum = 100000)]
     max_points: Option<String>,
 }
 
@@ -327,11 +356,14 @@ pub async fn metric_points(
 
 /// `GET /api/jobs/{id}/logs` query.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Only lines with a larger `seq` (default 0: from the start).
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
     /// 1 to 10000 (default 1000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 10000)]
     limit: Option<String>,
 }
 

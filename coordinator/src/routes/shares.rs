@@ -72,11 +72,18 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<NewShare>), ApiError> {
     let id = job_id(&id)?;
-    // No body (the CLI's and older clients' request) is the default: no data.
-    let options: CreateShare = if body.iter().all(u8::is_ascii_whitespace) {
+    // No body (the CLI's and older clients' request) or `null` (the document's `oneOf: [null,
+    // CreateShare]`) is the default: no data. Anything else must be an object: serde would
+    // also read `[true]` as `{"with_data": true}`.
+    let body = body.trim_ascii();
+    let options: CreateShare = if body.is_empty() || body == b"null" {
         CreateShare::default()
+    } else if body.first() != Some(&b'{') {
+        return Err(ApiError::BadRequest(
+            "invalid body: expected nothing, null or {\"with_data\": true or false}".into(),
+        ));
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
+        serde_json::from_slice(body).map_err(|e| {
             ApiError::BadRequest(format!(
                 "invalid body: {e} (expected {{\"with_data\": true or false}})"
             ))

@@ -23,7 +23,11 @@ use crate::state::AppState;
     path = "/ws/events",
     tag = "websocket",
     description = "WebSocket of live events (admin token). First frame: ClientMessage::Hello.",
-    responses((status = 101, description = "Switching to the events protocol")),
+    responses((status = 101, description = "Switching to the events protocol"),
+        (status = 400, content_type = "text/plain", body = String,
+            description = "Not a WebSocket upgrade (axum's WebSocketUpgrade rejection)"),
+        (status = 426, content_type = "text/plain", body = String,
+            description = "The connection cannot be upgraded")),
     security(("bearer" = []))
 )]
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {

@@ -31,7 +31,11 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
     path = "/ws/worker",
     tag = "websocket",
     description = "WebSocket for workers (worker or admin token). First frame: WorkerMessage::Hello.",
-    responses((status = 101, description = "Switching to the worker protocol")),
+    responses((status = 101, description = "Switching to the worker protocol"),
+        (status = 400, content_type = "text/plain", body = String,
+            description = "Not a WebSocket upgrade (axum's WebSocketUpgrade rejection)"),
+        (status = 426, content_type = "text/plain", body = String,
+            description = "The connection cannot be upgraded")),
     security(("bearer" = []))
 )]
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {

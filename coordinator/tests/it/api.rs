@@ -280,6 +280,12 @@ async fn notes_and_tags_are_set_checked_and_filter_the_list() {
     assert!(error_body(&text).error.contains("job id `x`"), "{text}");
     let (status, _) = raw(&url, reqwest::Method::PATCH, None, b"{}".to_vec()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // serde reads a struct from a JSON array too (`["n"]` would set the notes): refused.
+    for body in [&b"[]"[..], b"[\"notes\"]", b"null", b"3"] {
+        let (status, text) = patch(url.clone(), serde_json::from_slice(body).expect("json")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(error_body(&text).error.contains("JSON object"), "{text}");
+    }
     c.shutdown().await;
 }
 
@@ -353,6 +359,7 @@ async fn list_filters_and_pages() {
         ("limit=501", "limit"),
         ("limit=abc", "limit"),
         ("offset=-1", "offset"),
+        ("offset=9223372036854775808", "offset"),
         ("state=done", "state"),
         ("colour=red", "colour"),
     ] {
@@ -491,6 +498,39 @@ async fn auth_limits_and_meta() {
         "/ws/worker",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+    // What the auth middlewares answer is documented on every secured operation: 401, and 403
+    // where a worker token is refused.
+    let mut secured = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            if op["security"].as_array().is_none_or(Vec::is_empty) {
+                continue;
+            }
+            secured += 1;
+            assert!(
+                op["responses"].get("401").is_some(),
+                "{method} {path}: no 401"
+            );
+        }
+    }
+    assert!(secured >= 25, "{secured} secured operations");
+    assert!(doc["paths"]["/api/jobs"]["get"]["responses"]["403"].is_object());
+    assert!(doc["paths"]["/ws/worker"]["get"]["responses"]["403"].is_null());
+    // Query parameters are documented in the query, optional.
+    let params = doc["paths"]["/api/jobs"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters");
+    for name in ["state", "group", "name", "tag", "limit", "offset"] {
+        let p = params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {params:?}"));
+        assert_eq!(
+            (p["in"].as_str(), p["required"].as_bool()),
+            (Some("query"), Some(false)),
+            "{p}"
+        );
     }
 
     // Unknown API paths are JSON 404s; other paths are the dashboard.

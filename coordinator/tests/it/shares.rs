@@ -333,3 +333,40 @@ async fn bad_share_options_create_nothing() {
     }
     assert!(admin.shares(job.id).await.expect("list").is_empty());
 }
+
+#[tokio::test]
+async fn a_share_body_is_nothing_null_or_an_object() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let c = support::start(dir.path(), Duration::from_millis(500)).await;
+    let url = c.url();
+    let job = support::submit(&support::admin(&c), "shared").await;
+    // `null` is the document's "no options"; an array is no `CreateShare`, even though serde
+    // would read `[true]` as `{"with_data": true}`.
+    for (body, expected) in [
+        ("", StatusCode::CREATED),
+        ("null", StatusCode::CREATED),
+        ("{\"with_data\": true}", StatusCode::CREATED),
+        ("[true]", StatusCode::BAD_REQUEST),
+        ("[]", StatusCode::BAD_REQUEST),
+        ("{\"with_data\": 1}", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, text) = raw(
+            &format!("{url}/api/jobs/{}/shares", job.id),
+            Method::POST,
+            Some(ADMIN),
+            body.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(status, expected, "{body}: {text}");
+        if expected == StatusCode::CREATED {
+            let made: kiln_proto::protocol::NewShare = serde_json::from_str(&text).expect("json");
+            assert_eq!(made.share.with_data, body.contains("true"), "{body}");
+        } else {
+            assert!(
+                error_body(&text).error.contains("with_data"),
+                "{body}: {text}"
+            );
+        }
+    }
+    c.shutdown().await;
+}
