@@ -136,6 +136,17 @@ pub enum RemoteCommand {
     /// Datasets stored on the coordinator: push, ls, show, rm.
     #[command(subcommand)]
     Data(crate::data_cmd::DataCommand),
+    /// API tokens with scopes (read, submit, admin, worker): create, ls, revoke (admin).
+    #[command(subcommand)]
+    Token(crate::token_cmd::TokenCommand),
+    /// What admin, submit and read tokens changed, newest last (admin).
+    Audit {
+        /// How many of the newest entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// One job per combination of the grid, grouped: `--grid optimizer.lr=1e-3,3e-3`.
     Sweep {
         spec: PathBuf,
@@ -484,6 +495,10 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             RemoteCommand::Data(command) => crate::data_cmd::run(&client, command).await?,
+            RemoteCommand::Token(command) => crate::token_cmd::run(&client, command).await?,
+            RemoteCommand::Audit { limit, json } => {
+                crate::token_cmd::audit(&client, limit, json).await?
+            }
             RemoteCommand::Sweep {
                 spec,
                 grid,
@@ -536,7 +551,7 @@ fn chrono_stamp() -> String {
     format!("{secs:x}")
 }
 
-fn truncate(s: &str, n: usize) -> String {
+pub(crate) fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
     } else {

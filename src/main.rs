@@ -8,6 +8,7 @@ mod devices_cmd;
 mod import_cmd;
 mod predict_cmd;
 mod server_cmd;
+mod token_cmd;
 mod train_cmd;
 
 use std::process::ExitCode;

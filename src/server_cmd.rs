@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Set the admin token instead of generating one at first start.
     #[arg(long, env = "KILN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A worker token (scope worker) to accept as well, e.g. from a secret that the workers
+    /// also get; `kiln token create --scope worker` makes more.
+    #[arg(long, env = "KILN_WORKER_TOKEN", hide_env_values = true)]
+    pub worker_token: Option<String>,
     /// Heartbeat interval told to workers, in milliseconds (a worker is lost after 3 missed).
     #[arg(long, default_value_t = 2000)]
     pub heartbeat_ms: u64,
@@ -108,6 +112,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<CoordinatorConfig> {
     let mut config = CoordinatorConfig {
         addr: args.addr,
         admin_token: args.admin_token.clone(),
+        worker_token: args.worker_token.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(10)),
         dataset_max_bytes: args.dataset_max_bytes,
         database: args.database.clone(),

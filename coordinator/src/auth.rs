@@ -1,21 +1,128 @@
-//! Bearer tokens: generated with the OS RNG, stored as SHA-256 hashes, checked per request.
-//! Share-link tokens (`routes::shares`) come from the same generator and are hashed alike.
+//! Bearer tokens: generated with the OS RNG, stored as SHA-256 hashes, checked per request,
+//! each with a scope (`kiln_proto::token::TokenScope`) that [`allowed_scopes`] matches against
+//! the route. Share-link tokens (`routes::shares`) come from the same generator and are hashed
+//! alike. Also here: the bad-token rate limit, the `Origin` check of WebSocket upgrades and the
+//! audit log of requests that changed something.
 
-use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN, UPGRADE};
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
+use tracing::warn;
+
+use kiln_proto::token::{AuditEntry, TokenInfo, TokenScope};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::TokenKind;
 
 /// Who is calling; put in the request's extensions by [`require_token`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub kind: TokenKind,
+    pub token: TokenInfo,
+}
+
+impl Caller {
+    pub fn scope(&self) -> TokenScope {
+        self.token.scope
+    }
+}
+
+const READ: &[TokenScope] = &[TokenScope::Read, TokenScope::Submit, TokenScope::Admin];
+const SUBMIT: &[TokenScope] = &[TokenScope::Submit, TokenScope::Admin];
+const ADMIN: &[TokenScope] = &[TokenScope::Admin];
+const WORKER: &[TokenScope] = &[TokenScope::Worker, TokenScope::Admin];
+const READ_OR_WORKER: &[TokenScope] = &[
+    TokenScope::Read,
+    TokenScope::Submit,
+    TokenScope::Admin,
+    TokenScope::Worker,
+];
+
+/// The scopes that may call `method` on the route `route` (its template, e.g.
+/// `/api/jobs/{id}`): the one table of who may do what. A route not listed is admin-only.
+pub fn allowed_scopes(method: &Method, route: &str) -> &'static [TokenScope] {
+    match (method.as_str(), route) {
+        ("GET", "/api/openapi.json") => READ_OR_WORKER,
+        // What a worker fetches and stores for its attempts (checked per attempt in the
+        // route), and what users download.
+        ("GET", "/api/jobs/{id}/artifacts" | "/api/jobs/{id}/artifacts/{name}") => READ_OR_WORKER,
+        ("GET", "/api/datasets/{dataset}/content") => READ_OR_WORKER,
+        ("PUT", "/api/jobs/{id}/artifacts/{name}") => WORKER,
+        ("GET", "/ws/worker" | "/api/relay/{job_id}/{attempt}/{link}") => WORKER,
+        // Seeing.
+        (
+            "GET",
+            "/api/jobs"
+            | "/api/jobs/{id}"
+            | "/api/jobs/{id}/attempts"
+            | "/api/jobs/{id}/metrics"
+            | "/api/jobs/{id}/logs"
+            | "/api/jobs/{id}/shares"
+            | "/api/workers"
+            | "/api/datasets"
+            | "/api/datasets/{dataset}"
+            | "/api/datasets/{dataset}/versions"
+            | "/ws/events"
+            | "/metrics",
+        ) => READ,
+        // Doing: jobs, their share links, datasets.
+        ("POST", "/api/jobs" | "/api/jobs/import")
+        | ("PATCH", "/api/jobs/{id}")
+        | ("POST", "/api/jobs/{id}/cancel" | "/api/jobs/{id}/retry" | "/api/jobs/{id}/shares")
+        | ("DELETE", "/api/shares/{share_id}")
+        | ("PUT", "/api/datasets/{dataset}")
+        | ("POST", "/api/datasets/{dataset}/versions") => SUBMIT,
+        // Everything else: tokens, the audit log, draining workers, deleting datasets.
+        _ => ADMIN,
+    }
+}
+
+/// How many bad tokens one client address may send per [`BAD_TOKEN_WINDOW`] before its
+/// requests are refused (429) until the window ends.
+pub const BAD_TOKENS_ALLOWED: u32 = 20;
+pub const BAD_TOKEN_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most (the oldest windows go first).
+const BAD_TOKEN_ADDRESSES: usize = 10_000;
+
+/// Bad bearer tokens by client address, to refuse a client that keeps guessing.
+#[derive(Debug, Default)]
+pub struct BadTokens {
+    seen: Mutex<HashMap<Option<IpAddr>, (u32, Instant)>>,
+}
+
+impl BadTokens {
+    /// `Some(seconds left)` when `peer` is over the limit.
+    fn limited(&self, peer: Option<IpAddr>) -> Option<u64> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (count, since) = seen.get(&peer)?;
+        let left = BAD_TOKEN_WINDOW.checked_sub(since.elapsed())?;
+        (*count >= BAD_TOKENS_ALLOWED).then(|| left.as_secs().max(1))
+    }
+
+    fn record(&self, peer: Option<IpAddr>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= BAD_TOKEN_ADDRESSES && !seen.contains_key(&peer) {
+            seen.retain(|_, (_, since)| since.elapsed() < BAD_TOKEN_WINDOW);
+            if seen.len() >= BAD_TOKEN_ADDRESSES
+                && let Some(oldest) = seen.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k)
+            {
+                seen.remove(&oldest);
+            }
+        }
+        let entry = seen.entry(peer).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= BAD_TOKEN_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
 }
 
 /// Hex digits in a [`random_hex`] secret.
@@ -67,11 +174,7 @@ fn bearer(req: &Request) -> Result<String, ApiError> {
             )),
         };
     }
-    let is_upgrade = req
-        .headers()
-        .get(axum::http::header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if is_upgrade
+    if is_websocket(req.headers())
         && let Some(query) = req.uri().query()
         && let Some(token) = query
             .split('&')
@@ -84,38 +187,154 @@ fn bearer(req: &Request) -> Result<String, ApiError> {
     ))
 }
 
-/// Middleware: any known token (admin or worker).
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// A browser's WebSocket to us must come from a page of ours: its `Origin` (browsers always
+/// send one; native clients send none) names the host the request went to. Otherwise any
+/// site could open a socket with a token it got hold of in a user's browser.
+fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let origin_host = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+        .unwrap_or("");
+    let host = headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if origin_host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return Err(ApiError::Forbidden(format!(
+            "a WebSocket from the page origin `{origin}` is refused: only pages served by this \
+             coordinator ({host}) may open one"
+        )));
+    }
+    Ok(())
+}
+
+/// The header a worker names itself in when its token is not bound to one worker id.
+pub const WORKER_HEADER: &str = "x-kiln-worker";
+
+/// A worker token acts only for the attempts of its workers: `Ok` for any other caller, and
+/// for a worker token when the worker it acts as (its bound id, or [`WORKER_HEADER`]) last
+/// connected with this token and is a rank of job `job_id`'s current, running attempt.
+pub async fn check_worker_acts_for_job(
+    state: &AppState,
+    caller: Option<&Caller>,
+    headers: &HeaderMap,
+    job_id: i64,
+) -> Result<(), ApiError> {
+    let Some(caller) = caller.filter(|c| c.scope() == TokenScope::Worker) else {
+        return Ok(());
+    };
+    let named = headers.get(WORKER_HEADER).and_then(|v| v.to_str().ok());
+    let acting = match (&caller.token.worker_id, named) {
+        (Some(bound), Some(named)) if bound != named => {
+            return Err(ApiError::Forbidden(format!(
+                "this worker token is bound to worker `{bound}`, not `{named}`"
+            )));
+        }
+        (Some(bound), _) => bound.as_str(),
+        (None, Some(named)) => named,
+        (None, None) => {
+            return Err(ApiError::Forbidden(format!(
+                "a worker token must name the worker it acts for (the `{WORKER_HEADER}` \
+                 header)"
+            )));
+        }
+    };
+    if state
+        .store
+        .worker_runs_job(caller.token.id, acting, job_id)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "worker `{acting}` does not run job {job_id} with this token: a worker token acts \
+             only for the attempts of the workers that connected with it"
+        )))
+    }
+}
+
+/// Middleware: a known, unexpired token whose scope may use this route ([`allowed_scopes`]);
+/// puts the [`Caller`] in the request's extensions. A client address that sent too many bad
+/// tokens is refused for a while; requests that change something are written to the audit
+/// log.
 pub async fn require_token(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&req)?;
-    let kind = state
-        .store
-        .token_kind(&hash_token(&token))
-        .await?
-        .ok_or_else(|| {
-            ApiError::Unauthorized("the bearer token is not valid for this coordinator".into())
-        })?;
-    req.extensions_mut().insert(Caller { kind });
-    Ok(next.run(req).await)
-}
-
-/// Middleware (inside [`require_token`]): an admin token.
-pub async fn require_admin(req: Request, next: Next) -> Result<Response, ApiError> {
-    match req.extensions().get::<Caller>() {
-        Some(Caller {
-            kind: TokenKind::Admin,
-        }) => Ok(next.run(req).await),
-        Some(_) => Err(ApiError::Forbidden(format!(
-            "{} needs an admin token; a worker token may only use /ws/worker and artifacts",
-            req.uri().path()
-        ))),
-        None => Err(ApiError::Unauthorized(
-            "missing `Authorization: Bearer <token>` header".into(),
-        )),
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(secs) = state.bad_tokens.limited(peer) {
+        return Err(ApiError::TooManyRequests(format!(
+            "too many bad tokens from this address; try again in {secs} s"
+        )));
     }
+    let token = bearer(&req)?;
+    let Some(stored) = state.store.token_by_hash(&hash_token(&token)).await? else {
+        state.bad_tokens.record(peer);
+        return Err(ApiError::Unauthorized(
+            "the bearer token is not valid for this coordinator".into(),
+        ));
+    };
+    if stored.expired {
+        state.bad_tokens.record(peer);
+        return Err(ApiError::Unauthorized(format!(
+            "the token `{}` expired; ask an admin for a new one (kiln token create)",
+            stored.info.name
+        )));
+    }
+    let caller = Caller { token: stored.info };
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    let allowed = allowed_scopes(&method, &route);
+    if !allowed.contains(&caller.scope()) {
+        let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::Forbidden(format!(
+            "{method} {route} needs a token with scope {}; this is a {} token",
+            names.join(" or "),
+            caller.scope()
+        )));
+    }
+    if is_websocket(req.headers()) {
+        check_origin(req.headers())?;
+    }
+    let audited = method != Method::GET && caller.scope() != TokenScope::Worker;
+    let path = req.uri().path().to_string();
+    req.extensions_mut().insert(caller.clone());
+    let response = next.run(req).await;
+    if audited {
+        let entry = AuditEntry {
+            seq: 0,
+            ts_ms: crate::store::now_ms(),
+            token_id: Some(caller.token.id),
+            token_name: caller.token.name.clone(),
+            scope: caller.scope(),
+            method: method.to_string(),
+            path,
+            status: response.status().as_u16(),
+            peer: peer.map(|p| p.to_string()),
+        };
+        if let Err(e) = state.store.insert_audit(&entry).await {
+            warn!(error = %e, "cannot write the audit log");
+        }
+    }
+    Ok(response)
 }
 
 #[cfg(test)]

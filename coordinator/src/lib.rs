@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use kiln_proto::protocol::{CloseReason, ServerEvent};
+use kiln_proto::token::TokenScope;
 
 pub mod artifact;
 pub mod auth;
@@ -61,6 +62,10 @@ pub struct CoordinatorConfig {
     /// If set, (re)stored as the admin token. If unset and none exists yet, one is generated
     /// (see [`Coordinator::new_admin_token`]).
     pub admin_token: Option<String>,
+    /// If set, (re)stored as the shared worker token (scope `worker`, named
+    /// [`store::BOOTSTRAP_WORKERS`]): for deployments whose workers get a token from a secret
+    /// before the coordinator runs. Tokens made with `kiln token create` are kept.
+    pub worker_token: Option<String>,
     /// Told to workers in Welcome; a worker is lost after 3 missed intervals.
     pub heartbeat_interval: Duration,
     /// Limit of a JSON request body.
@@ -85,6 +90,7 @@ impl Default for CoordinatorConfig {
                 .join("kiln"),
             database: None,
             admin_token: None,
+            worker_token: None,
             heartbeat_interval: Duration::from_secs(2),
             max_body_bytes: 2 * 1024 * 1024,
             artifact_max_bytes: 1024 * 1024 * 1024,
@@ -129,7 +135,7 @@ impl Coordinator {
             Some(token) => {
                 anyhow::ensure!(!token.trim().is_empty(), "the admin token is empty");
                 store
-                    .put_token(&auth::hash_token(token), store::TokenKind::Admin, "admin")
+                    .put_bootstrap(&auth::hash_token(token), TokenScope::Admin)
                     .await?;
                 None
             }
@@ -137,11 +143,21 @@ impl Coordinator {
             None => {
                 let token = auth::generate_token()?;
                 store
-                    .put_token(&auth::hash_token(&token), store::TokenKind::Admin, "admin")
+                    .put_bootstrap(&auth::hash_token(&token), TokenScope::Admin)
                     .await?;
                 Some(token)
             }
         };
+        if let Some(token) = &config.worker_token {
+            anyhow::ensure!(!token.trim().is_empty(), "the worker token is empty");
+            anyhow::ensure!(
+                config.admin_token.as_deref() != Some(token.as_str()),
+                "the worker token must differ from the admin token"
+            );
+            store
+                .put_bootstrap(&auth::hash_token(token), TokenScope::Worker)
+                .await?;
+        }
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
@@ -160,11 +176,15 @@ impl Coordinator {
             let _ = tcp.set_nodelay(true);
         });
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = server_shutdown.wait_for(|down| *down).await;
-                })
-                .await
+            // The client's address: the bad-token limit and the audit log use it.
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.wait_for(|down| *down).await;
+            })
+            .await
         });
         let scheduler = tokio::spawn(scheduler::run(state.clone()));
         info!(%addr, data_dir = %data_dir.display(), "coordinator started");
@@ -197,12 +217,23 @@ impl Coordinator {
         self.new_admin_token.as_deref()
     }
 
-    /// A new worker token named `name` (the token is returned once; only its hash is kept).
+    /// A new worker token named `name` (the token is returned once; only its hash is kept),
+    /// for any worker id (`worker_id: None`) or bound to one.
     pub async fn create_worker_token(&self, name: &str) -> anyhow::Result<String> {
+        self.create_token(TokenScope::Worker, name, None).await
+    }
+
+    /// A new token of `scope` named `name`; a worker token may be bound to `worker_id`.
+    pub async fn create_token(
+        &self,
+        scope: TokenScope,
+        name: &str,
+        worker_id: Option<&str>,
+    ) -> anyhow::Result<String> {
         let token = auth::generate_token()?;
         self.state
             .store
-            .put_token(&auth::hash_token(&token), store::TokenKind::Worker, name)
+            .create_token(&auth::hash_token(&token), scope, name, None, worker_id)
             .await?;
         Ok(token)
     }

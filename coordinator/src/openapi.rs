@@ -118,6 +118,31 @@ wire_schema!(
     "dataset"
 );
 
+wire_schema!(
+    CreateTokenDoc,
+    "CreateToken",
+    "`{\"scope\": \"read\"|\"submit\"|\"admin\"|\"worker\", \"name\": \"…\", \"expires_in_s\"?: 60…315360000, \"worker_id\"?: \"…\" (worker tokens)}`.",
+    "token"
+);
+wire_schema!(
+    NewTokenDoc,
+    "NewToken",
+    "The new token (`token`, shown once) and its listing (`info`).",
+    "token"
+);
+wire_schema!(
+    TokenInfoDoc,
+    "TokenInfo",
+    "A token as listed: id, name, scope, created_ms, expires_ms, worker_id (never the token).",
+    "token"
+);
+wire_schema!(
+    AuditEntryDoc,
+    "AuditEntry",
+    "One request that changed something: seq, ts_ms, token_id, token_name, scope, method, path, status, peer.",
+    "token"
+);
+
 // The schema of `kiln_proto::protocol::Health`, here because kiln-proto does not depend on
 // utoipa. Its doc comment is the schema's description.
 /// `GET /api/health`.
@@ -142,22 +167,13 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Secured routes a worker token may use too (`require_token` only); every other secured route
-/// is admin-only (`require_admin`). Keep in step with `routes::app`'s `any_token` router.
-const ANY_TOKEN_PATHS: &[&str] = &[
-    "/api/jobs/{id}/artifacts",
-    "/api/jobs/{id}/artifacts/{name}",
-    "/api/datasets/{dataset}/content",
-    "/ws/worker",
-    "/api/relay/{job_id}/{attempt}/{link}",
-];
-
-/// Add the answers of the auth middlewares, which no handler annotation lists: 401
-/// (`require_token`) on every operation with a `security` requirement, 403 (`require_admin`: a
-/// worker token) on the admin-only ones. Runs on the finished document: `ApiDoc`'s modifiers
-/// run before `routes::app` merges the routes' paths in.
+/// Add the answers of the auth middleware, which no handler annotation lists, to every
+/// operation with a `security` requirement: 401 (no, an unknown or an expired token), 403 (a
+/// scope that may not use it, per `auth::allowed_scopes`, which the description names), 429
+/// (too many bad tokens). Runs on the finished document: `ApiDoc`'s modifiers run before
+/// `routes::app` merges the routes' paths in.
 pub fn document_auth_errors(doc: &mut utoipa::openapi::OpenApi) {
-    let error = |description: &str| {
+    let error = |description: String| {
         ResponseBuilder::new()
             .description(description)
             .content(
@@ -168,28 +184,38 @@ pub fn document_auth_errors(doc: &mut utoipa::openapi::OpenApi) {
             )
             .build()
     };
+    use axum::http::Method;
     for (path, item) in doc.paths.paths.iter_mut() {
-        let admin_only = !ANY_TOKEN_PATHS.contains(&path.as_str());
         let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
+            (Method::GET, &mut item.get),
+            (Method::PUT, &mut item.put),
+            (Method::POST, &mut item.post),
+            (Method::DELETE, &mut item.delete),
+            (Method::PATCH, &mut item.patch),
         ];
-        for op in operations.into_iter().flatten() {
+        for (method, op) in operations {
+            let Some(op) = op else { continue };
             if op.security.as_ref().is_none_or(Vec::is_empty) {
                 continue;
             }
+            let allowed: Vec<&str> = crate::auth::allowed_scopes(&method, path)
+                .iter()
+                .map(|s| s.as_str())
+                .collect();
             let responses = &mut op.responses.responses;
-            responses
-                .entry("401".into())
-                .or_insert_with(|| error("Missing, malformed or unknown bearer token").into());
-            if admin_only {
-                responses
-                    .entry("403".into())
-                    .or_insert_with(|| error("A worker token on an admin-only route").into());
-            }
+            responses.entry("401".into()).or_insert_with(|| {
+                error("Missing, malformed, unknown or expired bearer token".into()).into()
+            });
+            responses.entry("403".into()).or_insert_with(|| {
+                error(format!(
+                    "The token's scope may not do this (allowed: {})",
+                    allowed.join(", ")
+                ))
+                .into()
+            });
+            responses.entry("429".into()).or_insert_with(|| {
+                error("Too many bad tokens from this address; try again later".into()).into()
+            });
         }
     }
 }
@@ -200,7 +226,8 @@ pub fn document_auth_errors(doc: &mut utoipa::openapi::OpenApi) {
     components(schemas(
         JobInfoDoc, JobPageDoc, JobPatchDoc, SubmitJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
         ArtifactInfoDoc, WorkerInfoDoc, ShareInfoDoc, NewShareDoc, CreateShareDoc, SharedRunDoc, ApiErrorDoc,
-        DatasetInfoDoc, NameDatasetDoc, HealthDoc
+        DatasetInfoDoc, NameDatasetDoc, HealthDoc, CreateTokenDoc, NewTokenDoc, TokenInfoDoc,
+        AuditEntryDoc
     )),
     modifiers(&BearerAuth)
 )]

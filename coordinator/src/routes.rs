@@ -20,7 +20,7 @@ use utoipa_axum::routes;
 
 use kiln_proto::protocol::Health;
 
-use crate::auth::{require_admin, require_token};
+use crate::auth::require_token;
 use crate::error::ApiError;
 use crate::openapi::{ApiDoc, HealthDoc};
 use crate::state::AppState;
@@ -31,6 +31,7 @@ pub mod datasets;
 pub mod import;
 pub mod jobs;
 pub mod shares;
+pub mod tokens;
 pub mod workers;
 
 /// Shown at `/` when no dashboard build is configured.
@@ -45,29 +46,27 @@ in the Kiln sources (<code>scripts/up</code> does it too), or pass <code>--stati
 /// the OpenAPI document come from one list; `split_for_parts` separates them.
 pub fn app(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    // Admin only; small JSON bodies.
-    let admin = OpenApiRouter::new()
+    // Small JSON bodies.
+    let small = OpenApiRouter::new()
         .merge(jobs::router())
         .merge(shares::router())
         .merge(workers::router())
         .merge(datasets::router())
+        .merge(tokens::router())
         .routes(routes!(prometheus))
         .routes(routes!(events::upgrade))
-        .route_layer(middleware::from_fn(require_admin))
         .layer(RequestBodyLimitLayer::new(max_body));
-    // Admin; dataset uploads have their own, larger limit (checked as they stream).
-    let admin_uploads = datasets::upload_router()
+    // Dataset uploads, imports and artifacts have their own, larger limits (checked as they
+    // stream).
+    let streamed = datasets::upload_router()
         .merge(import::router())
-        .route_layer(middleware::from_fn(require_admin));
-    // Worker or admin; artifact uploads have their own, larger limit (checked as they stream).
-    let any_token = OpenApiRouter::new()
         .merge(artifacts::router())
         .merge(datasets::content_router())
         .routes(routes!(worker::upgrade))
         .routes(routes!(crate::relay::upgrade));
-    let protected = admin
-        .merge(admin_uploads)
-        .merge(any_token)
+    // Every route here needs a token whose scope `auth::allowed_scopes` allows for it.
+    let protected = small
+        .merge(streamed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     // No bearer token: a share token in the path opens one job and its metrics, nothing
     // else. Outside `require_token`; more specific than the `/api/{*rest}` catch-all below.
@@ -77,10 +76,10 @@ pub fn app(state: AppState) -> Router {
         .merge(public)
         .merge(protected)
         .split_for_parts();
-    // The middlewares' answers (401, 403) are on no handler's annotation.
+    // The middleware's answers (401, 403, 429) are on no handler's annotation.
     crate::openapi::document_auth_errors(&mut doc);
     // The document describes the routes above, so it is served once they are all known;
-    // like them, it needs a worker or admin token. Serialized once, at start.
+    // like them, it needs a token (any scope). Serialized once, at start.
     let doc = Bytes::from(
         doc.to_json()
             .expect("the OpenAPI document serializes to JSON"),

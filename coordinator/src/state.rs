@@ -39,6 +39,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// When this coordinator started (the grace period for attempts left running).
     pub started: Instant,
+    /// Bad bearer tokens by client address (`auth::require_token`).
+    pub bad_tokens: crate::auth::BadTokens,
 }
 
 impl Deref for AppState {
@@ -66,6 +68,7 @@ impl AppState {
             wake: Notify::new(),
             shutdown,
             started: Instant::now(),
+            bad_tokens: crate::auth::BadTokens::default(),
         }))
     }
 

@@ -25,12 +25,13 @@ mod datasets;
 mod jobs;
 mod series;
 mod shares;
+mod tokens;
 mod workers;
 
 pub use datasets::NewBlob;
 pub use jobs::{Assignment, CancelOutcome, JobFilter, QueuedJob, RunningAttempt};
 pub use series::MetricRange;
-pub use workers::TokenKind;
+pub use tokens::{BOOTSTRAP_ADMIN, BOOTSTRAP_WORKERS, StoredToken};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "kiln.db";

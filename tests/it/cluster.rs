@@ -168,10 +168,15 @@ impl Cluster {
 
     /// As [`Cluster::add_worker_with`], with more `kiln worker` flags.
     pub fn add_worker_args(&mut self, id: &str, cmd: &mut Command, extra: &[&str]) {
+        self.add_worker_token(id, cmd, TOKEN, extra);
+    }
+
+    /// As [`Cluster::add_worker_args`], connecting with `token` instead of the admin token.
+    pub fn add_worker_token(&mut self, id: &str, cmd: &mut Command, token: &str, extra: &[&str]) {
         let w = Proc::spawn(
             id,
             cmd.args([
-                "worker", "--server", &self.url, "--token", TOKEN, "--device", "cpu", "--id", id,
+                "worker", "--server", &self.url, "--token", token, "--device", "cpu", "--id", id,
             ])
             .args(extra)
             .arg("--cache-dir")
@@ -761,4 +766,85 @@ fn tags_and_notes_from_the_cli() {
         "{}",
         stdout(&o)
     );
+}
+
+#[test]
+fn scoped_tokens_from_the_cli_a_worker_with_its_own_token_and_a_reader_that_only_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    let create = |args: &[&str]| -> kiln_proto::token::NewToken {
+        let o = c.cli(&[&["token", "create"], args, &["--json"]].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).expect("NewToken JSON")
+    };
+    let worker = create(&["--scope", "worker", "--worker", "w1", "--name", "box one"]);
+    let reader = create(&["--scope", "read", "--name", "wall", "--expires", "30d"]);
+    assert_eq!(reader.info.scope, kiln_proto::token::TokenScope::Read);
+    assert!(reader.info.expires_ms.is_some());
+
+    // A real worker with a token bound to it trains a job: checkpoints and the model upload
+    // because it runs the job.
+    c.add_worker_token("w1", &mut kiln(), &worker.token, &[]);
+    let job = c.submit(&spec("scoped", 40, 20));
+    let done = c.wait_job(job.id, 120, "success", |j| j.state.is_terminal());
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let artifacts = c.artifacts(job.id);
+    for name in ["model.bpk", "checkpoint-0000000020.ckpt"] {
+        assert!(
+            artifacts.iter().any(|a| a == name),
+            "{name} in {artifacts:?}"
+        );
+    }
+
+    // The reader lists jobs; submitting is refused, naming the scope it needs.
+    let as_reader = |args: &[&str]| {
+        run(kiln()
+            .args(args)
+            .args(["--server", &c.url, "--token", &reader.token]))
+    };
+    let o = as_reader(&["jobs"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("scoped"));
+    let file = dir.path().join("job.toml");
+    std::fs::write(&file, spec("not-allowed", 10, 5)).unwrap();
+    let o = as_reader(&["submit", file.to_str().expect("utf-8 temp path")]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("needs a token with scope submit or admin; this is a read token"),
+        "{}",
+        stderr(&o)
+    );
+    // The listing shows both; the audit log shows who made them and who submitted.
+    let o = c.cli(&["token", "ls"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        listing.contains("box one") && listing.contains("wall"),
+        "{listing}"
+    );
+    assert!(!listing.contains(&reader.token), "{listing}");
+    let o = c.cli(&["audit", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let audit: Vec<kiln_proto::token::AuditEntry> = serde_json::from_slice(&o.stdout).unwrap();
+    let seen: Vec<(&str, &str, u16)> = audit
+        .iter()
+        .map(|e| (e.method.as_str(), e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("POST", "/api/tokens", 201),
+            ("POST", "/api/tokens", 201),
+            ("POST", "/api/jobs", 201),
+            ("POST", "/api/jobs", 403),
+        ],
+        "{audit:?}"
+    );
+    assert_eq!(audit[3].token_name, "wall");
+    // Revoked, the reader is refused.
+    let o = c.cli(&["token", "revoke", &reader.info.id.to_string()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = as_reader(&["jobs"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("401"), "{}", stderr(&o));
 }

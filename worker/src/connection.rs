@@ -186,11 +186,14 @@ async fn run_worker(
     capabilities.peer_addr = Some(peer_addr);
     info!(devices = ?capabilities.devices, peer_addr = ?capabilities.peer_addr, "worker starting");
     let peer_listener = Some(std::sync::Arc::new(listener));
-    let client =
-        Client::new(&config.server, Some(config.token.clone())).map_err(|e| WorkerError::Url {
+    // Artifact requests say which worker they are for: a worker token acts only for its
+    // workers' attempts.
+    let client = Client::new(&config.server, Some(config.token.clone()))
+        .map_err(|e| WorkerError::Url {
             url: config.server.clone(),
             message: e.to_string(),
-        })?;
+        })?
+        .as_worker(&config.worker_id);
     let (events_tx, events) = unbounded_channel();
     let (results_tx, results) = unbounded_channel();
     let (uploads, upload_rx) = unbounded_channel();

@@ -1,9 +1,10 @@
 //! `/api/jobs/{id}/artifacts…`: list, download, upload (worker or admin token).
 
+use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
@@ -15,6 +16,7 @@ use kiln_proto::artifact::check_name;
 use kiln_proto::protocol::ArtifactInfo;
 
 use crate::artifact::WriteError;
+use crate::auth::{Caller, check_worker_acts_for_job};
 use crate::error::ApiError;
 use crate::openapi::{ApiErrorDoc, ArtifactInfoDoc};
 use crate::routes::jobs::job_id;
@@ -34,8 +36,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
 ) -> Result<Json<Vec<ArtifactInfo>>, ApiError> {
-    Ok(Json(state.store.artifacts(job_id(&id)?).await?))
+    let id = job_id(&id)?;
+    check_worker_acts_for_job(&state, caller.as_deref(), &headers, id).await?;
+    Ok(Json(state.store.artifacts(id).await?))
 }
 
 /// The job id of `/api/jobs/{id}/artifacts/{name}`, once the id parses, the name is allowed
@@ -59,6 +65,8 @@ pub async fn download(
     request: Request,
 ) -> Result<Response, ApiError> {
     let id = existing_job(&state, &id, &name).await?;
+    let caller = request.extensions().get::<Caller>().cloned();
+    check_worker_acts_for_job(&state, caller.as_ref(), request.headers(), id).await?;
     if state.store.artifact(id, &name).await?.is_none() {
         return Err(ApiError::NotFound(format!(
             "job {id} has no artifact `{name}`"
@@ -96,6 +104,8 @@ pub async fn upload(
     request: Request,
 ) -> Result<Response, ApiError> {
     let id = existing_job(&state, &id, &name).await?;
+    let caller = request.extensions().get::<Caller>().cloned();
+    check_worker_acts_for_job(&state, caller.as_ref(), request.headers(), id).await?;
     let limit = state.config.artifact_max_bytes;
     let too_large = || {
         ApiError::PayloadTooLarge(format!(

@@ -292,31 +292,111 @@ async fn metrics_of_stale_attempts_are_dropped_and_batches_are_large() {
 async fn tokens_and_workers() {
     let (_dir, store) = store().await;
     assert!(!store.has_admin_token().await.expect("query"));
+    use kiln_proto::token::TokenScope;
+    let scope = |hash: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .token_by_hash(hash)
+                .await
+                .expect("query")
+                .map(|t| t.info.scope)
+        }
+    };
+    // A new bootstrap admin token replaces the earlier one; tokens made otherwise stay.
     store
-        .put_token("h1", TokenKind::Admin, "admin")
+        .put_bootstrap("h1", TokenScope::Admin)
         .await
         .expect("put");
     store
-        .put_token("h2", TokenKind::Admin, "admin")
+        .put_bootstrap("hw1", TokenScope::Worker)
+        .await
+        .expect("put");
+    let other_admin = store
+        .create_token("h4", TokenScope::Admin, "ops", None, None)
+        .await
+        .expect("create");
+    store
+        .put_bootstrap("h2", TokenScope::Admin)
         .await
         .expect("put");
     store
-        .put_token("h3", TokenKind::Worker, "w")
+        .put_bootstrap("hw2", TokenScope::Worker)
         .await
         .expect("put");
-    assert_eq!(
-        store.token_kind("h1").await.expect("query"),
-        None,
-        "replaced"
+    let worker = store
+        .create_token("h3", TokenScope::Worker, "w", None, Some("w"))
+        .await
+        .expect("create");
+    assert_eq!(scope("h1").await, None, "replaced");
+    assert_eq!(scope("hw1").await, None, "replaced");
+    assert_eq!(scope("hw2").await, Some(TokenScope::Worker));
+    assert_eq!(scope("h2").await, Some(TokenScope::Admin));
+    assert_eq!(scope("h4").await, Some(TokenScope::Admin));
+    assert_eq!(scope("h3").await, Some(TokenScope::Worker));
+    assert_eq!(worker.worker_id.as_deref(), Some("w"));
+    // Expiry is the store's to tell; revoking deletes.
+    let past = store
+        .create_token("h5", TokenScope::Read, "old", Some(1), None)
+        .await
+        .expect("create");
+    assert!(
+        store
+            .token_by_hash("h5")
+            .await
+            .expect("q")
+            .expect("row")
+            .expired
+    );
+    assert!(
+        !store
+            .token_by_hash("h2")
+            .await
+            .expect("q")
+            .expect("row")
+            .expired
+    );
+    let listed: Vec<i64> = store
+        .tokens()
+        .await
+        .expect("list")
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    assert!(
+        listed.contains(&other_admin.id) && listed.contains(&past.id),
+        "{listed:?}"
     );
     assert_eq!(
-        store.token_kind("h2").await.expect("query"),
-        Some(TokenKind::Admin)
+        store.revoke_token(past.id).await.expect("revoke").name,
+        "old"
     );
+    // Admin tokens go, but not the last one.
     assert_eq!(
-        store.token_kind("h3").await.expect("query"),
-        Some(TokenKind::Worker)
+        store
+            .revoke_token(other_admin.id)
+            .await
+            .expect("revoke")
+            .name,
+        "ops"
     );
+    let last = store
+        .tokens()
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|t| t.scope == TokenScope::Admin)
+        .expect("the bootstrap admin");
+    assert!(matches!(
+        store.revoke_token(last.id).await,
+        Err(StoreError::Conflict(m)) if m.contains("last admin token")
+    ));
+    assert_eq!(scope("h2").await, Some(TokenScope::Admin));
+    assert_eq!(scope("h5").await, None);
+    assert!(matches!(
+        store.revoke_token(past.id).await,
+        Err(StoreError::NotFound(_))
+    ));
     let caps = caps();
     let w = store
         .connect_worker("w", "box", &caps, false)

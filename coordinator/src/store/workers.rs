@@ -1,28 +1,10 @@
-//! Workers as last seen, and API tokens (stored as SHA-256 hashes only).
+//! Workers as last seen.
 
 use sqlx::Row;
 
 use kiln_proto::protocol::{AttemptRef, Capabilities, WorkerInfo};
 
 use super::{Store, StoreError, StoreResult, now_ms, to_u32, to_u64};
-
-/// What a bearer token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    /// Everything.
-    Admin,
-    /// `/ws/worker` and artifact upload/download.
-    Worker,
-}
-
-impl TokenKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            TokenKind::Admin => "admin",
-            TokenKind::Worker => "worker",
-        }
-    }
-}
 
 const WORKER_SELECT: &str = "SELECT w.id, w.name, w.capabilities_json, w.connected, w.draining, \
      w.last_seen_ms, w.revision, j.id AS job_id, j.attempts AS attempt FROM workers w \
@@ -133,47 +115,5 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(worker_from_row).collect()
-    }
-
-    /// Store a token hash. Replaces every earlier admin token when `kind` is admin.
-    pub async fn put_token(&self, hash: &str, kind: TokenKind, name: &str) -> StoreResult<()> {
-        let mut tx = self.write().await?;
-        if kind == TokenKind::Admin {
-            sqlx::query("DELETE FROM tokens WHERE kind = 'admin'")
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO tokens (hash, kind, name, created_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (hash) DO UPDATE SET kind = excluded.kind, name = excluded.name",
-        )
-        .bind(hash)
-        .bind(kind.as_str())
-        .bind(name)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn has_admin_token(&self) -> StoreResult<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = 'admin'")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(n > 0)
-    }
-
-    pub async fn token_kind(&self, hash: &str) -> StoreResult<Option<TokenKind>> {
-        let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM tokens WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        match kind.as_deref() {
-            None => Ok(None),
-            Some("admin") => Ok(Some(TokenKind::Admin)),
-            Some("worker") => Ok(Some(TokenKind::Worker)),
-            Some(other) => Err(StoreError::Corrupt(format!("unknown token kind `{other}`"))),
-        }
     }
 }

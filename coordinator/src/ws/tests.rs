@@ -124,7 +124,7 @@ async fn worker_bad_first_frame_gets_goodbye_and_close() {
     in_tx
         .unbounded_send(Ok(Message::Text("not json".into())))
         .expect("send");
-    worker::serve(state, out_tx, in_rx).await;
+    worker::serve(state, out_tx, in_rx, None).await;
     match next_out(&mut out).await {
         Message::Text(t) => {
             let msg: CoordinatorMessage = serde_json::from_str(&t).expect("json");
@@ -168,7 +168,7 @@ async fn worker_conversation(
     ] {
         in_tx.unbounded_send(frame(&msg)).expect("send");
     }
-    worker::serve(state, out_tx, in_rx).await;
+    worker::serve(state, out_tx, in_rx, None).await;
     out.collect().await
 }
 
@@ -220,7 +220,7 @@ async fn binary_frames_that_are_not_utf8_or_not_json_are_refused() {
         in_tx
             .unbounded_send(Ok(Message::Binary(frame.into())))
             .expect("send");
-        worker::serve(state, out_tx, in_rx).await;
+        worker::serve(state, out_tx, in_rx, None).await;
         let answers: Vec<Message> = out.collect().await;
         match answers.as_slice() {
             [Message::Text(goodbye), Message::Close(Some(close))] => {
@@ -238,7 +238,7 @@ async fn worker_is_superseded_by_a_second_connection_and_says_goodbye_on_shutdow
     let (state, shutdown) = state(dir.path()).await;
     let (in1, rx1, tx1, mut out1) = pipes();
     in1.unbounded_send(text(&hello("w"))).expect("send");
-    let first = tokio::spawn(worker::serve(state.clone(), tx1, rx1));
+    let first = tokio::spawn(worker::serve(state.clone(), tx1, rx1, None));
     assert!(
         matches!(next_out(&mut out1).await, Message::Text(_)),
         "welcome"
@@ -246,7 +246,7 @@ async fn worker_is_superseded_by_a_second_connection_and_says_goodbye_on_shutdow
 
     let (in2, rx2, tx2, mut out2) = pipes();
     in2.unbounded_send(text(&hello("w"))).expect("send");
-    let second = tokio::spawn(worker::serve(state.clone(), tx2, rx2));
+    let second = tokio::spawn(worker::serve(state.clone(), tx2, rx2, None));
     assert!(
         matches!(next_out(&mut out2).await, Message::Text(_)),
         "welcome"
@@ -422,7 +422,7 @@ async fn a_worker_is_a_candidate_only_after_its_hello_is_reconciled() {
         in_tx
             .unbounded_send(text(&hello(&format!("w{i}"))))
             .expect("send");
-        let task = tokio::spawn(worker::serve(state.clone(), out_tx, in_rx));
+        let task = tokio::spawn(worker::serve(state.clone(), out_tx, in_rx, None));
         match next_out(&mut out).await {
             Message::Text(t) => assert!(t.contains("welcome"), "{t}"),
             other => panic!("expected welcome, got {other:?}"),
@@ -475,7 +475,7 @@ async fn a_worker_still_running_a_lost_attempt_gets_no_job_until_it_is_free() {
     in_tx
         .unbounded_send(text(&hello_running("w", vec![lost])))
         .expect("send");
-    let task = tokio::spawn(worker::serve(state.clone(), out_tx, in_rx));
+    let task = tokio::spawn(worker::serve(state.clone(), out_tx, in_rx, None));
     let mut next_msg = async || match next_out(&mut out).await {
         Message::Text(t) => serde_json::from_str::<CoordinatorMessage>(&t).expect("json"),
         other => panic!("expected a message, got {other:?}"),

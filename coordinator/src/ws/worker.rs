@@ -4,9 +4,10 @@
 //! worker is superseded or lost, or the coordinator shuts down. Each message that changes a
 //! job is one store transaction; events fan out to `/ws/events` clients.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::response::Response;
@@ -20,6 +21,7 @@ use kiln_proto::protocol::{
 };
 
 use super::{ReadEnd, end_reason, goodbye, next_text, read_hello, send_json};
+use crate::auth::Caller;
 use crate::registry::Outbound;
 use crate::state::AppState;
 
@@ -38,13 +40,18 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
             description = "The connection cannot be upgraded")),
     security(("bearer" = []))
 )]
-pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let max = state.config.max_frame_bytes;
+    let caller = caller.map(|Extension(c)| c);
     ws.max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let (sink, stream) = socket.split();
-            serve(state, sink, stream)
+            serve(state, sink, stream, caller)
         })
 }
 
@@ -88,8 +95,9 @@ fn parse_hello(text: &str) -> Result<Hello, CloseReason> {
     }
 }
 
-/// Serve one worker connection until it ends.
-pub async fn serve<S, R, E>(state: AppState, mut sink: S, mut stream: R)
+/// Serve one worker connection until it ends. `caller`: the token it connected with (none in
+/// tests that drive the protocol directly).
+pub async fn serve<S, R, E>(state: AppState, mut sink: S, mut stream: R, caller: Option<Caller>)
 where
     S: Sink<Message> + Unpin + Send,
     R: Stream<Item = Result<Message, E>> + Unpin + Send,
@@ -109,12 +117,32 @@ where
             return;
         }
     };
+    if let Some(bound) = caller.as_ref().and_then(|c| c.token.worker_id.as_deref())
+        && bound != hello.worker_id
+    {
+        let reason = CloseReason::BadMessage {
+            message: format!(
+                "this worker token is bound to worker `{bound}`; the hello says `{}`",
+                hello.worker_id
+            ),
+        };
+        info!(?reason, "refusing a worker connection");
+        goodbye(&mut sink, goodbye_json(&reason), &reason).await;
+        return;
+    }
     let span = info_span!("worker", worker_id = %hello.worker_id);
-    session(state, sink, stream, hello).instrument(span).await;
+    session(state, sink, stream, hello, caller)
+        .instrument(span)
+        .await;
 }
 
-async fn session<S, R, E>(state: AppState, mut sink: S, mut stream: R, hello: Hello)
-where
+async fn session<S, R, E>(
+    state: AppState,
+    mut sink: S,
+    mut stream: R,
+    hello: Hello,
+    caller: Option<Caller>,
+) where
     S: Sink<Message> + Unpin + Send,
     R: Stream<Item = Result<Message, E>> + Unpin + Send,
     E: std::error::Error + Send + 'static,
@@ -132,6 +160,13 @@ where
             return;
         }
     };
+    // Its artifacts are checked against the token it connected with.
+    if let Some(caller) = &caller
+        && let Err(e) = state.store.set_worker_token(&id, caller.token.id).await
+    {
+        warn!(error = %e, "cannot record the worker's token; closing");
+        return;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (conn_id, old) = state.workers.connect(
         &id,
@@ -164,6 +199,7 @@ where
             id: &id,
             conn_id,
             last_progress: None,
+            mine: HashMap::new(),
         };
         conn.run(&mut sink, &mut stream, &mut rx).await;
     }
@@ -227,6 +263,8 @@ struct Conn<'a> {
     id: &'a str,
     conn_id: u64,
     last_progress: Option<Instant>,
+    /// Attempts asked about: whether this worker is one of their ranks.
+    mine: HashMap<AttemptRef, bool>,
 }
 
 impl Conn<'_> {
@@ -300,6 +338,33 @@ impl Conn<'_> {
             serde_json::from_str(text).map_err(|e| CloseReason::BadMessage {
                 message: format!("cannot parse the message: {e}"),
             })?;
+        // A worker speaks only for the attempts it is a rank of (the job's current attempt is
+        // checked by each handler): another worker's job is not its to report on.
+        let attempt = match &msg {
+            WorkerMessage::Started { attempt, .. }
+            | WorkerMessage::Metrics { attempt, .. }
+            | WorkerMessage::Logs { attempt, .. }
+            | WorkerMessage::Checkpoint { attempt, .. }
+            | WorkerMessage::Finished { attempt, .. } => Some(*attempt),
+            WorkerMessage::Hello { .. } | WorkerMessage::Heartbeat { .. } => None,
+        };
+        if let Some(attempt) = attempt {
+            match self.is_mine(attempt).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(
+                        job_id = attempt.job_id,
+                        attempt = attempt.attempt,
+                        "a message about an attempt this worker does not run; ignored"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(error = format!("{e:#}"), "cannot check a message's attempt");
+                    return Ok(());
+                }
+            }
+        }
         let result = match msg {
             WorkerMessage::Hello { .. } => {
                 return Err(CloseReason::BadMessage {
@@ -381,6 +446,19 @@ impl Conn<'_> {
             warn!(error = format!("{e:#}"), "cannot handle a worker message");
         }
         Ok(())
+    }
+
+    async fn is_mine(&mut self, attempt: AttemptRef) -> anyhow::Result<bool> {
+        if let Some(&mine) = self.mine.get(&attempt) {
+            return Ok(mine);
+        }
+        let ranks = self.state.store.attempt_workers(attempt).await?;
+        let mine = ranks.iter().any(|w| w == self.id);
+        // Ranks are fixed once an attempt exists; an unknown attempt is asked again.
+        if !ranks.is_empty() {
+            self.mine.insert(attempt, mine);
+        }
+        Ok(mine)
     }
 
     async fn started(&self, attempt: AttemptRef, total: u64, start: u64) -> anyhow::Result<()> {

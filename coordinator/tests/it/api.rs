@@ -425,19 +425,24 @@ async fn auth_limits_and_meta() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
     }
 
-    // A worker token may use artifacts, not admin endpoints.
-    let worker = Client::new(&url, Some(worker_token.clone())).expect("url");
+    // A worker token may not list jobs, nor touch the artifacts of a job none of its workers
+    // runs (tests/it/tokens.rs covers every route and scope).
+    let worker = Client::new(&url, Some(worker_token.clone()))
+        .expect("url")
+        .as_worker("w1");
     let err = worker.jobs(&JobFilter::default()).await.expect_err("403");
     assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
-    assert!(err.to_string().contains("admin token"), "{err}");
     assert!(
-        worker
-            .artifacts(job.id)
-            .await
-            .expect("artifacts")
-            .is_empty()
+        err.to_string().contains("needs a token with scope"),
+        "{err}"
     );
-    worker
+    let err = worker
+        .upload_artifact(job.id, "model.bpk", vec![1, 2, 3])
+        .await
+        .expect_err("not its job");
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+    assert!(err.to_string().contains("does not run job"), "{err}");
+    client
         .upload_artifact(job.id, "model.bpk", vec![1, 2, 3])
         .await
         .expect("upload");
@@ -499,8 +504,8 @@ async fn auth_limits_and_meta() {
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} missing");
     }
-    // What the auth middlewares answer is documented on every secured operation: 401, and 403
-    // where a worker token is refused.
+    // What the auth middleware answers is documented on every secured operation: 401, 403
+    // (a scope that may not) and 429 (too many bad tokens).
     let mut secured = 0;
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("path item") {
@@ -508,15 +513,28 @@ async fn auth_limits_and_meta() {
                 continue;
             }
             secured += 1;
-            assert!(
-                op["responses"].get("401").is_some(),
-                "{method} {path}: no 401"
-            );
+            for status in ["401", "403", "429"] {
+                assert!(
+                    op["responses"].get(status).is_some(),
+                    "{method} {path}: no {status}"
+                );
+            }
         }
     }
     assert!(secured >= 25, "{secured} secured operations");
-    assert!(doc["paths"]["/api/jobs"]["get"]["responses"]["403"].is_object());
-    assert!(doc["paths"]["/ws/worker"]["get"]["responses"]["403"].is_null());
+    // The 403 names the scopes that may (`auth::allowed_scopes`).
+    let forbidden = |path: &str, method: &str| {
+        doc["paths"][path][method]["responses"]["403"]["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no 403"))
+            .to_string()
+    };
+    assert!(
+        forbidden("/api/jobs", "get").contains("allowed: read, submit, admin"),
+        "{}",
+        forbidden("/api/jobs", "get")
+    );
+    assert!(forbidden("/ws/worker", "get").contains("allowed: worker, admin"));
     // Query parameters are documented in the query, optional.
     let params = doc["paths"]["/api/jobs"]["get"]["parameters"]
         .as_array()

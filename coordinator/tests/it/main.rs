@@ -7,4 +7,5 @@ mod import;
 mod restart;
 mod shares;
 mod support;
+mod tokens;
 mod worker;

@@ -34,6 +34,7 @@ pub async fn start(dir: &Path, heartbeat: Duration) -> Coordinator {
             .await
             .expect("test database"),
         admin_token: Some(ADMIN.into()),
+        worker_token: None,
         heartbeat_interval: heartbeat,
         max_body_bytes: MAX_BODY,
         artifact_max_bytes: MAX_ARTIFACT,

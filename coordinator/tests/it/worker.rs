@@ -38,7 +38,9 @@ async fn a_job_runs_on_a_fake_worker() {
     let c = support::start(dir.path(), hb).await;
     let client = support::admin(&c);
     let token = c.create_worker_token("fake").await.expect("token");
-    let worker_client = Client::new(&c.url(), Some(token.clone())).expect("url");
+    let worker_client = Client::new(&c.url(), Some(token.clone()))
+        .expect("url")
+        .as_worker("w1");
 
     let mut events = connect(&c, "/ws/events", ADMIN).await;
     send_json(

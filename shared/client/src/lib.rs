@@ -26,6 +26,7 @@ use kiln_proto::protocol::{
     SharedRun, SubmitJob, WorkerInfo,
 };
 use kiln_proto::spec::FieldError;
+use kiln_proto::token::{AuditEntry, CreateToken, NewToken, TokenInfo};
 
 /// What went wrong talking to the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// The worker this client acts for (`X-Kiln-Worker`), when its token is a worker token.
+    worker_id: Option<String>,
 }
 
 impl Client {
@@ -131,7 +134,19 @@ impl Client {
                 url: base.clone(),
                 source,
             })?;
-        Ok(Client { http, base, token })
+        Ok(Client {
+            http,
+            base,
+            token,
+            worker_id: None,
+        })
+    }
+
+    /// The same client, acting for worker `id`: a worker token's artifact requests say which
+    /// worker they are for (the coordinator checks that worker runs the job).
+    pub fn as_worker(mut self, id: &str) -> Client {
+        self.worker_id = Some(id.to_string());
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -151,11 +166,14 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let req = self.http.request(method, format!("{}{path}", self.base));
-        match &self.token {
-            Some(token) => req.bearer_auth(token),
-            None => req,
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
         }
+        if let Some(id) = &self.worker_id {
+            req = req.header("x-kiln-worker", id);
+        }
+        req
     }
 
     /// A request without the bearer token (public endpoints).
@@ -383,6 +401,32 @@ impl Client {
         self.json(
             self.public_request(Method::GET, &path)
                 .query(&query.pairs()),
+        )
+        .await
+    }
+
+    /// Make an API token (admin); the answer is the only time the token is shown.
+    pub async fn create_token(&self, body: &CreateToken) -> Result<NewToken, ClientError> {
+        self.json(self.request(Method::POST, "/api/tokens").json(body))
+            .await
+    }
+
+    /// Every API token (admin), never the tokens themselves.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.json(self.request(Method::GET, "/api/tokens")).await
+    }
+
+    /// Revoke an API token (admin): it stops working at once.
+    pub async fn revoke_token(&self, id: i64) -> Result<TokenInfo, ClientError> {
+        self.json(self.request(Method::DELETE, &format!("/api/tokens/{id}")))
+            .await
+    }
+
+    /// The audit log (admin): requests that changed something, with `seq > after`.
+    pub async fn audit(&self, after: i64, limit: u32) -> Result<Vec<AuditEntry>, ClientError> {
+        self.json(
+            self.request(Method::GET, "/api/audit")
+                .query(&[("after", after.to_string()), ("limit", limit.to_string())]),
         )
         .await
     }

@@ -23,6 +23,7 @@ pub mod metric;
 pub mod protocol;
 pub mod spec;
 pub mod sweep;
+pub mod token;
 pub mod trainer;
 pub mod worker_session;
 

@@ -55,11 +55,14 @@ pub fn LoginPrompt() -> impl IntoView {
                 }),
                 Err(e) => {
                     api::set_token(None);
-                    let _ = error.try_set(Some(if e.status == 401 || e.status == 403 {
-                        "That token is not valid for this coordinator (it needs an admin token)."
-                            .into()
-                    } else {
-                        e.to_string()
+                    let _ = error.try_set(Some(match e.status {
+                        401 => "That token is not valid for this coordinator (unknown, revoked \
+                                or expired)."
+                            .into(),
+                        403 => "That token cannot open the dashboard (a worker token?): it \
+                                needs a read, submit or admin token."
+                            .into(),
+                        _ => e.to_string(),
                     }));
                     let _ = busy.try_set(false);
                 }
