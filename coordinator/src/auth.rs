@@ -221,17 +221,18 @@ fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
 /// The header a worker names itself in when its token is not bound to one worker id.
 pub const WORKER_HEADER: &str = "x-kiln-worker";
 
-/// A worker token acts only for the attempts of its workers: `Ok` for any other caller, and
-/// for a worker token when the worker it acts as (its bound id, or [`WORKER_HEADER`]) last
-/// connected with this token and is a rank of job `job_id`'s current, running attempt.
+/// A worker token acts only for the attempts of its workers: `Ok(None)` for any other caller;
+/// for a worker token, `Ok(Some(the worker it acts as))` when that worker (its bound id, or
+/// [`WORKER_HEADER`]) last connected with this token and is a rank of job `job_id`'s current,
+/// running attempt.
 pub async fn check_worker_acts_for_job(
     state: &AppState,
     caller: Option<&Caller>,
     headers: &HeaderMap,
     job_id: i64,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     let Some(caller) = caller.filter(|c| c.scope() == TokenScope::Worker) else {
-        return Ok(());
+        return Ok(None);
     };
     let named = headers.get(WORKER_HEADER).and_then(|v| v.to_str().ok());
     let acting = match (&caller.token.worker_id, named) {
@@ -254,7 +255,7 @@ pub async fn check_worker_acts_for_job(
         .worker_runs_job(caller.token.id, acting, job_id)
         .await?
     {
-        Ok(())
+        Ok(Some(acting.to_string()))
     } else {
         Err(ApiError::Forbidden(format!(
             "worker `{acting}` does not run job {job_id} with this token: a worker token acts \
@@ -265,8 +266,8 @@ pub async fn check_worker_acts_for_job(
 
 /// Middleware: a known, unexpired token whose scope may use this route ([`allowed_scopes`]);
 /// puts the [`Caller`] in the request's extensions. A client address that sent too many bad
-/// tokens is refused for a while; requests that change something are written to the audit
-/// log.
+/// tokens gets 429 for its bad tokens for a while; requests that change something are
+/// written to the audit log.
 pub async fn require_token(
     State(state): State<AppState>,
     mut req: Request,
@@ -276,24 +277,28 @@ pub async fn require_token(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    if let Some(secs) = state.bad_tokens.limited(peer) {
-        return Err(ApiError::TooManyRequests(format!(
+    // Over the limit, an address's bad tokens get 429 instead of 401; a good token still
+    // passes, so clients behind one proxy address are not all locked out by one of them.
+    let refuse = |error: ApiError| match state.bad_tokens.limited(peer) {
+        Some(secs) => ApiError::TooManyRequests(format!(
             "too many bad tokens from this address; try again in {secs} s"
-        )));
-    }
+        )),
+        None => {
+            state.bad_tokens.record(peer);
+            error
+        }
+    };
     let token = bearer(&req)?;
     let Some(stored) = state.store.token_by_hash(&hash_token(&token)).await? else {
-        state.bad_tokens.record(peer);
-        return Err(ApiError::Unauthorized(
+        return Err(refuse(ApiError::Unauthorized(
             "the bearer token is not valid for this coordinator".into(),
-        ));
+        )));
     };
     if stored.expired {
-        state.bad_tokens.record(peer);
-        return Err(ApiError::Unauthorized(format!(
+        return Err(refuse(ApiError::Unauthorized(format!(
             "the token `{}` expired; ask an admin for a new one (kiln token create)",
             stored.info.name
-        )));
+        ))));
     }
     let caller = Caller { token: stored.info };
     let method = req.method().clone();

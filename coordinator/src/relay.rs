@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -26,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use kiln_proto::protocol::{AttemptRef, JobId};
 
+use crate::auth::{Caller, check_worker_acts_for_job};
 use crate::error::ApiError;
 use crate::openapi::ApiErrorDoc;
 use crate::state::AppState;
@@ -145,12 +147,14 @@ pub struct RelayQuery {
         ("Upgrade" = String, Header, description = "kiln-ring", pattern = "^kiln-ring$")),
     responses((status = 101, description = "Switching to the raw link"),
         (status = 404, body = ApiErrorDoc, description = "No such attempt running, or no such link"),
+        (status = 403, body = ApiErrorDoc, description = "A worker token whose worker is not the rank at this end of the link"),
         (status = 400, body = ApiErrorDoc,
             description = "Not an upgrade to kiln-ring, or a malformed path or `side`")),
     security(("bearer" = []))
 )]
 pub async fn upgrade(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     path: Result<Path<(JobId, u32, u32)>, PathRejection>,
     query: Result<Query<RelayQuery>, QueryRejection>,
     mut req: Request,
@@ -175,6 +179,25 @@ pub async fn upgrade(
             "job {job_id} attempt {} has no running link {link} (world {world})",
             attempt.attempt
         )));
+    }
+    // A worker token's worker must be the rank at this end of this link.
+    let caller = caller.map(|Extension(c)| c);
+    if let Some(acting) =
+        check_worker_acts_for_job(&state, caller.as_ref(), req.headers(), job_id).await?
+    {
+        let ranks = state.store.attempt_workers(attempt).await?;
+        let rank = ranks.iter().position(|w| *w == acting);
+        let (end, wanted) = match query.side {
+            Side::Dial => ("dials", link as usize),
+            Side::Accept => ("accepts", (link as usize + 1) % ranks.len().max(1)),
+        };
+        if rank != Some(wanted) {
+            return Err(ApiError::Forbidden(format!(
+                "worker `{acting}` is not rank {wanted} of job {job_id} attempt {}, which {end} \
+                 link {link}",
+                attempt.attempt
+            )));
+        }
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let relay = state.relay.clone();

@@ -399,6 +399,7 @@ impl Driver {
                         coordinator: crate::ddp::Coordinator {
                             server: self.config.server.clone(),
                             token: self.config.token.clone(),
+                            worker_id: self.config.worker_id.clone(),
                         },
                     };
                     let events = self.events_tx.clone();

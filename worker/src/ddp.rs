@@ -44,6 +44,8 @@ pub const STEP_DEADLINE: Duration = Duration::from_secs(8);
 pub(crate) struct Coordinator {
     pub server: String,
     pub token: String,
+    /// This worker's id: a worker token opens only its own rank's ends of relayed links.
+    pub worker_id: String,
 }
 
 /// How a link is carried.
@@ -239,6 +241,7 @@ async fn join(
         let mut stream = relay::open(
             &coordinator.server,
             &coordinator.token,
+            &coordinator.worker_id,
             attempt,
             rank,
             Side::Dial,
@@ -264,6 +267,7 @@ async fn join(
                 let mut stream = relay::open(
                     &coordinator.server,
                     &coordinator.token,
+                    &coordinator.worker_id,
                     attempt,
                     prev_rank,
                     Side::Accept,

@@ -40,11 +40,17 @@ pub(crate) enum Side {
 pub(crate) async fn open(
     server: &str,
     token: &str,
+    worker_id: &str,
     attempt: AttemptRef,
     link: usize,
     side: Side,
 ) -> std::io::Result<TcpStream> {
     let bad = |m: String| std::io::Error::other(m);
+    if worker_id.chars().any(char::is_control) || token.chars().any(char::is_control) {
+        return Err(bad(
+            "the worker id and the token must not hold control characters".into(),
+        ));
+    }
     let (addr, tls) = authority(server).ok_or_else(|| bad(format!("bad server URL {server}")))?;
     if tls {
         return Err(bad(
@@ -61,7 +67,8 @@ pub(crate) async fn open(
     };
     let request = format!(
         "GET /api/relay/{}/{}/{link}?side={side} HTTP/1.1\r\nHost: {addr}\r\n\
-         Connection: Upgrade\r\nUpgrade: kiln-ring\r\nAuthorization: Bearer {token}\r\n\r\n",
+         Connection: Upgrade\r\nUpgrade: kiln-ring\r\nAuthorization: Bearer {token}\r\n\
+         X-Kiln-Worker: {worker_id}\r\n\r\n",
         attempt.job_id, attempt.attempt
     );
     stream.write_all(request.as_bytes()).await?;
