@@ -52,11 +52,23 @@ pub fn expand(base: &JobSpec, axes: &[Axis]) -> Result<Vec<JobSpec>, String> {
         .iter()
         .map(|a| (a.key.as_str(), a.values.as_slice()))
         .collect();
-    let count = axes.values().map(|v| v.len()).product::<usize>();
-    if count > MAX_COMBINATIONS {
-        return Err(format!(
-            "the grid has {count} combinations; allowed: at most {MAX_COMBINATIONS}"
-        ));
+    // Checked: 64 axes of two values overflow a usize (found by fuzz/sweep_grid).
+    let count = axes
+        .values()
+        .try_fold(1usize, |n, v| n.checked_mul(v.len()));
+    match count {
+        Some(count) if count <= MAX_COMBINATIONS => {}
+        Some(count) => {
+            return Err(format!(
+                "the grid has {count} combinations; allowed: at most {MAX_COMBINATIONS}"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "the grid has more combinations than can be counted; allowed: at most \
+                 {MAX_COMBINATIONS}"
+            ));
+        }
     }
     let mut combos: Vec<Vec<(&str, &serde_json::Value)>> = vec![vec![]];
     for (key, values) in &axes {
@@ -192,6 +204,15 @@ mod tests {
             expand(&base(), &axes)
                 .expect_err("must fail")
                 .contains("289 combinations")
+        );
+        // 2^64 combinations: more than a usize counts (on wasm32, 2^32 already).
+        let axes: Vec<Axis> = (0..64)
+            .map(|i| format!("k{i}=1,2").parse().expect("axis"))
+            .collect();
+        let error = expand(&base(), &axes).expect_err("must fail");
+        assert!(
+            error.contains("more combinations than can be counted"),
+            "{error}"
         );
     }
 }
