@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN, UPGRADE};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use rand::TryRngCore;
@@ -307,23 +307,10 @@ pub async fn require_token(
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_default();
-    let allowed = allowed_scopes(&method, &route);
-    if !allowed.contains(&caller.scope()) {
-        let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::Forbidden(format!(
-            "{method} {route} needs a token with scope {}; this is a {} token",
-            names.join(" or "),
-            caller.scope()
-        )));
-    }
-    if is_websocket(req.headers()) {
-        check_origin(req.headers())?;
-    }
+    // Changes, and attempts at them, by people's tokens (workers' are their protocol).
     let audited = method != Method::GET && caller.scope() != TokenScope::Worker;
     let path = req.uri().path().to_string();
-    req.extensions_mut().insert(caller.clone());
-    let response = next.run(req).await;
-    if audited {
+    let audit = |status: u16| {
         let entry = AuditEntry {
             seq: 0,
             ts_ms: crate::store::now_ms(),
@@ -331,14 +318,34 @@ pub async fn require_token(
             token_name: caller.token.name.clone(),
             scope: caller.scope(),
             method: method.to_string(),
-            path,
-            status: response.status().as_u16(),
+            path: path.clone(),
+            status,
             peer: peer.map(|p| p.to_string()),
         };
-        if let Err(e) = state.store.insert_audit(&entry).await {
-            warn!(error = %e, "cannot write the audit log");
+        let state = state.clone();
+        async move {
+            if audited && let Err(e) = state.store.insert_audit(&entry).await {
+                warn!(error = %e, "cannot write the audit log");
+            }
         }
+    };
+    let allowed = allowed_scopes(&method, &route);
+    if !allowed.contains(&caller.scope()) {
+        let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+        let error = ApiError::Forbidden(format!(
+            "{method} {route} needs a token with scope {}; this is a {} token",
+            names.join(" or "),
+            caller.scope()
+        ));
+        audit(StatusCode::FORBIDDEN.as_u16()).await;
+        return Err(error);
     }
+    if is_websocket(req.headers()) {
+        check_origin(req.headers())?;
+    }
+    req.extensions_mut().insert(caller.clone());
+    let response = next.run(req).await;
+    audit(response.status().as_u16()).await;
     Ok(response)
 }
 

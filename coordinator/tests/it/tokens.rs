@@ -535,6 +535,8 @@ async fn tokens_are_listed_revoked_expire_and_audited() {
     bot.cancel(job.id).await.expect("cancel");
     let err = bot.tokens().await.expect_err("admin only");
     assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
+    let err = bot.revoke_token(999).await.expect_err("admin only");
+    assert_eq!(err.status(), Some(StatusCode::FORBIDDEN));
 
     // The listing shows names and scopes, never tokens.
     let listed = admin.tokens().await.expect("tokens");
@@ -588,11 +590,18 @@ async fn tokens_are_listed_revoked_expire_and_audited() {
             format!("/api/jobs/{}/cancel", job.id),
             200,
         ),
+        // Refused attempts are in it too.
+        (
+            "ci bot".into(),
+            "DELETE".into(),
+            "/api/tokens/999".into(),
+            403,
+        ),
     ]);
     assert_eq!(seen, expected);
     assert!(audit.iter().all(|e| e.peer.as_deref() == Some("127.0.0.1")));
     let later = admin.audit(audit[5].seq, 100).await.expect("audit after");
-    assert_eq!(later.len(), 2);
+    assert_eq!(later.len(), 3);
 
     // The last admin token stays.
     let err = admin
