@@ -561,13 +561,17 @@ pub(crate) fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// This machine's clock, in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// How long ago `then_ms` was, by this machine's clock ("5m").
 pub(crate) fn age(then_ms: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(then_ms);
-    kiln_proto::fmt::age(then_ms, now)
+    kiln_proto::fmt::age(then_ms, now_ms())
 }
 
 /// Live progress until the job ends; Ctrl-C detaches (the job keeps running).

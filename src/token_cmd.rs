@@ -6,7 +6,7 @@ use clap::Subcommand;
 use kiln_client::Client;
 use kiln_proto::token::{CreateToken, TokenScope, parse_duration_s};
 
-use crate::client_cmd::{age, truncate};
+use crate::client_cmd::{age, now_ms, truncate};
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
@@ -145,11 +145,4 @@ pub async fn audit(client: &Client, limit: u32, json: bool) -> anyhow::Result<()
         );
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

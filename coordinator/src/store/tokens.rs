@@ -35,6 +35,8 @@ fn info_from_row(row: &sqlx::any::AnyRow) -> StoreResult<TokenInfo> {
     })
 }
 
+const ADMIN_COUNT: &str = "SELECT COUNT(*) FROM tokens WHERE kind = 'admin'";
+
 const TOKEN_COLUMNS: &str = "id, name, kind, created_ms, expires_ms, worker_id";
 
 impl Store {
@@ -92,7 +94,7 @@ impl Store {
     }
 
     pub async fn has_admin_token(&self) -> StoreResult<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = 'admin'")
+        let n: i64 = sqlx::query_scalar(ADMIN_COUNT)
             .fetch_one(&self.pool)
             .await?;
         Ok(n > 0)
@@ -131,10 +133,7 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("token {id} does not exist")))?;
         let info = info_from_row(&row)?;
         if info.scope == TokenScope::Admin {
-            let admins: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM tokens WHERE kind = 'admin'")
-                    .fetch_one(&mut *tx)
-                    .await?;
+            let admins: i64 = sqlx::query_scalar(ADMIN_COUNT).fetch_one(&mut *tx).await?;
             if admins <= 1 {
                 return Err(StoreError::Conflict(format!(
                     "token {id} ({}) is the last admin token; make another \

@@ -87,6 +87,17 @@ fn concrete(template: &str) -> String {
         .replace("{dataset}", "no-such-set")
 }
 
+/// `GET /api/jobs` with `token`: the status and the body.
+async fn list_jobs(url: &str, token: &str) -> (StatusCode, String) {
+    raw(
+        &format!("{url}/api/jobs"),
+        reqwest::Method::GET,
+        Some(token),
+        vec![],
+    )
+    .await
+}
+
 async fn token(admin: &Client, scope: TokenScope, name: &str) -> String {
     admin
         .create_token(&CreateToken {
@@ -635,13 +646,7 @@ async fn tokens_are_listed_revoked_expire_and_audited() {
         )
         .await
         .expect("store token");
-    let (status, text) = raw(
-        &format!("{url}/api/jobs"),
-        reqwest::Method::GET,
-        Some(old),
-        vec![],
-    )
-    .await;
+    let (status, text) = list_jobs(&url, old).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(error_body(&text).error.contains("expired"), "{text}");
     c.shutdown().await;
@@ -687,37 +692,19 @@ async fn an_address_that_keeps_guessing_tokens_is_refused_for_a_while() {
     let c = support::start(dir.path(), HB).await;
     let url = c.url();
     for i in 0..kiln_coordinator::auth::BAD_TOKENS_ALLOWED {
-        let (status, _) = raw(
-            &format!("{url}/api/jobs"),
-            reqwest::Method::GET,
-            Some(&format!("guess-{i}")),
-            vec![],
-        )
-        .await;
+        let (status, _) = list_jobs(&url, &format!("guess-{i}")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {i}");
     }
     // Now its bad tokens get 429, saying for how long; the right token still passes (clients
     // behind one proxy share an address), and health needs none.
-    let (status, text) = raw(
-        &format!("{url}/api/jobs"),
-        reqwest::Method::GET,
-        Some("guess-again"),
-        vec![],
-    )
-    .await;
+    let (status, text) = list_jobs(&url, "guess-again").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
     let error = error_body(&text).error;
     assert!(
         error.contains("too many bad tokens") && error.contains("try again in"),
         "{error}"
     );
-    let (status, text) = raw(
-        &format!("{url}/api/jobs"),
-        reqwest::Method::GET,
-        Some(ADMIN),
-        vec![],
-    )
-    .await;
+    let (status, text) = list_jobs(&url, ADMIN).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let health = Client::new(&url, None).expect("url").health().await;
     assert!(health.is_ok());
