@@ -37,6 +37,11 @@ pub struct Capabilities {
     /// only jobs that ask for `webgpu` — never `auto`, which means a machine's best device.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub browser: bool,
+    /// Takes live control of its running job ([`CoordinatorMessage::Control`]: pause, resume,
+    /// checkpoint now, a new learning rate). Absent from workers that predate it: the
+    /// coordinator then refuses control of their jobs instead of sending what they cannot read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub control: bool,
 }
 
 /// The ranks of a data-parallel attempt, as one of them is told at assignment.
@@ -125,6 +130,13 @@ pub enum WorkerMessage {
         attempt: AttemptRef,
         lines: Vec<LogLine>,
     },
+    /// A [`ControlAction`] took effect after `step` steps (sent after the metrics up to it).
+    Controlled {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        step: u64,
+        control: ControlAction,
+    },
     /// A checkpoint was uploaded as artifact `artifact` (HTTP, before this message).
     Checkpoint {
         #[serde(flatten)]
@@ -172,10 +184,24 @@ pub enum CoordinatorMessage {
         /// one worker. Only workers that advertise a `peer_addr` are given one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<Group>,
+        /// Start paused (the job was paused before this attempt; it waits for a resume).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        paused: bool,
+        /// Learning rates set live on earlier attempts: a resume from a checkpoint before one
+        /// of them makes the same change at the same step.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lr_changes: Vec<LrChange>,
     },
     Cancel {
         #[serde(flatten)]
         attempt: AttemptRef,
+    },
+    /// Change the running attempt between two steps (only to workers that advertise
+    /// [`Capabilities::control`]); the worker answers [`WorkerMessage::Controlled`].
+    Control {
+        #[serde(flatten)]
+        attempt: AttemptRef,
+        control: ControlAction,
     },
     /// Sent just before the coordinator closes the socket.
     Goodbye { reason: CloseReason },
@@ -358,6 +384,100 @@ pub struct JobInfo {
     /// `dataset.path` is then pinned to `kiln:sha256:<digest>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_name: Option<String>,
+    /// Paused by `POST /api/jobs/{id}/control` (the loop holds between two steps; a queued job
+    /// starts paused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Learning rates set live, in step order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lr_changes: Vec<LrChange>,
+    /// The job and checkpoint this job was forked from (`POST /api/jobs/{id}/fork`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<ForkOrigin>,
+}
+
+/// A live change to a running job: `POST /api/jobs/{id}/control`'s body, what the coordinator
+/// asks the job's worker ([`CoordinatorMessage::Control`]) and what the worker reports done
+/// ([`WorkerMessage::Controlled`]). Each takes effect between two steps.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ControlAction {
+    /// Hold the loop; the model and the optimizer stay in memory, so a resume goes on exactly
+    /// as if there had been no pause.
+    Pause,
+    Resume,
+    /// Write a checkpoint now (it can be forked from or resumed from).
+    Checkpoint,
+    /// Train on with this base learning rate (the spec's schedule still shapes it).
+    SetLr {
+        lr: f64,
+    },
+}
+
+impl ControlAction {
+    /// `lr` as the spec allows `optimizer.lr`; the error names the field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match *self {
+            ControlAction::SetLr { lr } if !(lr.is_finite() && lr > 0.0 && lr <= 10.0) => {
+                Err(FieldError {
+                    field: "lr".into(),
+                    value: lr.to_string(),
+                    allowed: "a number > 0 and <= 10".into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// For logs and the CLI: `pause`, `resume`, `checkpoint`, `learning rate 0.01`.
+    pub fn describe(&self) -> String {
+        match self {
+            ControlAction::Pause => "pause".into(),
+            ControlAction::Resume => "resume".into(),
+            ControlAction::Checkpoint => "checkpoint".into(),
+            ControlAction::SetLr { lr } => format!("learning rate {lr}"),
+        }
+    }
+}
+
+/// A learning rate set live: the steps after the first `step` train with base rate `lr`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LrChange {
+    pub step: u64,
+    pub lr: f64,
+}
+
+/// The base learning rate for the step after `step` steps: the last change at or before
+/// `step`, else `spec_lr`.
+pub fn lr_at(changes: &[LrChange], step: u64, spec_lr: f64) -> f64 {
+    changes
+        .iter()
+        .filter(|c| c.step <= step)
+        .max_by_key(|c| c.step)
+        .map_or(spec_lr, |c| c.lr)
+}
+
+/// Where a forked job started: job `job_id`'s checkpoint after `step` steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkOrigin {
+    pub job_id: JobId,
+    pub step: u64,
+}
+
+/// `POST /api/jobs/{id}/fork`: a new job that starts from one of the job's checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkJob {
+    /// The checkpoint's step; left out: the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    /// The new job's spec (e.g. another learning rate, more steps); left out: the job's own.
+    /// Its model and dataset must be the job's: the checkpoint holds that model's weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<JobSpec>,
+    /// Checked like `JobPatch::tags`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// One attempt's history.

@@ -27,8 +27,8 @@ use std::fmt;
 use crate::artifact::checkpoint_name;
 use crate::metric::Metric;
 use crate::protocol::{
-    AttemptOutcome, AttemptRef, Capabilities, CloseReason, CoordinatorMessage, Group, LogLine,
-    PROTOCOL_VERSION, WorkerMessage,
+    AttemptOutcome, AttemptRef, Capabilities, CloseReason, ControlAction, CoordinatorMessage,
+    Group, LogLine, LrChange, PROTOCOL_VERSION, WorkerMessage,
 };
 use crate::spec::JobSpec;
 
@@ -75,6 +75,11 @@ pub enum JobEvent {
     },
     Metric(Metric),
     Log(LogLine),
+    /// A [`ControlAction`] took effect after `step` steps.
+    Controlled {
+        step: u64,
+        control: ControlAction,
+    },
     /// An encoded checkpoint of the loop at `step`.
     Checkpoint {
         step: u64,
@@ -150,9 +155,19 @@ pub enum Action {
         resume: Option<Vec<u8>>,
         /// This worker's rank in a data-parallel attempt.
         group: Option<Group>,
+        /// Learning rates set live on earlier attempts, to make again at their steps.
+        lr_changes: Vec<LrChange>,
+        /// Controls to apply before the first step, in order (a pause when the job was paused
+        /// before this attempt, and any that came while the checkpoint downloaded).
+        controls: Vec<ControlAction>,
     },
     /// Ask the running job to stop (it still finishes, with its own outcome).
     CancelJob { attempt: AttemptRef },
+    /// Hand the running job a control; it answers with [`JobEvent::Controlled`].
+    ControlJob {
+        attempt: AttemptRef,
+        control: ControlAction,
+    },
     /// Download the job's checkpoint artifact `artifact` without blocking the socket; answer
     /// with [`Input::ResumeDownloaded`] or [`Input::ResumeFailed`].
     DownloadResume {
@@ -208,9 +223,19 @@ enum Link {
 #[derive(Debug)]
 struct Slot {
     attempt: AttemptRef,
-    /// The resume checkpoint being downloaded, with the spec (and group) to start once it is
-    /// here.
-    downloading: Option<(JobSpec, Option<Group>, String)>,
+    /// The resume checkpoint being downloaded, with what to start once it is here.
+    downloading: Option<Download>,
+}
+
+/// An assignment waiting for its resume checkpoint.
+#[derive(Debug)]
+struct Download {
+    spec: JobSpec,
+    group: Option<Group>,
+    artifact: String,
+    lr_changes: Vec<LrChange>,
+    /// Controls that came before the job could start.
+    controls: Vec<ControlAction>,
 }
 
 /// Messages to send once an upload is done.
@@ -222,6 +247,10 @@ struct PendingUpload {
     last: Option<AttemptRef>,
     /// `Some(ok)` once the driver answered.
     done: Option<bool>,
+    /// No upload of its own: a message that waits for the uploads before it, and goes out
+    /// only if the one just before it went out (a checkpoint asked for is reported done only
+    /// once it is stored).
+    after_previous: bool,
 }
 
 /// Exponential backoff with jitter (×2 per failure from [`MIN_BACKOFF_MS`] up to the maximum,
@@ -406,22 +435,24 @@ impl WorkerSession {
             Input::ResumeDownloaded { attempt, bytes } => {
                 if let Some(slot) = self.slot.as_mut()
                     && slot.attempt == attempt
-                    && let Some((spec, group, _)) = slot.downloading.take()
+                    && let Some(d) = slot.downloading.take()
                 {
                     self.actions.push_back(Action::StartJob {
                         attempt,
-                        spec,
+                        spec: d.spec,
                         resume: Some(bytes),
-                        group,
+                        group: d.group,
+                        lr_changes: d.lr_changes,
+                        controls: d.controls,
                     });
                 }
             }
             Input::ResumeFailed { attempt, error } => {
                 if let Some(slot) = &self.slot
                     && slot.attempt == attempt
-                    && let Some((_, _, name)) = &slot.downloading
+                    && let Some(d) = &slot.downloading
                 {
-                    let message = format!("cannot download checkpoint {name}: {error}");
+                    let message = format!("cannot download checkpoint {}: {error}", d.artifact);
                     self.slot = None;
                     self.outbox.push_back(failed(attempt, message));
                 }
@@ -529,7 +560,30 @@ impl WorkerSession {
                 spec,
                 resume,
                 group,
-            } => self.assign(attempt, spec, resume, group),
+                paused,
+                lr_changes,
+            } => {
+                let controls = if paused {
+                    vec![ControlAction::Pause]
+                } else {
+                    Vec::new()
+                };
+                self.assign(attempt, spec, resume, group, lr_changes, controls)
+            }
+            CoordinatorMessage::Control { attempt, control } => {
+                let Some(slot) = self.slot.as_mut() else {
+                    return;
+                };
+                if slot.attempt != attempt {
+                    return;
+                }
+                match &mut slot.downloading {
+                    Some(d) => d.controls.push(control),
+                    None => self
+                        .actions
+                        .push_back(Action::ControlJob { attempt, control }),
+                }
+            }
             CoordinatorMessage::Cancel { attempt } => {
                 let Some(slot) = &self.slot else { return };
                 // By job: the coordinator cancels the job, whatever attempt it thinks we run.
@@ -569,6 +623,8 @@ impl WorkerSession {
         spec: JobSpec,
         resume: Option<String>,
         group: Option<Group>,
+        lr_changes: Vec<LrChange>,
+        controls: Vec<ControlAction>,
     ) {
         if let Some(running) = self.running() {
             if running == attempt {
@@ -593,7 +649,13 @@ impl WorkerSession {
             Some(artifact) => {
                 self.slot = Some(Slot {
                     attempt,
-                    downloading: Some((spec, group, artifact.clone())),
+                    downloading: Some(Download {
+                        spec,
+                        group,
+                        artifact: artifact.clone(),
+                        lr_changes,
+                        controls,
+                    }),
                 });
                 self.actions
                     .push_back(Action::DownloadResume { attempt, artifact });
@@ -608,6 +670,8 @@ impl WorkerSession {
                     spec,
                     resume: None,
                     group,
+                    lr_changes,
+                    controls,
                 });
             }
         }
@@ -626,6 +690,29 @@ impl WorkerSession {
                 start_step,
             }),
             JobEvent::Metric(m) => self.pending.push(m),
+            JobEvent::Controlled { step, control } => {
+                // After the metrics up to `step`, so the change lands on the curve in order,
+                // and after the uploads asked for before it (the checkpoint it asked for).
+                self.flush_metrics();
+                let then = WorkerMessage::Controlled {
+                    attempt,
+                    step,
+                    control,
+                };
+                if self.uploads.is_empty() {
+                    self.outbox.push_back(then);
+                } else {
+                    let id = self.next_upload;
+                    self.next_upload += 1;
+                    self.uploads.push_back(PendingUpload {
+                        id,
+                        then,
+                        last: None,
+                        done: Some(true),
+                        after_previous: control == ControlAction::Checkpoint,
+                    });
+                }
+            }
             JobEvent::Log(line) => self.outbox.push_back(WorkerMessage::Logs {
                 attempt,
                 lines: vec![line],
@@ -707,6 +794,7 @@ impl WorkerSession {
             then,
             last: last.then_some(attempt),
             done: None,
+            after_previous: false,
         });
         self.actions.push_back(Action::Upload {
             id,
@@ -722,6 +810,8 @@ impl WorkerSession {
         if let Some(u) = self.uploads.iter_mut().find(|u| u.id == id) {
             u.done = Some(ok);
         }
+        // Whether the entry just popped went out (for one that goes only after it).
+        let mut previous_sent = true;
         while let Some(ok) = self.uploads.front().and_then(|u| u.done) {
             let Some(u) = self.uploads.pop_front() else {
                 break;
@@ -731,8 +821,12 @@ impl WorkerSession {
                     self.slot = None;
                 }
                 self.outbox.push_back(u.then);
-            } else if ok {
+                previous_sent = true;
+            } else if ok && (!u.after_previous || previous_sent) {
                 self.outbox.push_back(u.then);
+                previous_sent = true;
+            } else {
+                previous_sent = false;
             }
         }
     }

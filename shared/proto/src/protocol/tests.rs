@@ -43,6 +43,7 @@ fn caps() -> Capabilities {
         kiln_version: "0.1.0".into(),
         peer_addr: None,
         browser: false,
+        control: false,
     }
 }
 
@@ -84,6 +85,9 @@ fn job() -> JobInfo {
         tags: Vec::new(),
         revision: 41,
         dataset_name: None,
+        paused: false,
+        lr_changes: Vec::new(),
+        forked_from: None,
     }
 }
 
@@ -159,6 +163,14 @@ fn worker_messages() {
             }],
         },
         r#"{"type":"logs","job_id":7,"attempt":2,"lines":[{"ts_ms":5,"text":"hi"}]}"#,
+    );
+    check(
+        WorkerMessage::Controlled {
+            attempt: A,
+            step: 120,
+            control: ControlAction::SetLr { lr: 0.005 },
+        },
+        r#"{"type":"controlled","job_id":7,"attempt":2,"step":120,"control":{"action":"set_lr","lr":0.005}}"#,
     );
     check(
         WorkerMessage::Checkpoint {
@@ -244,6 +256,8 @@ fn coordinator_messages() {
             spec: spec(),
             resume: Some("checkpoint-0000000010.ckpt".into()),
             group: None,
+            paused: false,
+            lr_changes: Vec::new(),
         },
         r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC,"resume":"checkpoint-0000000010.ckpt"}"#,
     );
@@ -253,6 +267,8 @@ fn coordinator_messages() {
             spec: spec(),
             resume: None,
             group: None,
+            paused: false,
+            lr_changes: Vec::new(),
         },
         r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC}"#,
     );
@@ -268,6 +284,8 @@ fn coordinator_messages() {
                 workers: vec!["w1".into(), "w2".into()],
                 secret: "s3cret".into(),
             }),
+            paused: false,
+            lr_changes: Vec::new(),
         },
         r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC,"group":{"rank":1,"world":2,"peers":["10.0.0.1:7070","10.0.0.2:7070"],"workers":["w1","w2"],"secret":"s3cret"}}"#,
     );
@@ -281,6 +299,74 @@ fn coordinator_messages() {
         },
         r#"{"type":"goodbye","reason":{"reason":"superseded"}}"#,
     );
+}
+
+#[test]
+fn live_control_messages() {
+    check(
+        CoordinatorMessage::Control {
+            attempt: A,
+            control: ControlAction::Pause,
+        },
+        r#"{"type":"control","job_id":7,"attempt":2,"control":{"action":"pause"}}"#,
+    );
+    for (control, json) in [
+        (ControlAction::Resume, r#"{"action":"resume"}"#),
+        (ControlAction::Checkpoint, r#"{"action":"checkpoint"}"#),
+        (
+            ControlAction::SetLr { lr: 0.5 },
+            r#"{"action":"set_lr","lr":0.5}"#,
+        ),
+    ] {
+        check(control, json);
+    }
+    check(
+        CoordinatorMessage::Assign {
+            attempt: A,
+            spec: spec(),
+            resume: Some("checkpoint-0000000010.ckpt".into()),
+            group: None,
+            paused: true,
+            lr_changes: vec![LrChange { step: 5, lr: 0.25 }],
+        },
+        r#"{"type":"assign","job_id":7,"attempt":2,"spec":SPEC,"resume":"checkpoint-0000000010.ckpt","paused":true,"lr_changes":[{"step":5,"lr":0.25}]}"#,
+    );
+    check(
+        JobInfo {
+            paused: true,
+            lr_changes: vec![LrChange { step: 5, lr: 0.25 }],
+            forked_from: Some(ForkOrigin {
+                job_id: 3,
+                step: 40,
+            }),
+            ..job()
+        },
+        &with_spec(
+            r#"{"id":7,"name":"golden","state":"running","priority":1,"created_ms":1000,"started_ms":2000,"attempts":2,"max_attempts":3,"worker_id":"w1","step":10,"total_steps":100,"spec":SPEC,"revision":41,"paused":true,"lr_changes":[{"step":5,"lr":0.25}],"forked_from":{"job_id":3,"step":40}}"#,
+        ),
+    );
+    check(
+        ForkJob {
+            step: Some(40),
+            spec: None,
+            tags: vec!["fork".into()],
+        },
+        r#"{"step":40,"tags":["fork"]}"#,
+    );
+    assert!(serde_json::from_str::<ForkJob>(r#"{"stp":40}"#).is_err());
+    // Validation names the field; lr_at picks the last change at or before the step.
+    let e = ControlAction::SetLr { lr: -1.0 }.validate().unwrap_err();
+    assert_eq!((e.field.as_str(), e.value.as_str()), ("lr", "-1"));
+    assert!(ControlAction::SetLr { lr: f64::NAN }.validate().is_err());
+    assert!(ControlAction::Pause.validate().is_ok());
+    let changes = [
+        LrChange { step: 10, lr: 0.5 },
+        LrChange { step: 20, lr: 0.25 },
+    ];
+    assert_eq!(lr_at(&changes, 9, 1.0), 1.0);
+    assert_eq!(lr_at(&changes, 10, 1.0), 0.5);
+    assert_eq!(lr_at(&changes, 19, 1.0), 0.5);
+    assert_eq!(lr_at(&changes, 25, 1.0), 0.25);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::metric::Split;
+use crate::protocol::{ControlAction, LrChange};
 use crate::spec::DeviceRequest;
 
 const A: AttemptRef = AttemptRef {
@@ -29,6 +30,7 @@ fn capabilities() -> Capabilities {
         kiln_version: "test".into(),
         peer_addr: None,
         browser: false,
+        control: false,
     }
 }
 
@@ -50,6 +52,8 @@ fn assign(attempt: AttemptRef, resume: Option<&str>) -> Input {
         spec: spec(),
         resume: resume.map(str::to_string),
         group: None,
+        paused: false,
+        lr_changes: Vec::new(),
     })
 }
 
@@ -613,6 +617,8 @@ fn the_resume_checkpoint_downloads_while_heartbeats_go_on() {
             spec: spec(),
             resume: Some(vec![9; 4]),
             group: None,
+            lr_changes: Vec::new(),
+            controls: Vec::new(),
         }]
     );
 }
@@ -801,6 +807,8 @@ fn a_ranks_group_reaches_the_job_also_after_the_resume_download() {
             spec: spec(),
             resume: resume.map(str::to_string),
             group: Some(group.clone()),
+            paused: false,
+            lr_changes: Vec::new(),
         })
     };
     let mut h = Harness::new();
@@ -826,4 +834,142 @@ fn a_ranks_group_reaches_the_job_also_after_the_resume_download() {
         matches!(&actions[..], [Action::StartJob { attempt: B, group: Some(g), .. }] if *g == group),
         "{actions:?}"
     );
+}
+
+#[test]
+fn controls_reach_the_running_job_and_only_its_attempt() {
+    let mut h = Harness::running_a();
+    let control = |attempt, control| Input::Frame(CoordinatorMessage::Control { attempt, control });
+    h.input(control(A, ControlAction::Pause));
+    h.input(control(B, ControlAction::Checkpoint));
+    assert_eq!(
+        h.actions(),
+        vec![Action::ControlJob {
+            attempt: A,
+            control: ControlAction::Pause
+        }],
+        "a control for another attempt is not this job's"
+    );
+    // The answer goes out after the metrics up to its step, without waiting for a flush.
+    h.input(job(A, JobEvent::Metric(metric(10))));
+    h.input(job(
+        A,
+        JobEvent::Controlled {
+            step: 10,
+            control: ControlAction::Pause,
+        },
+    ));
+    let sent = h.sent_no_heartbeats();
+    assert!(
+        matches!(
+            &sent[..],
+            [
+                WorkerMessage::Metrics { points, .. },
+                WorkerMessage::Controlled {
+                    step: 10,
+                    control: ControlAction::Pause,
+                    ..
+                }
+            ] if points.len() == 1
+        ),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_paused_assignment_and_controls_during_the_download_start_with_the_job() {
+    let mut h = Harness::new();
+    h.connect();
+    h.sent();
+    let changes = vec![LrChange { step: 4, lr: 0.5 }];
+    h.input(Input::Frame(CoordinatorMessage::Assign {
+        attempt: A,
+        spec: spec(),
+        resume: Some("checkpoint-10.ckpt".into()),
+        group: None,
+        paused: true,
+        lr_changes: changes.clone(),
+    }));
+    assert!(matches!(&h.actions()[..], [Action::DownloadResume { .. }]));
+    for c in [ControlAction::Resume, ControlAction::SetLr { lr: 0.1 }] {
+        h.input(Input::Frame(CoordinatorMessage::Control {
+            attempt: A,
+            control: c,
+        }));
+    }
+    assert_eq!(h.actions(), vec![], "nothing runs yet to control");
+    h.input(Input::ResumeDownloaded {
+        attempt: A,
+        bytes: vec![1],
+    });
+    assert_eq!(
+        h.actions(),
+        vec![Action::StartJob {
+            attempt: A,
+            spec: spec(),
+            resume: Some(vec![1]),
+            group: None,
+            lr_changes: changes,
+            controls: vec![
+                ControlAction::Pause,
+                ControlAction::Resume,
+                ControlAction::SetLr { lr: 0.1 }
+            ],
+        }]
+    );
+}
+
+/// A checkpoint asked for is reported done after its notice, once it is stored; never when
+/// its upload fails. A pause waiting behind a failed upload still goes out.
+#[test]
+fn a_checkpoint_asked_for_is_reported_after_it_is_stored() {
+    for stored in [true, false] {
+        let mut h = Harness::running_a();
+        h.input(job(
+            A,
+            JobEvent::Checkpoint {
+                step: 7,
+                bytes: vec![7],
+            },
+        ));
+        let checkpoint = ControlAction::Checkpoint;
+        for control in [checkpoint, ControlAction::Pause] {
+            h.input(job(A, JobEvent::Controlled { step: 7, control }));
+        }
+        let Some(Action::Upload { id, .. }) = h.s.poll_action() else {
+            panic!("expected the checkpoint's upload");
+        };
+        assert_eq!(
+            h.sent_no_heartbeats(),
+            vec![],
+            "nothing before the upload is done"
+        );
+        h.input(if stored {
+            Input::Uploaded { id }
+        } else {
+            Input::UploadFailed { id }
+        });
+        let sent = h.sent_no_heartbeats();
+        let controls: Vec<ControlAction> = sent
+            .iter()
+            .filter_map(|m| match m {
+                WorkerMessage::Controlled { control, .. } => Some(*control),
+                _ => None,
+            })
+            .collect();
+        let notices = sent
+            .iter()
+            .filter(|m| matches!(m, WorkerMessage::Checkpoint { step: 7, .. }))
+            .count();
+        if stored {
+            assert!(
+                matches!(sent[0], WorkerMessage::Checkpoint { .. }),
+                "{sent:?}"
+            );
+            assert_eq!(controls, vec![checkpoint, ControlAction::Pause]);
+        } else {
+            assert_eq!(notices, 0);
+            assert_eq!(controls, vec![ControlAction::Pause], "{sent:?}");
+        }
+    }
 }
