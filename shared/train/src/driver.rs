@@ -8,14 +8,15 @@
 //! browser drives [`crate::train::train`] itself.
 
 use kiln_proto::metric::Metric;
+use kiln_proto::protocol::ControlAction;
 use kiln_proto::spec::{DeviceRequest, JobSpec};
 
 use crate::data::{self, DataError, FsSource, Splits};
 use crate::device::{self, DeviceError};
 use crate::model::ModelConfig;
 use crate::train::{
-    self, CancelToken, Checkpoint, GradientHook, Replica, TrainError, TrainEvent, TrainRun,
-    TrainSummary,
+    self, CancelToken, Checkpoint, GradientHook, LiveControl, Replica, TrainError, TrainEvent,
+    TrainRun, TrainSummary,
 };
 
 /// How to run a spec, beyond the spec itself.
@@ -35,6 +36,8 @@ pub struct RunOptions {
     pub replica: Replica,
     /// What keeps the replicas one model (their all-reduce); `None` alone.
     pub hook: Option<Box<dyn GradientHook>>,
+    /// Live control (pause, resume, checkpoint now, learning rate); `None`: none.
+    pub control: Option<LiveControl>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for RunOptions {
             .field("data", &self.data.as_ref().map(|d| d.train.len()))
             .field("replica", &self.replica)
             .field("hook", &self.hook.is_some())
+            .field("control", &self.control.is_some())
             .finish()
     }
 }
@@ -94,6 +98,10 @@ pub trait RunSink {
     fn rank_rates(&mut self, step: u64, samples_per_sec: &[f64]) {
         let _ = (step, samples_per_sec);
     }
+    /// A live control took effect after `step` steps.
+    fn controlled(&mut self, step: u64, control: ControlAction) {
+        let _ = (step, control);
+    }
     /// Something went wrong that does not fail the run (a final file could not be made).
     fn warning(&mut self, text: &str);
     /// The run is over (completed or cancelled); `report.files` are the final files.
@@ -139,6 +147,7 @@ pub fn run(
         data: loaded,
         replica,
         mut hook,
+        control,
     } = options;
     if let Some(ckpt) = &resume {
         sink.log(&format!(
@@ -190,12 +199,14 @@ pub fn run(
             samples_per_sec,
         } => sink.rank_rates(step, &samples_per_sec),
         TrainEvent::Note(line) => sink.log(&line),
+        TrainEvent::Controlled { step, control } => sink.controlled(step, control),
     };
     let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);
     run.resume = resume;
     run.cancel = cancel;
     run.max_steps = max_steps;
     run.replica = replica;
+    run.control = control;
     run.hook = hook.as_deref_mut().map(|h| h as &mut dyn GradientHook);
     let summary = pollster::block_on(train::train(run))?;
 

@@ -6,6 +6,7 @@
 //! stops when its [`CancelToken`] is set, and hands gradients to an optional [`GradientHook`].
 
 mod checkpoint;
+mod control;
 mod hook;
 mod schedule;
 
@@ -25,8 +26,10 @@ use burn::tensor::{Bytes, Device, Int, Tensor};
 use web_time::Instant;
 
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointError, TrainState};
+pub use control::LiveControl;
 pub use hook::{GradientHook, HookError, HookFuture, Replica};
 use kiln_proto::metric::{Metric, Split};
+use kiln_proto::protocol::ControlAction;
 pub use schedule::{ScheduleClock, learning_rate};
 
 use crate::data::{self, Dataset, Splits};
@@ -54,6 +57,12 @@ pub enum TrainEvent {
     },
     /// A line for the run's log (e.g. that a checkpoint carries no optimizer state).
     Note(String),
+    /// A [`LiveControl`] request took effect after `step` steps (a checkpoint it asked for is
+    /// reported just before).
+    Controlled {
+        step: u64,
+        control: ControlAction,
+    },
 }
 
 /// How a run ended.
@@ -236,6 +245,9 @@ pub struct TrainRun<'a> {
     /// Also store a checkpoint at the end (completed or cancelled) when the spec asks for
     /// none: the in-browser trainer keeps it to resume after a stop.
     pub final_checkpoint: bool,
+    /// Pause, resume, checkpoint now, a new learning rate: looked at between steps. A cancel
+    /// of a paused run must also [`LiveControl::interrupt`] it.
+    pub control: Option<LiveControl>,
 }
 
 /// What [`TrainRun::between_steps`] returns.
@@ -260,6 +272,7 @@ impl<'a> TrainRun<'a> {
             max_steps: None,
             between_steps: None,
             final_checkpoint: false,
+            control: None,
         }
     }
 }
@@ -279,6 +292,26 @@ pub async fn train(run: TrainRun<'_>) -> Result<TrainSummary, TrainError> {
         ModelConfig::Cnn(c) => Loop::<Cnn>::run(run, config, c).await,
         ModelConfig::Charlm(c) => Loop::<CharLm>::run(run, config, c).await,
     }
+}
+
+/// Why the optimizer state a checkpoint holds (written under `was`) does not fit `now`'s
+/// optimizer, if it does not: another kind, or SGD with momentum turned on or off. Rates,
+/// betas, epsilon and weight decay hold no state of their own.
+fn optimizer_changed(was: &OptimizerSpec, now: &OptimizerSpec) -> Option<String> {
+    if was.kind != now.kind {
+        return Some(format!(
+            "{} and this run uses {}",
+            was.kind.as_str(),
+            now.kind.as_str()
+        ));
+    }
+    if (was.momentum > 0.0) != (now.momentum > 0.0) {
+        return Some(format!(
+            "SGD with momentum {} and this run uses momentum {}",
+            was.momentum, now.momentum
+        ));
+    }
+    None
 }
 
 /// Build the optimizer a spec asks for.
@@ -533,6 +566,7 @@ impl<M: TrainModel> Loop<M> {
             max_steps,
             mut between_steps,
             final_checkpoint,
+            control,
         } = run;
         // Saving reads tensors synchronously (Burn's records): not on WebGPU, where only the
         // final weights are read, asynchronously (`weights_async`).
@@ -577,6 +611,14 @@ impl<M: TrainModel> Loop<M> {
                 on_event(TrainEvent::Note(format!(
                     "the checkpoint of step {} has no optimizer state (it was written on WebGPU, \
                      which Burn cannot read it from): the optimizer starts afresh from its weights",
+                    ckpt.state.step
+                )));
+            } else if let Some(why) = optimizer_changed(&ckpt.state.spec.optimizer, &spec.optimizer)
+            {
+                // A fork may train on with another optimizer: its state would not fit.
+                on_event(TrainEvent::Note(format!(
+                    "the checkpoint of step {} was written by {why}: the optimizer starts afresh \
+                     from its weights",
                     ckpt.state.step
                 )));
             } else {
@@ -680,6 +722,55 @@ impl<M: TrainModel> Loop<M> {
         };
 
         while step < total_steps {
+            if let Some(control) = &control {
+                let mut paused = false;
+                let mut held = false;
+                let t = Instant::now();
+                loop {
+                    for action in control.take() {
+                        match action {
+                            ControlAction::Pause if !paused => paused = true,
+                            ControlAction::Resume if paused => paused = false,
+                            ControlAction::Pause | ControlAction::Resume => continue,
+                            ControlAction::SetLr { lr } => control.record_lr(step, lr),
+                            ControlAction::Checkpoint if sync_reads => {
+                                let c = checkpoint(
+                                    &model,
+                                    &optim,
+                                    step,
+                                    epoch,
+                                    batch_in_epoch,
+                                    samples,
+                                    consumed,
+                                    &clock,
+                                )?;
+                                on_event(TrainEvent::Checkpoint(Box::new(c)));
+                                held = true;
+                            }
+                            ControlAction::Checkpoint => {
+                                on_event(TrainEvent::Note(format!(
+                                    "no checkpoint at step {step}: Burn cannot read a model's \
+                                     state synchronously on WebGPU"
+                                )));
+                                continue;
+                            }
+                        }
+                        on_event(TrainEvent::Controlled {
+                            step,
+                            control: action,
+                        });
+                    }
+                    if !paused || cancel.is_cancelled() {
+                        break;
+                    }
+                    held = true;
+                    control.wait().await;
+                }
+                if held {
+                    // The rate since the last metric leaves out the pause or the checkpoint.
+                    acc.since += t.elapsed();
+                }
+            }
             if cancel.is_cancelled() {
                 outcome = Outcome::Cancelled;
                 break;
@@ -697,7 +788,10 @@ impl<M: TrainModel> Loop<M> {
             if uses_rng {
                 device.seed(step_seed(spec.seed.wrapping_add(rank as u64), step));
             }
-            let lr = clock.learning_rate(&spec.schedule, spec.optimizer.lr);
+            let base_lr = control
+                .as_ref()
+                .map_or(spec.optimizer.lr, |c| c.lr_at(step, spec.optimizer.lr));
+            let lr = clock.learning_rate(&spec.schedule, base_lr);
             let out = model.forward_batch(&host_batch, &device);
             let mut grads = GradientsParams::from_grads(out.loss.backward(), &model);
             if let Some(hook) = hook.as_deref_mut()

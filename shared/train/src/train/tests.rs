@@ -4,6 +4,7 @@ use burn::tensor::Device;
 
 use super::*;
 use crate::data::{MemorySource, load};
+use kiln_proto::protocol::LrChange;
 use kiln_proto::spec::JobSpec;
 
 fn spec(extra_training: &str, model: &str) -> JobSpec {
@@ -72,7 +73,10 @@ fn run_as(
             metrics.push(m)
         }
         TrainEvent::Checkpoint(c) => checkpoints.push(*c),
-        TrainEvent::Started { .. } | TrainEvent::RankRates { .. } | TrainEvent::Note(_) => {}
+        TrainEvent::Started { .. }
+        | TrainEvent::RankRates { .. }
+        | TrainEvent::Note(_)
+        | TrainEvent::Controlled { .. } => {}
     };
     let mut run = TrainRun::new(spec.clone(), data, Device::flex(), &mut on_event);
     run.resume = resume;
@@ -211,6 +215,44 @@ fn a_checkpoint_without_optimizer_state_resumes_with_a_fresh_optimizer() {
     );
     assert!(
         notes.iter().any(|n| n.contains("no optimizer state")),
+        "{notes:?}"
+    );
+}
+
+/// A fork may train on with another optimizer: the checkpoint's Adam state does not fit SGD,
+/// so the optimizer starts afresh from the weights (and says so) instead of failing.
+#[test]
+fn a_resume_with_another_optimizer_kind_starts_it_afresh() {
+    let s = spec("epochs = 4\ncheckpoint_every = 7", MLP);
+    assert_eq!(s.optimizer.kind, kiln_proto::spec::OptimizerKind::Adam);
+    let first = run_with(&s, None, Some(10), None);
+    let ckpt = first
+        .checkpoints
+        .iter()
+        .find(|c| c.state.step == 7)
+        .expect("checkpoint at step 7")
+        .clone();
+    let mut sgd = s.clone();
+    sgd.optimizer.kind = kiln_proto::spec::OptimizerKind::Sgd;
+    sgd.optimizer.momentum = 0.9;
+    let _serial = serial();
+    let data = load(&sgd.dataset, sgd.seed, &MemorySource::default()).expect("synthetic data");
+    let mut notes = Vec::new();
+    let mut metrics = Vec::new();
+    let mut on_event = |e: TrainEvent| match e {
+        TrainEvent::Note(n) => notes.push(n),
+        TrainEvent::Metric(m) => metrics.push(m),
+        _ => {}
+    };
+    let mut run = TrainRun::new(sgd, data, Device::flex(), &mut on_event);
+    run.resume = Some(ckpt);
+    run.max_steps = Some(12);
+    pollster::block_on(train(run)).expect("resumes with sgd");
+    assert_eq!(train_losses(&metrics).first().map(|l| l.0), Some(8));
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("written by adam and this run uses sgd")),
         "{notes:?}"
     );
 }
@@ -636,4 +678,167 @@ fn between_steps_is_awaited_after_every_step_and_a_final_checkpoint_can_be_asked
     assert_eq!(summary.steps, 5);
     assert_eq!(calls.get(), 5);
     assert_eq!(checkpoints, vec![5], "one checkpoint, at the end");
+}
+
+/// A run with live control; `on_metric(step, control)` may request actions. Records the
+/// `Controlled` events too.
+fn run_controlled(
+    spec: &JobSpec,
+    resume: Option<Checkpoint>,
+    control: LiveControl,
+    mut on_metric: impl FnMut(u64, &LiveControl),
+) -> (Recorded, Vec<(u64, ControlAction)>) {
+    let _serial = serial();
+    let data = load(&spec.dataset, spec.seed, &MemorySource::default()).expect("synthetic data");
+    let mut metrics = Vec::new();
+    let mut checkpoints = Vec::new();
+    let mut controlled = Vec::new();
+    let handle = control.clone();
+    let mut on_event = |e: TrainEvent| match e {
+        TrainEvent::Metric(m) => {
+            if m.split == Split::Train {
+                on_metric(m.step, &handle);
+            }
+            metrics.push(m)
+        }
+        TrainEvent::Checkpoint(c) => checkpoints.push(*c),
+        TrainEvent::Controlled { step, control } => {
+            if control == ControlAction::Pause {
+                // Resumed from another thread while the loop waits (a real wake-up, as when
+                // the worker's socket task resumes it).
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    handle.request(ControlAction::Resume);
+                });
+            }
+            controlled.push((step, control))
+        }
+        _ => {}
+    };
+    let mut run = TrainRun::new(spec.clone(), data, Device::flex(), &mut on_event);
+    run.resume = resume;
+    run.control = Some(control);
+    let summary = pollster::block_on(train(run)).expect("training runs");
+    (
+        Recorded {
+            summary,
+            metrics,
+            checkpoints,
+        },
+        controlled,
+    )
+}
+
+/// Pause holds the loop between two steps; resume goes on as if there had been no pause.
+#[test]
+fn a_paused_and_resumed_run_takes_the_same_steps_as_an_uninterrupted_one() {
+    let s = spec(
+        "epochs = 2",
+        "kind = \"mlp\"\nhidden = [16, 16]\ndropout = 0.3",
+    );
+    let full = run_with(&s, None, None, None);
+    let (paused, controlled) = run_controlled(&s, None, LiveControl::default(), |step, c| {
+        if step == 5 || step == 13 {
+            c.request(ControlAction::Pause);
+        }
+    });
+    assert_eq!(
+        controlled,
+        vec![
+            (5, ControlAction::Pause),
+            (5, ControlAction::Resume),
+            (13, ControlAction::Pause),
+            (13, ControlAction::Resume)
+        ]
+    );
+    assert_eq!(train_losses(&full.metrics), train_losses(&paused.metrics));
+    assert_eq!(param_values(&full.summary), param_values(&paused.summary));
+}
+
+/// A paused run still stops on a cancel (the cancel interrupts its wait).
+#[test]
+fn a_paused_run_can_be_cancelled() {
+    let s = spec("epochs = 2", MLP);
+    let control = LiveControl::new(Vec::new(), vec![ControlAction::Pause]);
+    let _serial = serial();
+    let data = load(&s.dataset, s.seed, &MemorySource::default()).expect("synthetic data");
+    let cancel = CancelToken::default();
+    let (c2, k2) = (control.clone(), cancel.clone());
+    let mut seen = Vec::new();
+    let mut on_event = |e: TrainEvent| {
+        if let TrainEvent::Controlled { step, control } = e {
+            seen.push((step, control));
+            let (c2, k2) = (c2.clone(), k2.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                k2.cancel();
+                c2.interrupt();
+            });
+        }
+    };
+    let mut run = TrainRun::new(s.clone(), data, Device::flex(), &mut on_event);
+    run.control = Some(control);
+    run.cancel = cancel;
+    let summary = pollster::block_on(train(run)).expect("training runs");
+    assert_eq!(
+        seen,
+        vec![(0, ControlAction::Pause)],
+        "paused before the first step"
+    );
+    assert_eq!((summary.outcome, summary.steps), (Outcome::Cancelled, 0));
+}
+
+/// A learning rate set live trains the steps after its step; an attempt that resumes from an
+/// earlier checkpoint makes the same change at the same step and ends bit-identical.
+#[test]
+fn a_live_learning_rate_applies_after_its_step_and_replays_on_resume() {
+    let s = spec("epochs = 2\ncheckpoint_every = 6", MLP);
+    let (live, controlled) = run_controlled(&s, None, LiveControl::default(), |step, c| {
+        if step == 9 {
+            c.request(ControlAction::SetLr { lr: 0.002 });
+        }
+    });
+    assert_eq!(controlled, vec![(9, ControlAction::SetLr { lr: 0.002 })]);
+    for m in live.metrics.iter().filter(|m| m.split == Split::Train) {
+        let want = if m.step <= 9 { 0.01 } else { 0.002 };
+        assert_eq!(m.lr, Some(want), "lr at step {}", m.step);
+    }
+    let ckpt = live
+        .checkpoints
+        .iter()
+        .find(|c| c.state.step == 6)
+        .expect("checkpoint at step 6")
+        .clone();
+    let replay = LiveControl::new(vec![LrChange { step: 9, lr: 0.002 }], Vec::new());
+    let (resumed, none) = run_controlled(&s, Some(ckpt), replay, |_, _| {});
+    assert!(
+        none.is_empty(),
+        "a replayed change is no new event: {none:?}"
+    );
+    assert_eq!(
+        &train_losses(&live.metrics)[6..],
+        &train_losses(&resumed.metrics)[..]
+    );
+    assert_eq!(param_values(&live.summary), param_values(&resumed.summary));
+}
+
+/// Checkpoint now: a checkpoint of the step it was asked at, also where the spec asks for none.
+#[test]
+fn a_checkpoint_can_be_asked_for_between_steps() {
+    let s = spec("epochs = 1", MLP);
+    let (r, controlled) = run_controlled(&s, None, LiveControl::default(), |step, c| {
+        if step == 4 {
+            c.request(ControlAction::Checkpoint);
+        }
+    });
+    assert_eq!(controlled, vec![(4, ControlAction::Checkpoint)]);
+    let steps: Vec<u64> = r.checkpoints.iter().map(|c| c.state.step).collect();
+    assert_eq!(steps, vec![4]);
+    // It resumes like any other checkpoint.
+    let resumed = run_with(&s, r.checkpoints.into_iter().next(), None, None);
+    assert_eq!(
+        &train_losses(&r.metrics)[4..],
+        &train_losses(&resumed.metrics)[..]
+    );
 }
