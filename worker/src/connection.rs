@@ -19,6 +19,7 @@ use kiln_proto::spec::DeviceRequest;
 use kiln_proto::worker_session::{
     Action, Artifact, Fatal, Input, JobEvent, SessionConfig, WorkerSession,
 };
+use kiln_train::train::LiveControl;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -85,6 +86,7 @@ pub fn capabilities(device: DeviceRequest) -> Capabilities {
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         peer_addr: None,
         browser: false,
+        control: true,
     }
 }
 
@@ -351,7 +353,7 @@ impl Driver {
                 () = sleep_until(deadline) => self.input(Input::Tick),
                 () = &mut shutdown => {
                     if let Some(job) = &self.job {
-                        job.cancel.cancel();
+                        job.stop();
                     }
                     if let Some((_, download)) = &self.download {
                         download.abort();
@@ -381,6 +383,8 @@ impl Driver {
                     spec,
                     resume,
                     group,
+                    lr_changes,
+                    controls,
                 } => {
                     info!(
                         job_id = attempt.job_id,
@@ -403,7 +407,8 @@ impl Driver {
                         },
                     };
                     let events = self.events_tx.clone();
-                    match executor::spawn(attempt, spec, resume, group, ctx, events) {
+                    let control = LiveControl::new(lr_changes, controls);
+                    match executor::spawn(attempt, spec, resume, group, control, ctx, events) {
                         Ok(job) => self.job = Some(job),
                         Err(e) => self.input(Input::StartFailed {
                             attempt,
@@ -416,7 +421,15 @@ impl Driver {
                         && job.attempt == attempt
                     {
                         info!(job_id = attempt.job_id, "cancel requested");
-                        job.cancel.cancel();
+                        job.stop();
+                    }
+                }
+                Action::ControlJob { attempt, control } => {
+                    if let Some(job) = &self.job
+                        && job.attempt == attempt
+                    {
+                        info!(job_id = attempt.job_id, "control: {}", control.describe());
+                        job.control.request(control);
                     }
                 }
                 Action::DownloadResume { attempt, artifact } => {

@@ -13,14 +13,14 @@ use std::thread::JoinHandle;
 use kiln_client::Client;
 use kiln_proto::dataset::{DatasetKind, DatasetRef};
 use kiln_proto::metric::Metric;
-use kiln_proto::protocol::{AttemptOutcome, AttemptRef, Group, LogLine};
+use kiln_proto::protocol::{AttemptOutcome, AttemptRef, ControlAction, Group, LogLine};
 use kiln_proto::spec::{DatasetSpec, DeviceRequest, JobSpec};
 use kiln_proto::worker_session::{Artifact, JobEvent};
 use kiln_train::data::{self, Inputs, Splits};
 use kiln_train::driver::{self, RunError, RunOptions, RunReport, RunSink, RunStarted};
 use kiln_train::train::{
-    CancelToken, Checkpoint, CheckpointError, GradientHook, Outcome, Replica, TrainError,
-    weights_sha256,
+    CancelToken, Checkpoint, CheckpointError, GradientHook, LiveControl, Outcome, Replica,
+    TrainError, weights_sha256,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::warn;
@@ -164,7 +164,17 @@ impl Failure {
 pub(crate) struct RunningJob {
     pub attempt: AttemptRef,
     pub cancel: CancelToken,
+    /// Pause, resume, checkpoint now, learning rate; a cancel also interrupts a pause.
+    pub control: LiveControl,
     pub thread: JoinHandle<()>,
+}
+
+impl RunningJob {
+    /// Stop between two steps, also from a pause.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+        self.control.interrupt();
+    }
 }
 
 fn now_ms() -> i64 {
@@ -252,11 +262,13 @@ pub(crate) fn spawn(
     spec: JobSpec,
     resume: Option<Vec<u8>>,
     group: Option<Group>,
+    control: LiveControl,
     ctx: JobContext,
     tx: UnboundedSender<(AttemptRef, JobEvent)>,
 ) -> std::io::Result<RunningJob> {
     let cancel = CancelToken::default();
     let token = cancel.clone();
+    let job_control = control.clone();
     let thread = std::thread::Builder::new()
         .name(format!("job-{}-{}", attempt.job_id, attempt.attempt))
         .spawn(move || {
@@ -265,7 +277,17 @@ pub(crate) fn spawn(
             };
             let log_tx = tx.clone();
             let run = std::panic::AssertUnwindSafe(|| {
-                run_job(attempt, spec, resume, group, &ctx, token, &send, log_tx)
+                run_job(
+                    attempt,
+                    spec,
+                    resume,
+                    group,
+                    job_control,
+                    &ctx,
+                    token,
+                    &send,
+                    log_tx,
+                )
             });
             let finished = match std::panic::catch_unwind(run) {
                 Ok(Ok(f)) => f,
@@ -277,6 +299,7 @@ pub(crate) fn spawn(
     Ok(RunningJob {
         attempt,
         cancel,
+        control,
         thread,
     })
 }
@@ -290,6 +313,7 @@ fn run_job(
     mut spec: JobSpec,
     resume: Option<Vec<u8>>,
     group: Option<Group>,
+    control: LiveControl,
     ctx: &JobContext,
     cancel: CancelToken,
     send: &dyn Fn(JobEvent),
@@ -354,6 +378,7 @@ fn run_job(
         data,
         replica,
         hook,
+        control: Some(control),
     };
     let report = driver::run(
         &spec,
@@ -520,6 +545,12 @@ impl RunSink for Events<'_> {
             "samples/s by rank at step {step}: {}",
             rates.join(", ")
         ));
+    }
+
+    fn controlled(&mut self, step: u64, control: ControlAction) {
+        if self.rank == 0 {
+            (self.send)(JobEvent::Controlled { step, control });
+        }
     }
 
     fn warning(&mut self, text: &str) {

@@ -127,6 +127,7 @@ pub fn start(
         kiln_version: env!("CARGO_PKG_VERSION").to_string(),
         peer_addr: None,
         browser: true,
+        control: false,
     };
     let session = WorkerSession::new(SessionConfig {
         worker_id,
@@ -290,10 +291,15 @@ fn perform(lender: &Shared, action: Action) {
             spec,
             resume,
             group: _,
+            // A tab does not offer live control (`Capabilities::control`), so the coordinator
+            // neither assigns it a paused job or one with live learning rates nor controls it.
+            lr_changes: _,
+            controls: _,
         } => {
             let lender = lender.clone();
             spawn_local(async move { run_job(lender, attempt, spec, resume).await });
         }
+        Action::ControlJob { .. } => {}
         Action::CancelJob { attempt } => {
             if let Some((a, cancel)) = &lender.borrow().job
                 && *a == attempt
