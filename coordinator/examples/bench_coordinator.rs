@@ -122,6 +122,7 @@ impl Bench<'_> {
                 kiln_version: "bench".into(),
                 peer_addr: None,
                 browser: false,
+                control: false,
             },
             running: vec![],
         };

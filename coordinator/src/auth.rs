@@ -76,7 +76,14 @@ pub fn allowed_scopes(method: &Method, route: &str) -> &'static [TokenScope] {
         // Doing: jobs, their share links, datasets.
         ("POST", "/api/jobs" | "/api/jobs/import")
         | ("PATCH", "/api/jobs/{id}")
-        | ("POST", "/api/jobs/{id}/cancel" | "/api/jobs/{id}/retry" | "/api/jobs/{id}/shares")
+        | (
+            "POST",
+            "/api/jobs/{id}/cancel"
+            | "/api/jobs/{id}/retry"
+            | "/api/jobs/{id}/shares"
+            | "/api/jobs/{id}/control"
+            | "/api/jobs/{id}/fork",
+        )
         | ("DELETE", "/api/shares/{share_id}")
         | ("PUT", "/api/datasets/{dataset}")
         | ("POST", "/api/datasets/{dataset}/versions") => SUBMIT,

@@ -62,6 +62,16 @@ wire_schema!(
     "JobPatch",
     "A run's notes and/or tags (tags replace the list; at most 16, each 1 to 32 of A-Z a-z 0-9 - _ . : /)."
 );
+wire_schema!(
+    ControlActionDoc,
+    "ControlAction",
+    "A live change to a running job: {\"action\":\"pause\"}, {\"action\":\"resume\"}, {\"action\":\"checkpoint\"} or {\"action\":\"set_lr\",\"lr\":0.001} (0 < lr <= 10)."
+);
+wire_schema!(
+    ForkJobDoc,
+    "ForkJob",
+    "step (a checkpoint's step; default the newest), spec (default the job's; same model and dataset), tags."
+);
 wire_schema!(AttemptInfoDoc, "AttemptInfo", "One attempt of a job.");
 wire_schema!(
     MetricPointDoc,
@@ -224,7 +234,7 @@ pub fn document_auth_errors(doc: &mut utoipa::openapi::OpenApi) {
 #[openapi(
     info(title = "Kiln coordinator", description = "Jobs, workers, metrics, artifacts, datasets and read-only share links."),
     components(schemas(
-        JobInfoDoc, JobPageDoc, JobPatchDoc, SubmitJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
+        JobInfoDoc, JobPageDoc, JobPatchDoc, SubmitJobDoc, ControlActionDoc, ForkJobDoc, AttemptInfoDoc, MetricPointDoc, LogEntryDoc,
         ArtifactInfoDoc, WorkerInfoDoc, ShareInfoDoc, NewShareDoc, CreateShareDoc, SharedRunDoc, ApiErrorDoc,
         DatasetInfoDoc, NameDatasetDoc, HealthDoc, CreateTokenDoc, NewTokenDoc, TokenInfoDoc,
         AuditEntryDoc

@@ -194,6 +194,14 @@ impl Registry {
             .collect()
     }
 
+    /// A connected worker's capabilities (`None` when it is not connected here).
+    pub fn capabilities(&self, id: &str) -> Option<Capabilities> {
+        self.lock()
+            .get(id)
+            .filter(|e| e.tx.is_some())
+            .map(|e| e.capabilities.clone())
+    }
+
     /// `Some((connected, last_seen))` for a worker seen since this coordinator started.
     pub fn seen(&self, id: &str) -> Option<(bool, Instant)> {
         self.lock().get(id).map(|e| (e.tx.is_some(), e.last_seen))
@@ -240,6 +248,7 @@ mod tests {
             kiln_version: "test".into(),
             peer_addr: None,
             browser: false,
+            control: false,
         }
     }
 

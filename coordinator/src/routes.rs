@@ -27,6 +27,7 @@ use crate::state::AppState;
 use crate::ws::{events, worker};
 
 pub mod artifacts;
+pub mod control;
 pub mod datasets;
 pub mod import;
 pub mod jobs;
@@ -49,6 +50,7 @@ pub fn app(state: AppState) -> Router {
     // Small JSON bodies.
     let small = OpenApiRouter::new()
         .merge(jobs::router())
+        .merge(control::router())
         .merge(shares::router())
         .merge(workers::router())
         .merge(datasets::router())

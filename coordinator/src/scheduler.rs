@@ -189,6 +189,7 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
             max: job.max_workers as usize,
             waited_ms: u64::try_from(now.saturating_sub(job.created_ms)).unwrap_or(0),
             reserve_after_ms: job.gang_wait_ms,
+            needs_control: job.needs_control,
         })
         .collect();
     let free: Vec<plan::Free> = candidates
@@ -223,6 +224,8 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
                         spec: assignment.spec.clone(),
                         resume: assignment.resume.clone(),
                         group,
+                        paused: assignment.job.paused,
+                        lr_changes: assignment.job.lr_changes.clone(),
                     }),
                 );
                 if sent {
@@ -257,6 +260,7 @@ mod tests {
             kiln_version: "test".into(),
             peer_addr: None,
             browser,
+            control: false,
         }
     }
 

@@ -21,6 +21,7 @@ use kiln_proto::metric::Split;
 use kiln_proto::protocol::{AttemptInfo, JobState};
 
 mod artifacts;
+mod control;
 mod datasets;
 mod jobs;
 mod series;
@@ -28,6 +29,7 @@ mod shares;
 mod tokens;
 mod workers;
 
+pub use control::ControlTarget;
 pub use datasets::NewBlob;
 pub use jobs::{Assignment, CancelOutcome, JobFilter, QueuedJob, RunningAttempt};
 pub use series::MetricRange;

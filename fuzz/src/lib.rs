@@ -182,6 +182,7 @@ fn session_config() -> SessionConfig {
             kiln_version: "fuzz".into(),
             peer_addr: None,
             browser: false,
+            control: false,
         },
         max_backoff_ms: 1000,
         seed: 7,

@@ -32,6 +32,9 @@ pub struct Want {
     pub waited_ms: u64,
     /// After this long waiting, the workers it can use are held for it.
     pub reserve_after_ms: u64,
+    /// Paused, or with learning rates set live: only a worker that takes live control
+    /// (`Capabilities::control`) can start it as it is.
+    pub needs_control: bool,
 }
 
 /// A connected, idle worker.
@@ -63,6 +66,7 @@ pub fn plan(queue: &[Want], free: &[Free]) -> Plan {
                     // A gang's ranks dial each other: a worker without a peer address (an
                     // older one) only takes one-worker jobs.
                     && (want.max <= 1 || f.capabilities.peer_addr.is_some())
+                    && (!want.needs_control || f.capabilities.control)
             })
             .collect();
         let min = want.min.max(1);
@@ -102,6 +106,7 @@ mod tests {
                     kiln_version: "test".into(),
                     peer_addr: Some(format!("{id}:7070")),
                     browser: false,
+                    control: false,
                 },
             })
             .collect()
@@ -115,6 +120,7 @@ mod tests {
             max,
             waited_ms,
             reserve_after_ms: 30_000,
+            needs_control: false,
         }
     }
 

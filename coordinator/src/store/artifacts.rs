@@ -14,6 +14,17 @@ pub(super) async fn newest_checkpoint(
     conn: &mut AnyConnection,
     job_id: JobId,
 ) -> StoreResult<Option<(String, u64)>> {
+    Ok(announced_checkpoints(conn, job_id)
+        .await?
+        .into_iter()
+        .max_by_key(|(_, step)| *step))
+}
+
+/// The job's announced checkpoints with their steps, in no order.
+pub(super) async fn announced_checkpoints(
+    conn: &mut AnyConnection,
+    job_id: JobId,
+) -> StoreResult<Vec<(String, u64)>> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM artifacts WHERE job_id = $1 AND name LIKE 'checkpoint-%.ckpt' \
          AND announced = 1",
@@ -24,7 +35,7 @@ pub(super) async fn newest_checkpoint(
     Ok(names
         .into_iter()
         .filter_map(|name| checkpoint_step(&name).map(|step| (name, step)))
-        .max_by_key(|(_, step)| *step))
+        .collect())
 }
 
 fn artifact_from_row(row: &sqlx::any::AnyRow) -> StoreResult<ArtifactInfo> {

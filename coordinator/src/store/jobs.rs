@@ -4,8 +4,8 @@ use sqlx::{AnyConnection, Row};
 
 use kiln_proto::JobSpec;
 use kiln_proto::protocol::{
-    AttemptInfo, AttemptOutcome, AttemptRank, AttemptRef, ImportRun, JobId, JobInfo, JobPage,
-    JobPatch, JobState,
+    AttemptInfo, AttemptOutcome, AttemptRank, AttemptRef, ForkOrigin, ImportRun, JobId, JobInfo,
+    JobPage, JobPatch, JobState,
 };
 use kiln_proto::spec::DeviceRequest;
 
@@ -15,7 +15,8 @@ use super::{
 };
 
 const JOB_COLUMNS: &str = "id, name, spec_json, state, priority, \"group\", created_ms, started_ms, \
-     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error, notes, tags, revision, dataset_name";
+     finished_ms, attempts, max_attempts, worker_id, step, total_steps, error, notes, tags, revision, dataset_name, \
+     paused, lr_changes, forked_from_job, forked_from_step";
 
 /// `GET /api/jobs` filters, already checked.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +42,8 @@ pub struct QueuedJob {
     /// Milliseconds in the queue after which free workers are held for it.
     pub gang_wait_ms: u64,
     pub created_ms: i64,
+    /// Paused, or with learning rates set live (see `plan::Want::needs_control`).
+    pub needs_control: bool,
 }
 
 /// One rank of an attempt the database believes is running (an attempt of N workers is N
@@ -101,6 +104,19 @@ fn job_from_row(row: &sqlx::any::AnyRow) -> StoreResult<JobInfo> {
             .map_err(|e| StoreError::Corrupt(format!("tags of job {id}: {e}")))?,
         revision: to_u64(row.try_get("revision")?, "jobs.revision")?,
         dataset_name: row.try_get("dataset_name")?,
+        paused: row.try_get::<i64, _>("paused")? != 0,
+        lr_changes: serde_json::from_str(row.try_get("lr_changes")?)
+            .map_err(|e| StoreError::Corrupt(format!("lr_changes of job {id}: {e}")))?,
+        forked_from: match (
+            row.try_get::<Option<i64>, _>("forked_from_job")?,
+            row.try_get::<Option<i64>, _>("forked_from_step")?,
+        ) {
+            (Some(job_id), Some(step)) => Some(ForkOrigin {
+                job_id,
+                step: to_u64(step, "jobs.forked_from_step")?,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -132,7 +148,7 @@ async fn load_job_for_update(conn: &mut AnyConnection, id: JobId) -> StoreResult
 /// Insert a queued job (the spec already validated, `tags` normalized), its stored dataset
 /// pinned to its digest in the caller's transaction, so a job never refers to data that is
 /// gone. Returns its id.
-async fn insert_queued(
+pub(super) async fn insert_queued(
     conn: &mut AnyConnection,
     spec: &JobSpec,
     group: Option<&str>,
@@ -412,7 +428,8 @@ impl Store {
     /// Queued jobs in scheduling order: priority (higher first), then FIFO.
     pub async fn queued_jobs(&self) -> StoreResult<Vec<QueuedJob>> {
         let rows = sqlx::query(
-            "SELECT id, device, spec_json, created_ms FROM jobs WHERE state = 'queued' \
+            "SELECT id, device, spec_json, created_ms, paused, lr_changes FROM jobs \
+             WHERE state = 'queued' \
              ORDER BY priority DESC, id ASC",
         )
         .fetch_all(&self.pool)
@@ -431,6 +448,8 @@ impl Store {
                     max_workers: d.workers.max(1),
                     gang_wait_ms: d.gang_wait_s.saturating_mul(1000),
                     created_ms: row.try_get("created_ms")?,
+                    needs_control: row.try_get::<i64, _>("paused")? != 0
+                        || row.try_get::<&str, _>("lr_changes")? != "[]",
                 })
             })
             .collect()
@@ -644,12 +663,14 @@ impl Store {
         sqlx::query(
             "UPDATE jobs SET state = $1, finished_ms = $2, \
              step = CASE WHEN step > $3 THEN step ELSE $3 END, error = $4, \
-             worker_id = CASE WHEN $5 = 'queued' THEN NULL ELSE worker_id END WHERE id = $6",
+             worker_id = CASE WHEN $5 = 'queued' THEN NULL ELSE worker_id END, \
+             paused = CASE WHEN $6 = 'queued' THEN paused ELSE 0 END WHERE id = $7",
         )
         .bind(next.as_str())
         .bind(finished)
         .bind(step)
         .bind(job_error)
+        .bind(next.as_str())
         .bind(next.as_str())
         .bind(attempt.job_id)
         .execute(&mut *tx)
@@ -665,11 +686,14 @@ impl Store {
         let job = load_job(&mut tx, id).await?;
         let outcome = match job.state {
             JobState::Queued => {
-                sqlx::query("UPDATE jobs SET state = 'cancelled', finished_ms = $1 WHERE id = $2")
-                    .bind(now_ms())
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE jobs SET state = 'cancelled', finished_ms = $1, paused = 0 \
+                     WHERE id = $2",
+                )
+                .bind(now_ms())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
                 CancelOutcome::Cancelled(load_job(&mut tx, id).await?)
             }
             JobState::Running => {

@@ -23,6 +23,7 @@ fn caps() -> kiln_proto::protocol::Capabilities {
         kiln_version: "t".into(),
         peer_addr: None,
         browser: false,
+        control: false,
     }
 }
 

@@ -63,6 +63,7 @@ fn capabilities() -> Capabilities {
         kiln_version: "t".into(),
         peer_addr: None,
         browser: false,
+        control: false,
     }
 }
 

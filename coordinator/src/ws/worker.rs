@@ -345,6 +345,7 @@ impl Conn<'_> {
             | WorkerMessage::Metrics { attempt, .. }
             | WorkerMessage::Logs { attempt, .. }
             | WorkerMessage::Checkpoint { attempt, .. }
+            | WorkerMessage::Controlled { attempt, .. }
             | WorkerMessage::Finished { attempt, .. } => Some(*attempt),
             WorkerMessage::Hello { .. } | WorkerMessage::Heartbeat { .. } => None,
         };
@@ -426,6 +427,28 @@ impl Conn<'_> {
                     warn!(job_id = attempt.job_id, step, %artifact, "announced a checkpoint that is not stored");
                     Ok(())
                 }
+                Err(e) => Err(e.into()),
+            },
+            WorkerMessage::Controlled {
+                attempt,
+                step,
+                control,
+            } => match self.state.store.controlled(attempt, step, control).await {
+                Ok(Some((job, line))) => {
+                    info!(
+                        job_id = attempt.job_id,
+                        step,
+                        "controlled: {}",
+                        control.describe()
+                    );
+                    let _ = self.state.events.send(ServerEvent::Logs {
+                        job_id: attempt.job_id,
+                        lines: vec![line],
+                    });
+                    self.state.job_changed(&job);
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
                 Err(e) => Err(e.into()),
             },
             WorkerMessage::Finished {

@@ -104,6 +104,7 @@ pub fn caps(devices: Vec<DeviceRequest>) -> Capabilities {
         kiln_version: "test".into(),
         peer_addr: None,
         browser: false,
+        control: false,
     }
 }
 

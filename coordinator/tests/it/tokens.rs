@@ -33,6 +33,8 @@ GET    /api/jobs/{id}                          r s a
 PATCH  /api/jobs/{id}                          s a
 POST   /api/jobs/{id}/cancel                   s a
 POST   /api/jobs/{id}/retry                    s a
+POST   /api/jobs/{id}/control                  s a
+POST   /api/jobs/{id}/fork                     s a
 GET    /api/jobs/{id}/attempts                 r s a
 GET    /api/jobs/{id}/metrics                  r s a
 GET    /api/jobs/{id}/logs                     r s a
