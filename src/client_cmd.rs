@@ -1,5 +1,5 @@
-//! Commands against a running coordinator: submit, import, jobs, job, logs, cancel, workers, sweep,
-//! share links, tags and notes.
+//! Commands against a running coordinator: submit, import, jobs, job, logs, cancel, live control
+//! (pause, resume, checkpoint, set-lr) and forks, workers, sweep, share links, tags and notes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_client::{Client, JobFilter, MetricQuery};
 use kiln_proto::metric::Split;
-use kiln_proto::protocol::{JobId, JobInfo, JobPatch, JobState, SubmitJob};
+use kiln_proto::protocol::{ControlAction, ForkJob, JobId, JobInfo, JobPatch, JobState, SubmitJob};
 use kiln_proto::spec::JobSpec;
 
 use crate::train_cmd::read_spec;
@@ -100,6 +100,37 @@ pub enum RemoteCommand {
     Cancel { id: JobId },
     /// Re-queue a failed or cancelled job; it resumes from its last checkpoint.
     Retry { id: JobId },
+    /// Hold a running job between two steps (its model stays in memory: a resume goes on
+    /// exactly as without the pause); a queued job starts paused.
+    Pause { id: JobId },
+    /// Let a paused job train on.
+    Resume { id: JobId },
+    /// Ask a running job for a checkpoint now (to fork from, or resume from).
+    Checkpoint { id: JobId },
+    /// Train a running job on with another base learning rate from its next step (the spec's
+    /// schedule still shapes it; a resume from an earlier checkpoint makes the same change).
+    SetLr { id: JobId, lr: f64 },
+    /// A new job that starts from one of the job's checkpoints, with its spec or changes to it.
+    Fork {
+        id: JobId,
+        /// The checkpoint's step (default: the newest).
+        #[arg(long)]
+        step: Option<u64>,
+        /// Another spec file (its model and dataset must be the job's).
+        #[arg(long, conflicts_with_all = ["lr", "max_steps"])]
+        spec: Option<PathBuf>,
+        /// The job's spec with this learning rate (`optimizer.lr`).
+        #[arg(long)]
+        lr: Option<f64>,
+        /// The job's spec with this step limit (`training.max_steps`).
+        #[arg(long)]
+        max_steps: Option<u64>,
+        /// Tag the new job (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a read-only link to a job (no login needed to open it); prints its URL.
     Share {
         id: JobId,
@@ -161,6 +192,20 @@ pub enum RemoteCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Ask for a live change and say what was asked; the job's log says when it took effect.
+async fn control(client: &Client, id: JobId, action: ControlAction) -> anyhow::Result<()> {
+    let job = client.control(id, action).await?;
+    let held = if job.paused { ", paused" } else { "" };
+    println!(
+        "job {}: {} asked ({}{held}; `kiln logs {}` says when it takes effect)",
+        job.id,
+        action.describe(),
+        job.state.as_str(),
+        job.id
+    );
+    Ok(())
 }
 
 fn client(remote: &Remote) -> anyhow::Result<Client> {
@@ -316,7 +361,19 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
                     );
                 } else {
                     println!("job {}: {} [{}]", job.id, job.name, job.state.as_str());
-                    println!("  progress  {}/{} steps", job.step, job.total_steps);
+                    let held = if job.paused { " (paused)" } else { "" };
+                    println!("  progress  {}/{} steps{held}", job.step, job.total_steps);
+                    if let Some(f) = job.forked_from {
+                        println!("  forked    from job {} at step {}", f.job_id, f.step);
+                    }
+                    if !job.lr_changes.is_empty() {
+                        let changes: Vec<String> = job
+                            .lr_changes
+                            .iter()
+                            .map(|c| format!("{} from step {}", c.lr, c.step + 1))
+                            .collect();
+                        println!("  lr set    {}", changes.join(", "));
+                    }
                     let ranks = attempts.last().map_or(0, |a| a.ranks.len());
                     if let Some(w) = &job.worker_id {
                         match attempts.last() {
@@ -431,6 +488,45 @@ pub fn run(remote: Remote, command: RemoteCommand) -> anyhow::Result<ExitCode> {
             RemoteCommand::Cancel { id } => {
                 let job = client.cancel(id).await?;
                 println!("job {}: {}", job.id, job.state.as_str());
+            }
+            RemoteCommand::Pause { id } => control(&client, id, ControlAction::Pause).await?,
+            RemoteCommand::Resume { id } => control(&client, id, ControlAction::Resume).await?,
+            RemoteCommand::Checkpoint { id } => {
+                control(&client, id, ControlAction::Checkpoint).await?
+            }
+            RemoteCommand::SetLr { id, lr } => {
+                control(&client, id, ControlAction::SetLr { lr }).await?
+            }
+            RemoteCommand::Fork {
+                id,
+                step,
+                spec,
+                lr,
+                max_steps,
+                tags,
+                json,
+            } => {
+                let spec = match spec {
+                    Some(path) => Some(read_spec(&path)?),
+                    None if lr.is_some() || max_steps.is_some() => {
+                        let mut spec = client.job(id).await?.spec;
+                        if let Some(lr) = lr {
+                            spec.optimizer.lr = lr;
+                        }
+                        if max_steps.is_some() {
+                            spec.training.max_steps = max_steps;
+                        }
+                        Some(spec)
+                    }
+                    None => None,
+                };
+                let job = client.fork(id, &ForkJob { step, spec, tags }).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&job)?);
+                } else {
+                    let from = job.forked_from.map_or(0, |f| f.step);
+                    println!("job {} forked from job {id} at step {from}: {}", job.id, job.state.as_str());
+                }
             }
             RemoteCommand::Retry { id } => {
                 let job = client.retry(id).await?;

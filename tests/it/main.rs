@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `kiln` binary, real files, real training.
 
 mod cluster;
+mod control;
 mod datasets;
 mod ddp;
 mod demo;

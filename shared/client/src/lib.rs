@@ -21,9 +21,9 @@ use serde::de::DeserializeOwned;
 use kiln_proto::dataset::{DatasetInfo, Digest, NameDataset};
 use kiln_proto::metric::Split;
 use kiln_proto::protocol::{
-    ApiErrorBody, ArtifactInfo, AttemptInfo, CreateShare, Health, IMPORT_RUN_PART, ImportRun,
-    JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry, MetricPoint, NewShare, ShareInfo,
-    SharedRun, SubmitJob, WorkerInfo,
+    ApiErrorBody, ArtifactInfo, AttemptInfo, ControlAction, CreateShare, ForkJob, Health,
+    IMPORT_RUN_PART, ImportRun, JobId, JobInfo, JobPage, JobPatch, JobState, LogEntry, MetricPoint,
+    NewShare, ShareInfo, SharedRun, SubmitJob, WorkerInfo,
 };
 use kiln_proto::spec::FieldError;
 use kiln_proto::token::{AuditEntry, CreateToken, NewToken, TokenInfo};
@@ -269,6 +269,25 @@ impl Client {
     pub async fn retry(&self, id: JobId) -> Result<JobInfo, ClientError> {
         self.json(self.request(Method::POST, &format!("/api/jobs/{id}/retry")))
             .await
+    }
+
+    /// Pause, resume, checkpoint or change the learning rate of a queued or running job. The
+    /// answer is the job as the coordinator asked it; the job's log says when its worker did.
+    pub async fn control(&self, id: JobId, action: ControlAction) -> Result<JobInfo, ClientError> {
+        self.json(
+            self.request(Method::POST, &format!("/api/jobs/{id}/control"))
+                .json(&action),
+        )
+        .await
+    }
+
+    /// A new queued job that resumes from one of job `id`'s checkpoints.
+    pub async fn fork(&self, id: JobId, fork: &ForkJob) -> Result<JobInfo, ClientError> {
+        self.json(
+            self.request(Method::POST, &format!("/api/jobs/{id}/fork"))
+                .json(fork),
+        )
+        .await
     }
 
     pub async fn attempts(&self, id: JobId) -> Result<Vec<AttemptInfo>, ClientError> {
