@@ -207,6 +207,77 @@ test('cancel from the job page stops a running job', async () => {
   }
 });
 
+/** The step N of the first log line of job `id` that reads `prefix` N `suffix`. */
+async function loggedStep(id, prefix, suffix = '', ms = 60_000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const lines = (await api(`/api/jobs/${id}/logs?limit=10000`)).body.map((e) => e.text);
+    for (const l of lines) {
+      if (l.startsWith(prefix) && l.endsWith(suffix)) {
+        const n = Number(l.slice(prefix.length, l.length - suffix.length));
+        if (Number.isInteger(n)) return n;
+      }
+    }
+    if (Date.now() > end) throw new Error(`job ${id}'s log never said ${prefix}N${suffix}: ${lines.slice(-5)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test('live control from the job page: pause holds the step, a new learning rate, a checkpoint now, and a fork from it', async () => {
+  const id = await submit(blobs('e2e-control', { hidden: [512, 512], features: 128, examples: 20000, batch: 128, epochs: 1000 }));
+  const page = await ctx.newPage();
+  try {
+    await page.goto(`${base}/jobs/${id}`);
+    await page.locator('section.job .title-row .badge.running').waitFor({ timeout: 60_000 });
+    await page.locator('#pause').click();
+    await page.locator('#resume').waitFor({ timeout: 10_000 });
+    const pausedAt = await loggedStep(id, 'paused after step ');
+    await page.waitForTimeout(1000);
+    const held = (await api(`/api/jobs/${id}`)).body;
+    assert.equal(held.step, pausedAt, 'no step while paused');
+    assert.ok(held.paused);
+    await page.locator('.live-control .badge.paused').waitFor();
+
+    await page.locator('#live-lr').fill('0.0005');
+    await page.locator('.live-control form button[type=submit]').click();
+    assert.equal(await loggedStep(id, 'learning rate 0.0005 from step '), pausedAt + 1);
+    // A rate out of range is refused in the page, naming the field.
+    await page.locator('#live-lr').fill('-1');
+    await page.locator('.live-control form button[type=submit]').click();
+    await page.getByText('lr: got -1').waitFor({ timeout: 5_000 });
+
+    await page.locator('#resume').click();
+    await page.locator('#pause').waitFor({ timeout: 10_000 });
+    await loggedStep(id, 'resumed after step ');
+    await page.locator('#checkpoint-now').click();
+    const ckpt = await loggedStep(id, 'checkpoint at step ', ', as asked');
+    assert.ok(ckpt >= pausedAt);
+    await shot(page, 'job-live-control');
+
+    await page.locator('#fork-open').click();
+    await page.locator(`#fork-step option[value="${ckpt}"]`).waitFor({ state: 'attached', timeout: 10_000 });
+    await page.locator('#fork-step').selectOption(String(ckpt));
+    await page.locator('#fork-max-steps').fill(String(ckpt + 10));
+    await page.locator('#fork-submit').click();
+    await page.waitForURL((u) => /\/jobs\/\d+$/.test(u.pathname) && u.pathname !== `/jobs/${id}`, { timeout: 10_000 });
+    const forkId = Number(new URL(page.url()).pathname.split('/').pop());
+    await page.locator('.forked-from').getByText(`#${id}`).waitFor({ timeout: 10_000 });
+    // One local worker: the fork runs once the job it came from is stopped.
+    await api(`/api/jobs/${id}/cancel`, { method: 'POST' });
+    const fork = await waitForState(forkId, ['succeeded', 'failed', 'cancelled']);
+    assert.equal(fork.state, 'succeeded', JSON.stringify(fork));
+    assert.deepEqual(fork.forked_from, { job_id: id, step: ckpt });
+    assert.deepEqual(fork.lr_changes, [{ step: pausedAt, lr: 0.0005 }]);
+    const attempts = (await api(`/api/jobs/${forkId}/attempts`)).body;
+    assert.equal(attempts[0].resumed_from_step, ckpt);
+    const lrs = (await api(`/api/jobs/${forkId}/metrics`)).body.filter((p) => p.split === 'train').map((p) => p.lr);
+    assert.ok(lrs.length > 0 && lrs.every((lr) => Math.abs(lr - 0.0005) < 1e-12), `the fork trains at the live rate: ${lrs}`);
+  } finally {
+    await api(`/api/jobs/${id}/cancel`, { method: 'POST' });
+    await page.close();
+  }
+});
+
 test('the jobs list: a fetch answer older than a live event does not put the old state back', async () => {
   const id = await submit(blobs('e2e-held-list', { hidden: [1024, 1024], features: 256, examples: 20000, batch: 256, epochs: 1000 }));
   await waitForState(id, ['running'], 60_000);

@@ -493,15 +493,7 @@ pub fn values_from_spec(spec: &JobSpec) -> FormValues {
         }
     }
     let o = &spec.optimizer;
-    set(
-        "optimizer.kind",
-        match o.kind {
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Adam => "adam",
-            OptimizerKind::Adamw => "adamw",
-        }
-        .into(),
-    );
+    set("optimizer.kind", o.kind.as_str().into());
     set("optimizer.lr", o.lr.to_string());
     set("optimizer.weight_decay", o.weight_decay.to_string());
     set("optimizer.momentum", o.momentum.to_string());

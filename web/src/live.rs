@@ -181,6 +181,9 @@ mod tests {
             tags: Vec::new(),
             revision,
             dataset_name: None,
+            paused: false,
+            lr_changes: Vec::new(),
+            forked_from: None,
         }
     }
 
@@ -277,6 +280,7 @@ mod tests {
                 kiln_version: "t".into(),
                 peer_addr: None,
                 browser: false,
+                control: false,
             },
             connected,
             draining: false,

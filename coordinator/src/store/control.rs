@@ -81,7 +81,7 @@ impl Store {
     }
 
     /// The worker of the current `attempt` says `control` took effect after `step` steps:
-    /// a line in the job's log, and a learning rate is kept to replay on a later attempt
+    /// the job's step, a line in the job's log, and a learning rate is kept to replay on a later attempt
     /// (replacing changes after `step`, which belonged to the timeline it replaces). `None`
     /// when the attempt is no longer current.
     pub async fn controlled(
@@ -95,6 +95,14 @@ impl Store {
         if job.state != JobState::Running || job.attempts != attempt.attempt {
             return Ok(None);
         }
+        // The worker's step is exact: metrics come only every `log_every` steps.
+        sqlx::query(
+            "UPDATE jobs SET step = CASE WHEN step > $1 THEN step ELSE $1 END WHERE id = $2",
+        )
+        .bind(from_u64(step))
+        .bind(attempt.job_id)
+        .execute(&mut *tx)
+        .await?;
         let text = match control {
             ControlAction::Pause => format!("paused after step {step}"),
             ControlAction::Resume => format!("resumed after step {step}"),

@@ -209,7 +209,8 @@ async fn control_reaches_the_worker_and_forks_resume_from_a_checkpoint() {
         },
     )
     .await;
-    send_json(&mut w, &metrics(attempt, 1..=3)).await;
+    // Metrics come every `log_every` steps: the last one here is step 2.
+    send_json(&mut w, &metrics(attempt, 1..=2)).await;
 
     // A new learning rate: asked of the worker; once it says it took effect after step 3,
     // the job keeps it (for a resume) and its log says so.
@@ -229,9 +230,11 @@ async fn control_reaches_the_worker_and_forks_resume_from_a_checkpoint() {
     )
     .await;
     wait_log(&client, a.id, "learning rate 0.5 from step 4").await;
+    let changed = client.job(a.id).await.expect("job");
+    assert_eq!(changed.lr_changes, vec![LrChange { step: 3, lr: 0.5 }]);
     assert_eq!(
-        client.job(a.id).await.expect("job").lr_changes,
-        vec![LrChange { step: 3, lr: 0.5 }]
+        changed.step, 3,
+        "the step the worker reported, past the last metric"
     );
 
     let resumed = client

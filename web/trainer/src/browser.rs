@@ -224,6 +224,8 @@ async fn run(
         TrainEvent::Checkpoint(c) => last_checkpoint = Some(*c),
         // The page says itself what a WebGPU checkpoint lacks.
         TrainEvent::RankRates { .. } | TrainEvent::Note(_) => {}
+        // The playground pauses through `between_steps` and sets no `run.control`.
+        TrainEvent::Controlled { .. } => {}
     };
     let mut pause = pacer(tick);
     let mut run = TrainRun::new(spec.clone(), splits, resolved.device.clone(), &mut on_event);

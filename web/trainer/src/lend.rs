@@ -632,7 +632,8 @@ async fn run_job(lender: Shared, attempt: AttemptRef, spec: JobSpec, resume: Opt
                 bytes: c.encode(),
             },
         ),
-        TrainEvent::RankRates { .. } => {}
+        // A tab takes no live control (`Capabilities::control` is false): no `run.control`.
+        TrainEvent::RankRates { .. } | TrainEvent::Controlled { .. } => {}
         TrainEvent::Note(line) => log(&events, attempt, line),
     };
     let mut pause = pacer(tick);

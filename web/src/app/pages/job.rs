@@ -1,5 +1,6 @@
 //! One run: live charts, final metrics, log tail, spec, artifacts, attempts, share links;
-//! cancel and retry. `?from=&to=` in the URL is the zoomed step range.
+//! cancel and retry; live control and forks (`control`). `?from=&to=` in the URL is the zoomed
+//! step range.
 
 use kiln_proto::downsample::downsample;
 use kiln_proto::protocol::{
@@ -12,6 +13,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::{use_navigate, use_params_map, use_query_map};
 
 use super::annotate::Annotations;
+use super::control::LiveControl;
 use super::try_it::TryIt;
 use super::{ErrorLine, Progress, StateBadge};
 use crate::app::chart::{Chart, ChartControls, ChartView};
@@ -500,6 +502,7 @@ fn JobView(id: JobId) -> impl IntoView {
                     }>"Copy"</button>
                 </div>
             })}
+            {move || title.get().is_some().then(|| view! { <LiveControl id job/> })}
             {move || title.get().is_some().then(|| view! { <Annotations id job/> })}
             <FinalMetrics points/>
             <RunCharts points detail zoom view=chart_view/>

@@ -184,6 +184,9 @@ pub fn JobsPage() -> impl IntoView {
                             let step = Memo::new(move |_| {
                                 jobs.with(|l| l.get(&id).map(|j| (j.step, j.total_steps)))
                             });
+                            let paused = Memo::new(move |_| {
+                                jobs.with(|l| l.get(&id).is_some_and(|j| j.paused))
+                            });
                             let tags = Memo::new(move |_| {
                                 jobs.with(|l| l.get(&id).map(|j| j.tags.clone()).unwrap_or_default())
                             });
@@ -205,7 +208,8 @@ pub fn JobsPage() -> impl IntoView {
                                     <td><A href=format!("/jobs/{id}")>{job.name.clone()}</A>
                                         {job.group.clone().map(|g| view! { <span class="muted small">" · " {g}</span> })}
                                         <Tags tags/></td>
-                                    <td>{move || state.get().map(|s| view! { <StateBadge state=s/> })}</td>
+                                    <td>{move || state.get().map(|s| view! { <StateBadge state=s/> })}
+                                        {move || paused.get().then(|| view! { " "<span class="badge paused">"paused"</span> })}</td>
                                     <td>{move || step.get().map(|(s, t)| view! { <Progress step=s total=t/> })}</td>
                                     <td class="wide">{worker}</td>
                                     <td>{move || age(job.created_ms, now.get())}</td>

@@ -6,6 +6,7 @@ use leptos_router::components::A;
 
 pub mod annotate;
 pub mod compare;
+pub mod control;
 pub mod datasets;
 pub mod job;
 pub mod jobs;
