@@ -173,6 +173,24 @@ fn resume_is_bit_exact() {
     }
 }
 
+/// Resume `s` from `ckpt` up to `max_steps`: the run's notes and metrics.
+fn resume_with_notes(s: &JobSpec, ckpt: Checkpoint, max_steps: u64) -> (Vec<String>, Vec<Metric>) {
+    let _serial = serial();
+    let data = load(&s.dataset, s.seed, &MemorySource::default()).expect("synthetic data");
+    let mut notes = Vec::new();
+    let mut metrics = Vec::new();
+    let mut on_event = |e: TrainEvent| match e {
+        TrainEvent::Note(n) => notes.push(n),
+        TrainEvent::Metric(m) => metrics.push(m),
+        _ => {}
+    };
+    let mut run = TrainRun::new(s.clone(), data, Device::flex(), &mut on_event);
+    run.resume = Some(ckpt);
+    run.max_steps = Some(max_steps);
+    pollster::block_on(train(run)).expect("resumes");
+    (notes, metrics)
+}
+
 /// A checkpoint without optimizer state (what a WebGPU tab writes: Burn cannot read the state
 /// there) resumes with a fresh optimizer: at its step, from its weights, without a loss spike,
 /// and the run's log says so.
@@ -188,19 +206,7 @@ fn a_checkpoint_without_optimizer_state_resumes_with_a_fresh_optimizer() {
         .clone();
     ckpt.optimizer.clear();
     let ckpt = Checkpoint::decode(&ckpt.encode()).expect("an empty section round-trips");
-    let _serial = serial();
-    let data = load(&s.dataset, s.seed, &MemorySource::default()).expect("synthetic data");
-    let mut notes = Vec::new();
-    let mut metrics = Vec::new();
-    let mut on_event = |e: TrainEvent| match e {
-        TrainEvent::Note(n) => notes.push(n),
-        TrainEvent::Metric(m) => metrics.push(m),
-        _ => {}
-    };
-    let mut run = TrainRun::new(s.clone(), data, Device::flex(), &mut on_event);
-    run.resume = Some(ckpt);
-    run.max_steps = Some(20);
-    pollster::block_on(train(run)).expect("resumes");
+    let (notes, metrics) = resume_with_notes(&s, ckpt, 20);
     let losses = train_losses(&metrics);
     assert_eq!(losses.first().map(|l| l.0), Some(8), "goes on at its step");
     let before = train_losses(&first.metrics)
@@ -235,19 +241,7 @@ fn a_resume_with_another_optimizer_kind_starts_it_afresh() {
     let mut sgd = s.clone();
     sgd.optimizer.kind = kiln_proto::spec::OptimizerKind::Sgd;
     sgd.optimizer.momentum = 0.9;
-    let _serial = serial();
-    let data = load(&sgd.dataset, sgd.seed, &MemorySource::default()).expect("synthetic data");
-    let mut notes = Vec::new();
-    let mut metrics = Vec::new();
-    let mut on_event = |e: TrainEvent| match e {
-        TrainEvent::Note(n) => notes.push(n),
-        TrainEvent::Metric(m) => metrics.push(m),
-        _ => {}
-    };
-    let mut run = TrainRun::new(sgd, data, Device::flex(), &mut on_event);
-    run.resume = Some(ckpt);
-    run.max_steps = Some(12);
-    pollster::block_on(train(run)).expect("resumes with sgd");
+    let (notes, metrics) = resume_with_notes(&sgd, ckpt, 12);
     assert_eq!(train_losses(&metrics).first().map(|l| l.0), Some(8));
     assert!(
         notes
