@@ -252,6 +252,8 @@ test('live control from the job page: pause holds the step, a new learning rate,
     await page.locator('#checkpoint-now').click();
     const ckpt = await loggedStep(id, 'checkpoint at step ', ', as asked');
     assert.ok(ckpt >= pausedAt);
+    // Each one is marked on the charts: pause, learning rate, resume, checkpoint.
+    await page.waitForFunction(() => Number(document.querySelector('.chart-loss canvas')?.dataset.marks) === 4, null, { timeout: 10_000 });
     await shot(page, 'job-live-control');
 
     await page.locator('#fork-open').click();

@@ -103,22 +103,17 @@ impl Store {
         .bind(attempt.job_id)
         .execute(&mut *tx)
         .await?;
-        let text = match control {
-            ControlAction::Pause => format!("paused after step {step}"),
-            ControlAction::Resume => format!("resumed after step {step}"),
-            ControlAction::Checkpoint => format!("checkpoint at step {step}, as asked"),
-            ControlAction::SetLr { lr } => {
-                let mut changes = job.lr_changes.clone();
-                changes.retain(|c| c.step < step);
-                changes.push(LrChange { step, lr });
-                sqlx::query("UPDATE jobs SET lr_changes = $1 WHERE id = $2")
-                    .bind(lr_changes_json(&changes)?)
-                    .bind(attempt.job_id)
-                    .execute(&mut *tx)
-                    .await?;
-                format!("learning rate {lr} from step {}", step + 1)
-            }
-        };
+        if let ControlAction::SetLr { lr } = control {
+            let mut changes = job.lr_changes.clone();
+            changes.retain(|c| c.step < step);
+            changes.push(LrChange { step, lr });
+            sqlx::query("UPDATE jobs SET lr_changes = $1 WHERE id = $2")
+                .bind(lr_changes_json(&changes)?)
+                .bind(attempt.job_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let text = control.log_line(step);
         let line = LogLine {
             ts_ms: now_ms(),
             text,

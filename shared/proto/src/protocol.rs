@@ -429,6 +429,17 @@ impl ControlAction {
         }
     }
 
+    /// The job's log line once a worker did this after `step` steps (the coordinator writes
+    /// it; [`controlled_step`] reads it back for the charts' marks).
+    pub fn log_line(&self, step: u64) -> String {
+        match self {
+            ControlAction::Pause => format!("paused after step {step}"),
+            ControlAction::Resume => format!("resumed after step {step}"),
+            ControlAction::Checkpoint => format!("checkpoint at step {step}, as asked"),
+            ControlAction::SetLr { lr } => format!("learning rate {lr} from step {}", step + 1),
+        }
+    }
+
     /// For logs and the CLI: `pause`, `resume`, `checkpoint`, `learning rate 0.01`.
     pub fn describe(&self) -> String {
         match self {
@@ -438,6 +449,25 @@ impl ControlAction {
             ControlAction::SetLr { lr } => format!("learning rate {lr}"),
         }
     }
+}
+
+/// The step after which a live control took effect, from its log line
+/// ([`ControlAction::log_line`]); `None` for any other line.
+pub fn controlled_step(line: &str) -> Option<u64> {
+    let number = |s: &str| s.parse::<u64>().ok();
+    if let Some(rest) = line.strip_prefix("paused after step ") {
+        return number(rest);
+    }
+    if let Some(rest) = line.strip_prefix("resumed after step ") {
+        return number(rest);
+    }
+    if let Some(rest) = line.strip_prefix("checkpoint at step ") {
+        return number(rest.strip_suffix(", as asked")?);
+    }
+    let rest = line.strip_prefix("learning rate ")?;
+    let (lr, from) = rest.split_once(" from step ")?;
+    lr.parse::<f64>().ok()?;
+    number(from)?.checked_sub(1)
 }
 
 /// A learning rate set live: the steps after the first `step` train with base rate `lr`.

@@ -65,7 +65,11 @@ pub fn Chart(
     /// A log-scale y axis.
     #[prop(into)]
     log_y: Signal<bool>,
+    /// Steps to mark with a dashed vertical line (where a live control took effect).
+    #[prop(optional)]
+    marks: Option<Signal<Vec<f64>>>,
 ) -> impl IntoView {
+    let marks = marks.unwrap_or_else(|| Signal::stored(Vec::new()));
     let canvas = NodeRef::<Canvas>::new();
     let geometry = StoredValue::new(None::<Geometry>);
     let hover = RwSignal::new(None::<(i32, String)>);
@@ -73,6 +77,7 @@ pub fn Chart(
     let drawn_points = RwSignal::new(0usize);
     let drawn_series = RwSignal::new(0usize);
     let last_step = RwSignal::new(0u64);
+    let drawn_marks = RwSignal::new(0usize);
 
     // The smoothed lines, only while smoothing is on (live updates then cost no copy).
     let smoothed = Memo::new(move |_| {
@@ -98,6 +103,7 @@ pub fn Chart(
         log_y.track();
         series.track();
         smoothed.track();
+        marks.track();
         canvas.track();
         if scheduled.get_value() {
             return;
@@ -115,9 +121,12 @@ pub fn Chart(
             ) else {
                 return;
             };
+            let m = marks.try_get_untracked().unwrap_or_default();
             series.try_with_untracked(|s| {
-                smoothed
-                    .with_untracked(|sm| geometry.set_value(draw(&c, s, sm.as_deref(), z, log)));
+                smoothed.with_untracked(|sm| {
+                    geometry.set_value(draw(&c, s, sm.as_deref(), &m, z, log))
+                });
+                drawn_marks.set(m.len());
                 drawn_points.set(s.iter().map(|s| s.points.len()).sum());
                 drawn_series.set(s.len());
                 last_step.set(
@@ -192,6 +201,7 @@ pub fn Chart(
                     data-points=move || drawn_points.get()
                     data-series=move || drawn_series.get()
                     data-last-step=move || last_step.get()
+                    data-marks=move || drawn_marks.get()
                     data-smoothing=move || smoothing.get()
                     data-log-y=move || log_y.get().to_string()
                     on:pointermove=move |ev: PointerEvent| show(ev.offset_x())
@@ -278,12 +288,14 @@ pub fn ChartControls(view: ChartView) -> impl IntoView {
     }
 }
 
-/// Draw the series (over faint raw lines when `smoothed` is given, one per series); returns
-/// the plot geometry (None if the canvas could not be used).
+/// Draw the series (over faint raw lines when `smoothed` is given, one per series) and a
+/// dashed line at each of `marks`' steps; returns the plot geometry (None if the canvas could
+/// not be used).
 fn draw(
     canvas: &web_sys::HtmlCanvasElement,
     series: &[Series],
     smoothed: Option<&[Series]>,
+    marks: &[f64],
     zoom: Option<(f64, f64)>,
     log_y: bool,
 ) -> Option<Geometry> {
@@ -370,6 +382,13 @@ fn draw(
         .label_style(("sans-serif", 12))
         .draw()
         .ok()?;
+    // Behind the lines: where a live control (pause, learning rate, checkpoint) took effect.
+    let mark_style = RGBColor(180, 83, 9).mix(0.7).stroke_width(1);
+    for &m in marks.iter().filter(|&&m| m >= x0 && m <= x1) {
+        chart
+            .draw_series(DashedLineSeries::new([(m, y0), (m, y1)], 4, 4, mark_style))
+            .ok()?;
+    }
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let visible = |points: &[(f64, f64)]| -> Vec<(f64, f64)> {

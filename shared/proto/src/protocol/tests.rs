@@ -714,3 +714,29 @@ fn revisions_default_to_zero_for_answers_of_older_coordinators() {
     let page: JobPage = serde_json::from_str(r#"{"jobs":[],"total":0}"#).expect("old page");
     assert_eq!(page.revision, 0);
 }
+
+#[test]
+fn controlled_log_lines_read_back_to_their_step() {
+    for action in [
+        ControlAction::Pause,
+        ControlAction::Resume,
+        ControlAction::Checkpoint,
+        ControlAction::SetLr { lr: 0.0005 },
+    ] {
+        let line = action.log_line(41);
+        assert_eq!(controlled_step(&line), Some(41), "{line}");
+    }
+    assert_eq!(
+        ControlAction::SetLr { lr: 0.5 }.log_line(3),
+        "learning rate 0.5 from step 4"
+    );
+    for other in [
+        "loading dataset (synthetic)",
+        "paused after step x",
+        "learning rate 0.5 from step 0",
+        "learning rate fast from step 4",
+        "checkpoint at step 5",
+    ] {
+        assert_eq!(controlled_step(other), None, "{other}");
+    }
+}

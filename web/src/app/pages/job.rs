@@ -5,7 +5,7 @@
 use kiln_proto::downsample::downsample;
 use kiln_proto::protocol::{
     ArtifactInfo, AttemptInfo, CreateShare, JobId, JobInfo, JobState, LogEntry, MetricPoint,
-    NewShare, ServerEvent, ShareInfo, WorkerInfo,
+    NewShare, ServerEvent, ShareInfo, WorkerInfo, controlled_step,
 };
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -66,7 +66,11 @@ pub fn RunCharts(
     /// Smoothing of loss, accuracy and samples/s (the learning rate is a schedule, not a
     /// noisy measurement, and is always drawn as it is); a log-scale loss.
     view: ChartView,
+    /// Steps where a live control took effect, marked on every chart.
+    #[prop(optional)]
+    marks: Option<Signal<Vec<f64>>>,
 ) -> impl IntoView {
+    let marks = marks.unwrap_or_else(|| Signal::stored(Vec::new()));
     let charts = Quantity::ALL.map(|q| {
         let smoothing = Signal::derive(move || {
             if q == Quantity::Lr {
@@ -83,7 +87,7 @@ pub fn RunCharts(
                 _ => points.with(|p| series(p, q, range)),
             }
         });
-        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing log_y/></div> }
+        view! { <div class=format!("chart-{}", q.slug())><Chart title=q.label() series=s zoom smoothing log_y marks/></div> }
     });
     let from = RwSignal::new(String::new());
     let to = RwSignal::new(String::new());
@@ -177,6 +181,14 @@ fn JobView(id: JobId) -> impl IntoView {
     let zoom = RwSignal::new(query.with_untracked(zoom_from_query));
     let chart_view = query.with_untracked(ChartView::from_query);
     let now = RwSignal::new(api::now_ms());
+    // Where live controls took effect, as the log (its tail) says: marks on the charts.
+    let control_marks = Memo::new(move |_| {
+        logs.with(|l| {
+            l.iter()
+                .filter_map(|e| controlled_step(&e.line.text).map(|s| s as f64))
+                .collect::<Vec<f64>>()
+        })
+    });
 
     let load_side = move || {
         spawn_local(async move {
@@ -505,7 +517,7 @@ fn JobView(id: JobId) -> impl IntoView {
             {move || title.get().is_some().then(|| view! { <LiveControl id job/> })}
             {move || title.get().is_some().then(|| view! { <Annotations id job/> })}
             <FinalMetrics points/>
-            <RunCharts points detail zoom view=chart_view/>
+            <RunCharts points detail zoom view=chart_view marks=Signal::from(control_marks)/>
             <div class="columns">
                 <section>
                     <h2>"Log"</h2>
