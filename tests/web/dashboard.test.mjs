@@ -688,6 +688,12 @@ test('without a token only the login form shows; a wrong token is refused, the r
 });
 
 test('a data-parallel job: two workers train it, the job page names both ranks, the global batch and the transport', async () => {
+  // Submitted first, it waits for a gang of 2; the list, open meanwhile, fetched the worker
+  // names before the second worker joined and must learn its name live.
+  const id = await submit({ ...blobs('e2e-ddp', { epochs: 3 }), distributed: { workers: 2 } });
+  const list = await ctx.newPage();
+  await list.goto(`${base}/`);
+  await list.locator(`tr[data-job-id="${id}"]`).waitFor();
   // A second worker beside `kiln up`'s own; the gang of 2 needs both.
   const second = spawn(BIN, ['worker', '--server', base, '--token', TOKEN, '--device', 'cpu',
     '--id', 'e2e-second', '--name', 'second', '--cache-dir', join(dataDir, 'cache-second')], {
@@ -699,11 +705,18 @@ test('a data-parallel job: two workers train it, the job page names both ranks, 
       assert.ok(Date.now() < end, 'the second worker did not connect');
       await new Promise((r) => setTimeout(r, 100));
     }
-    const id = await submit({ ...blobs('e2e-ddp', { epochs: 3 }), distributed: { workers: 2 } });
     const job = await waitForState(id, ['succeeded', 'failed', 'cancelled']);
     assert.equal(job.state, 'succeeded', JSON.stringify(job));
     const attempts = (await api(`/api/jobs/${id}/attempts`)).body;
     assert.equal(attempts.at(-1).ranks.length, 2, JSON.stringify(attempts));
+    // The list names the job's worker (rank 0, either of the two), never by its id.
+    const named = (await api('/api/workers')).body.find((w) => w.id === job.worker_id);
+    assert.ok(named, `${job.worker_id} in /api/workers`);
+    const row = list.locator(`tr[data-job-id="${id}"][data-state="succeeded"]`);
+    await row.waitFor();
+    const cell = await row.locator('td.wide').innerText();
+    assert.equal(cell.trim(), named.name, `the list's worker cell for ${job.worker_id}`);
+    await list.close();
 
     const page = await ctx.newPage();
     await page.goto(`${base}/jobs/${id}`);

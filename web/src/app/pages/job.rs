@@ -312,6 +312,15 @@ fn JobView(id: JobId) -> impl IntoView {
                 l.drain(..cut);
             });
         }
+        // A worker that joined after the names were fetched: name it, not its id.
+        ServerEvent::Worker { worker } => {
+            let known = worker_names.with_untracked(|m| m.get(&worker.id) == Some(&worker.name));
+            if !known {
+                let _ = worker_names.try_update(|m| {
+                    m.insert(worker.id.clone(), worker.name.clone());
+                });
+            }
+        }
         // (Re)connected: what a live job did meanwhile was not streamed. An ended job has
         // nothing to catch up on.
         ServerEvent::Welcome { .. }

@@ -67,6 +67,15 @@ pub fn JobsPage() -> impl IntoView {
             let _ = jobs.try_update(|list| list.event(job.clone(), matches, newest_first));
             let _ = now.try_set(api::now_ms());
         }
+        // A worker that joined after the names were fetched: name it, not its id.
+        ServerEvent::Worker { worker } => {
+            let known = workers.with_untracked(|m| m.get(&worker.id) == Some(&worker.name));
+            if !known {
+                let _ = workers.try_update(|m| {
+                    m.insert(worker.id.clone(), worker.name.clone());
+                });
+            }
+        }
         ServerEvent::Welcome { .. } => load(),
         _ => {}
     });
