@@ -28,6 +28,7 @@ use kiln_proto::token::TokenScope;
 
 pub mod artifact;
 pub mod auth;
+pub mod cluster;
 pub mod dataset;
 pub mod error;
 pub mod openapi;
@@ -130,7 +131,12 @@ impl Coordinator {
             Some(url) => store::Store::connect(url).await?,
             None => store::Store::open(&config.data_dir).await?,
         };
-        store.disconnect_all_workers().await?;
+        // On SQLite this is the only coordinator: no worker is connected yet. On PostgreSQL
+        // others may hold workers; the scheduling one disconnects the workers of coordinators
+        // that are gone (`cluster`).
+        if config.database.is_none() {
+            store.disconnect_all_workers().await?;
+        }
         let new_admin_token = match &config.admin_token {
             Some(token) => {
                 anyhow::ensure!(!token.trim().is_empty(), "the admin token is empty");
@@ -166,8 +172,17 @@ impl Coordinator {
             .context("cannot read the bound address")?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let data_dir = config.data_dir.clone();
-        let state = AppState::new(config, store, shutdown_rx.clone());
-        state.datasets.clean_incoming().await;
+        let cluster = config
+            .database
+            .as_deref()
+            .map(|url| cluster::Cluster::new(url, &addr.to_string()));
+        let shared_data = cluster.is_some();
+        let state = AppState::with_cluster(config, store, shutdown_rx.clone(), cluster);
+        // Another coordinator may be receiving an upload into a shared data directory.
+        if !shared_data {
+            state.datasets.clean_incoming().await;
+        }
+        cluster::spawn(&state).await?;
         let router = app(state.clone());
         let mut server_shutdown = shutdown_rx;
         // Small frames (metric batches, events) must not wait for Nagle + delayed ACK: it
@@ -187,7 +202,7 @@ impl Coordinator {
             .await
         });
         let scheduler = tokio::spawn(scheduler::run(state.clone()));
-        info!(%addr, data_dir = %data_dir.display(), "coordinator started");
+        info!(%addr, data_dir = %data_dir.display(), node = %state.node, "coordinator started");
         Ok(Coordinator {
             state,
             addr,
@@ -269,6 +284,9 @@ impl Coordinator {
             }
         }
         let _ = self.scheduler.await;
+        if let Some(cluster) = &self.state.cluster {
+            cluster.stop(&self.state).await;
+        }
         self.state.store.close().await;
         info!("coordinator stopped");
     }

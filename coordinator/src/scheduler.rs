@@ -4,18 +4,21 @@
 //! freed) and on a tick of half a heartbeat interval (for lost-worker detection). Order:
 //! priority (higher first), then FIFO. One job per worker. Which job gets which workers is
 //! decided by [`plan`] (pure; gangs of several workers are planned whole).
+//!
+//! With several coordinators on one PostgreSQL database (`crate::cluster`), every one runs
+//! this task: each watches its own workers' sockets, and only the one holding the scheduling
+//! lease assigns jobs (to workers connected anywhere) and judges lost workers.
 
 pub mod plan;
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use kiln_proto::protocol::{AttemptOutcome, Capabilities, CoordinatorMessage, Group};
 use kiln_proto::spec::DeviceRequest;
 
-use crate::registry::Outbound;
 use crate::state::AppState;
 
 /// Error text of an attempt whose worker went away.
@@ -38,6 +41,16 @@ pub async fn run(state: AppState) {
     let tick = (state.config.heartbeat_interval / 2).max(Duration::from_millis(20));
     let mut shutdown = std::pin::pin!(crate::state::shutting_down(state.shutdown.clone()));
     loop {
+        if let Some(cluster) = &state.cluster
+            && cluster.due(tick)
+            && cluster.tick(&state).await
+            && let Err(e) = sweep_nodes(&state).await
+        {
+            warn!(
+                error = format!("{e:#}"),
+                "cannot check the other coordinators"
+            );
+        }
         if let Err(e) = pass(&state).await {
             warn!(error = format!("{e:#}"), "scheduler pass failed");
         }
@@ -49,25 +62,99 @@ pub async fn run(state: AppState) {
     }
 }
 
-/// One pass: reap lost workers, then assign.
+/// One pass: disconnect silent workers here; then, where this coordinator schedules, reap
+/// lost workers and assign.
 pub async fn pass(state: &AppState) -> anyhow::Result<()> {
-    reap_lost(state).await?;
-    assign(state).await
-}
-
-async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
     let timeout = state.lost_timeout();
     for id in state.workers.drop_silent(timeout) {
         warn!(worker_id = %id, "worker missed 3 heartbeats; disconnecting it");
-        state.store.set_worker_connected(&id, false).await?;
+        state.store.worker_disconnected(&id, &state.node).await?;
         state.publish_worker(&id).await;
     }
+    if !state.schedules() {
+        return Ok(());
+    }
+    let elsewhere = remote_workers(state).await?;
+    reap_lost(state, &elsewhere).await?;
+    assign(state, &elsewhere).await
+}
+
+/// The scheduling coordinator's upkeep, once a tick: disconnect the workers of coordinators
+/// silent for a lost timeout (they died with their sockets), forget old bus messages.
+async fn sweep_nodes(state: &AppState) -> anyhow::Result<()> {
+    let since = crate::store::now_ms()
+        - i64::try_from(state.lost_timeout().as_millis()).unwrap_or(i64::MAX);
+    for id in state.store.disconnect_orphans(since).await? {
+        warn!(worker_id = %id, "worker's coordinator is gone; disconnecting it");
+        state.publish_worker(&id).await;
+    }
+    state
+        .store
+        .sweep_bus(crate::store::now_ms() - 60_000)
+        .await?;
+    Ok(())
+}
+
+/// Workers connected to other coordinators that are alive (empty on SQLite).
+async fn remote_workers(state: &AppState) -> anyhow::Result<HashSet<String>> {
+    if state.cluster.is_none() {
+        return Ok(HashSet::new());
+    }
+    // A coordinator writes its heartbeat twice an interval: one that missed two is not
+    // trusted with a new assignment (a message to a coordinator that died is lost; its
+    // worker would reconnect elsewhere without it, and the attempt would be failed there).
+    let fresh = crate::store::now_ms()
+        - i64::try_from(state.config.heartbeat_interval.as_millis()).unwrap_or(i64::MAX);
+    let alive: HashSet<String> = state.store.alive_nodes(fresh).await?.into_iter().collect();
+    Ok(state
+        .store
+        .worker_nodes()
+        .await?
+        .into_iter()
+        .filter(|(_, node)| {
+            node.as_ref()
+                .is_some_and(|n| *n != state.node && alive.contains(n))
+        })
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// When worker `id`, connected to no coordinator, was last heard from: its row's
+/// `last_seen_ms` (another coordinator's socket, a heartbeat) as an instant here.
+fn last_seen_in_store(last_seen_ms: i64) -> Instant {
+    let ago = u64::try_from(crate::store::now_ms().saturating_sub(last_seen_ms)).unwrap_or(0);
+    Instant::now()
+        .checked_sub(Duration::from_millis(ago))
+        .unwrap_or_else(Instant::now)
+}
+
+async fn reap_lost(state: &AppState, elsewhere: &HashSet<String>) -> anyhow::Result<()> {
+    let timeout = state.lost_timeout();
+    // With other coordinators, a worker may have been heard from there.
+    let stored: HashMap<String, i64> = if state.cluster.is_some() {
+        state
+            .store
+            .workers()
+            .await?
+            .into_iter()
+            .map(|w| (w.id, w.last_seen_ms))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     for running in state.store.running_attempts().await? {
+        if elsewhere.contains(&running.worker_id) {
+            continue;
+        }
         let last_seen = match state.workers.seen(&running.worker_id) {
             Some((true, _)) => continue,
             Some((false, at)) => at.max(state.started),
             // Not seen since this coordinator started: it has one lost-timeout to come back.
             None => state.started,
+        };
+        let last_seen = match stored.get(&running.worker_id) {
+            Some(&ms) => last_seen.max(last_seen_in_store(ms)),
+            None => last_seen,
         };
         if last_seen.elapsed() <= timeout {
             continue;
@@ -103,7 +190,7 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
                     "attempt lost"
                 );
                 state.job_changed(&job);
-                stop_other_ranks(state, running.attempt, &workers, &running.worker_id);
+                stop_other_ranks(state, running.attempt, &workers, &running.worker_id).await;
             }
             anyhow::Ok(())
         }
@@ -116,17 +203,16 @@ async fn reap_lost(state: &AppState) -> anyhow::Result<()> {
 /// An attempt of several workers ended (one rank finished, failed or was lost): tell the other
 /// ranks to stop. They are not waited for: a rank still running is no scheduling candidate
 /// until it says it is free (see `Registry::candidates`).
-pub fn stop_other_ranks(
+pub async fn stop_other_ranks(
     state: &AppState,
     attempt: kiln_proto::protocol::AttemptRef,
     workers: &[String],
     except: &str,
 ) {
     for worker_id in workers.iter().filter(|w| w.as_str() != except) {
-        state.workers.send(
-            worker_id,
-            Outbound::Message(CoordinatorMessage::Cancel { attempt }),
-        );
+        state
+            .send_to_worker(worker_id, CoordinatorMessage::Cancel { attempt })
+            .await;
     }
 }
 
@@ -160,8 +246,19 @@ fn groups(workers: &[String], free: &[plan::Free]) -> anyhow::Result<Vec<Option<
         .collect())
 }
 
-async fn assign(state: &AppState) -> anyhow::Result<()> {
+async fn assign(state: &AppState, elsewhere: &HashSet<String>) -> anyhow::Result<()> {
     let mut candidates = state.workers.candidates();
+    if !elsewhere.is_empty() {
+        // Workers on other coordinators: ready there, not draining (their rows say).
+        for w in state.store.workers().await? {
+            if elsewhere.contains(&w.id) && !w.draining && w.running.is_none() {
+                candidates.push(crate::registry::Candidate {
+                    id: w.id,
+                    capabilities: w.capabilities,
+                });
+            }
+        }
+    }
     if candidates.is_empty() {
         return Ok(());
     }
@@ -217,20 +314,20 @@ async fn assign(state: &AppState) -> anyhow::Result<()> {
             );
             let groups = groups(&workers, &free)?;
             for (worker_id, group) in workers.iter().zip(groups) {
-                let sent = state.workers.send(
-                    worker_id,
-                    Outbound::Message(CoordinatorMessage::Assign {
-                        attempt: assignment.attempt,
-                        spec: assignment.spec.clone(),
-                        resume: assignment.resume.clone(),
-                        group,
-                        paused: assignment.job.paused,
-                        lr_changes: assignment.job.lr_changes.clone(),
-                    }),
-                );
-                if sent {
-                    state.workers.assigned(worker_id, assignment.attempt);
-                } else {
+                let sent = state
+                    .send_to_worker(
+                        worker_id,
+                        CoordinatorMessage::Assign {
+                            attempt: assignment.attempt,
+                            spec: assignment.spec.clone(),
+                            resume: assignment.resume.clone(),
+                            group,
+                            paused: assignment.job.paused,
+                            lr_changes: assignment.job.lr_changes.clone(),
+                        },
+                    )
+                    .await;
+                if !sent {
                     // It disconnected in between; the lost-worker check fails the attempt.
                     warn!(%worker_id, "worker went away before its assignment was sent");
                 }

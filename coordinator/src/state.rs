@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, watch};
 
-use kiln_proto::protocol::{JobInfo, ServerEvent, WorkerInfo};
+use kiln_proto::protocol::{Capabilities, CoordinatorMessage, JobInfo, ServerEvent, WorkerInfo};
 
 use crate::CoordinatorConfig;
 use crate::artifact::ArtifactDir;
+use crate::cluster::{BusMessage, Cluster};
 use crate::dataset::DatasetDir;
-use crate::registry::Registry;
+use crate::registry::{Outbound, Registry};
 use crate::store::Store;
 use crate::telemetry::Telemetry;
 
@@ -41,6 +42,10 @@ pub struct Shared {
     pub started: Instant,
     /// Bad bearer tokens by client address (`auth::require_token`).
     pub bad_tokens: crate::auth::BadTokens,
+    /// This coordinator process (random per start): `workers.node` names it.
+    pub node: String,
+    /// The other coordinators on the same PostgreSQL database (`None` on SQLite).
+    pub cluster: Option<Cluster>,
 }
 
 impl Deref for AppState {
@@ -53,6 +58,16 @@ impl Deref for AppState {
 impl AppState {
     /// `config.data_dir` must already be absolute and exist.
     pub fn new(config: CoordinatorConfig, store: Store, shutdown: watch::Receiver<bool>) -> Self {
+        Self::with_cluster(config, store, shutdown, None)
+    }
+
+    /// As [`AppState::new`], as a node of `cluster` (PostgreSQL).
+    pub fn with_cluster(
+        config: CoordinatorConfig,
+        store: Store,
+        shutdown: watch::Receiver<bool>,
+        cluster: Option<Cluster>,
+    ) -> Self {
         let artifacts = ArtifactDir::new(config.data_dir.join("artifacts"));
         let datasets = DatasetDir::new(config.data_dir.join("datasets"));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -69,6 +84,8 @@ impl AppState {
             shutdown,
             started: Instant::now(),
             bad_tokens: crate::auth::BadTokens::default(),
+            node: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            cluster,
         }))
     }
 
@@ -77,17 +94,83 @@ impl AppState {
         self.config.heartbeat_interval * 3
     }
 
+    /// Send an event to this coordinator's `/ws/events` clients and to the other
+    /// coordinators' (through the cluster's bus).
+    pub fn publish(&self, event: ServerEvent) {
+        if let Some(cluster) = &self.cluster {
+            cluster.send(BusMessage::Event {
+                event: event.clone(),
+            });
+        }
+        let _ = self.events.send(event);
+    }
+
+    /// Whether anyone listens to events (here, or possibly on another coordinator).
+    pub fn has_listeners(&self) -> bool {
+        self.cluster.is_some() || self.events.receiver_count() > 0
+    }
+
     /// Tell clients about a job change; wake the scheduler when the queue may have moved.
     pub fn job_changed(&self, job: &JobInfo) {
-        let _ = self.events.send(ServerEvent::Job { job: job.clone() });
+        self.publish(ServerEvent::Job { job: job.clone() });
         self.wake.notify_one();
     }
 
     pub fn worker_changed(&self, worker: &WorkerInfo) {
-        let _ = self.events.send(ServerEvent::Worker {
+        self.publish(ServerEvent::Worker {
             worker: worker.clone(),
         });
         self.wake.notify_one();
+    }
+
+    /// Whether this coordinator schedules: always on SQLite; on PostgreSQL, the one that
+    /// holds the scheduling lease.
+    pub fn schedules(&self) -> bool {
+        self.cluster.as_ref().is_none_or(Cluster::leads)
+    }
+
+    /// Send `message` to worker `id`, over its socket here or through the coordinator that
+    /// holds it. `false` if it is connected to no coordinator.
+    pub async fn send_to_worker(&self, id: &str, message: CoordinatorMessage) -> bool {
+        let assigned = match &message {
+            CoordinatorMessage::Assign { attempt, .. } => Some(*attempt),
+            _ => None,
+        };
+        if let Some(cluster) = &self.cluster
+            && self.workers.capabilities(id).is_none()
+        {
+            return match self.store.worker(id).await {
+                Ok(w) if w.connected => {
+                    cluster.send(BusMessage::ToWorker {
+                        worker_id: id.to_string(),
+                        message,
+                    });
+                    true
+                }
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(worker_id = id, error = %e, "cannot read worker");
+                    false
+                }
+            };
+        }
+        let sent = self.workers.send(id, Outbound::Message(message));
+        if sent && let Some(attempt) = assigned {
+            self.workers.assigned(id, attempt);
+        }
+        sent
+    }
+
+    /// A connected worker's capabilities, wherever it is connected (`None` if nowhere).
+    pub async fn worker_capabilities(&self, id: &str) -> Option<Capabilities> {
+        if let Some(caps) = self.workers.capabilities(id) {
+            return Some(caps);
+        }
+        self.cluster.as_ref()?;
+        match self.store.worker(id).await {
+            Ok(w) if w.connected => Some(w.capabilities),
+            _ => None,
+        }
     }
 
     /// Publish a worker's current row, logging (not failing) if it cannot be read.

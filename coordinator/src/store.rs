@@ -21,6 +21,7 @@ use kiln_proto::metric::Split;
 use kiln_proto::protocol::{AttemptInfo, JobState};
 
 mod artifacts;
+pub mod cluster;
 mod control;
 mod datasets;
 mod jobs;

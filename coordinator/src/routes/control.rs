@@ -15,7 +15,6 @@ use kiln_proto::spec::FieldError;
 
 use crate::error::{ApiError, ApiJson};
 use crate::openapi::{ApiErrorDoc, ControlActionDoc, ForkJobDoc, JobInfoDoc};
-use crate::registry::Outbound;
 use crate::routes::jobs::{job_id, unservable};
 use crate::state::AppState;
 
@@ -57,7 +56,7 @@ pub async fn control(
             )));
         }
         for worker in &target.ranks {
-            match state.workers.capabilities(worker) {
+            match state.worker_capabilities(worker).await {
                 None => {
                     return Err(ApiError::Conflict(format!(
                         "job {id}'s worker {worker} is not connected; try again once it is"
@@ -89,13 +88,15 @@ pub async fn control(
     };
     if let Some(attempt) = target.attempt {
         for worker in &target.ranks {
-            state.workers.send(
-                worker,
-                Outbound::Message(CoordinatorMessage::Control {
-                    attempt,
-                    control: action,
-                }),
-            );
+            state
+                .send_to_worker(
+                    worker,
+                    CoordinatorMessage::Control {
+                        attempt,
+                        control: action,
+                    },
+                )
+                .await;
         }
     }
     info!(

@@ -20,7 +20,6 @@ use crate::openapi::{
     ApiErrorDoc, AttemptInfoDoc, JobInfoDoc, JobPageDoc, JobPatchDoc, LogEntryDoc, MetricPointDoc,
     SubmitJobDoc,
 };
-use crate::registry::Outbound;
 use crate::state::AppState;
 use crate::store::{CancelOutcome, JobFilter, MetricRange, parse_split};
 use kiln_proto::downsample::downsample;
@@ -222,13 +221,12 @@ pub async fn cancel(
             attempt,
             worker_id,
         } => {
-            let told = state.workers.send(
-                &worker_id,
-                Outbound::Message(CoordinatorMessage::Cancel { attempt }),
-            );
+            let told = state
+                .send_to_worker(&worker_id, CoordinatorMessage::Cancel { attempt })
+                .await;
             // Every other rank of a data-parallel attempt stops too.
             let ranks = state.store.attempt_workers(attempt).await?;
-            crate::scheduler::stop_other_ranks(&state, attempt, &ranks, &worker_id);
+            crate::scheduler::stop_other_ranks(&state, attempt, &ranks, &worker_id).await;
             if told {
                 job
             } else {

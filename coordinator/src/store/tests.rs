@@ -662,7 +662,7 @@ async fn every_change_takes_a_higher_revision_from_one_counter() {
     drop(store);
     let store = crate::testing::store(dir.path()).await.expect("reopen");
     let w3 = store
-        .set_worker_connected("w", false)
+        .worker_disconnected("w", "n")
         .await
         .expect("disconnect");
     assert!(w3.revision > noted.revision);

@@ -35,7 +35,7 @@ fn worker_from_row(row: &sqlx::any::AnyRow) -> StoreResult<WorkerInfo> {
 }
 
 impl Store {
-    /// A worker said hello. `keep_draining`: keep an earlier drain (a reconnect with jobs
+    /// A worker said hello (its node is unset until [`Store::worker_ready`]). `keep_draining`: keep an earlier drain (a reconnect with jobs
     /// still running) rather than clearing it (a fresh worker process).
     pub async fn connect_worker(
         &self,
@@ -49,7 +49,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO workers (id, name, capabilities_json, connected, draining, last_seen_ms) \
              VALUES ($1, $2, $3, 1, 0, $4) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
-             capabilities_json = excluded.capabilities_json, connected = 1, \
+             capabilities_json = excluded.capabilities_json, connected = 1, node = NULL, \
              draining = CASE WHEN $5 THEN workers.draining ELSE 0 END, last_seen_ms = excluded.last_seen_ms",
         )
         .bind(id)
@@ -62,19 +62,35 @@ impl Store {
         self.worker(id).await
     }
 
-    pub async fn set_worker_connected(&self, id: &str, connected: bool) -> StoreResult<WorkerInfo> {
-        sqlx::query("UPDATE workers SET connected = $1, last_seen_ms = $2 WHERE id = $3")
-            .bind(i64::from(connected))
-            .bind(now_ms())
+    /// A worker's hello is reconciled on coordinator `node`: its socket is there.
+    pub async fn worker_ready(&self, id: &str, node: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE workers SET node = $1, connected = 1 WHERE id = $2")
+            .bind(node)
             .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// The worker's socket on coordinator `node` closed (or it went silent there). Nothing
+    /// changes when its row names another node: it reconnected to another coordinator
+    /// meanwhile, and that one holds it now.
+    pub async fn worker_disconnected(&self, id: &str, node: &str) -> StoreResult<WorkerInfo> {
+        sqlx::query(
+            "UPDATE workers SET connected = 0, node = NULL, last_seen_ms = $1 \
+             WHERE id = $2 AND (node = $3 OR node IS NULL)",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
         self.worker(id).await
     }
 
-    /// Mark every worker disconnected (coordinator start).
+    /// Mark every worker disconnected (coordinator start, SQLite: the only coordinator).
     pub async fn disconnect_all_workers(&self) -> StoreResult<()> {
-        sqlx::query("UPDATE workers SET connected = 0")
+        sqlx::query("UPDATE workers SET connected = 0, node = NULL")
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -107,6 +123,17 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("worker `{id}` is not known")))?;
         worker_from_row(&row)
+    }
+
+    /// Connected workers' ids and the node each is connected to (`None` while it is being
+    /// re-attached).
+    pub async fn worker_nodes(&self) -> StoreResult<Vec<(String, Option<String>)>> {
+        let rows = sqlx::query("SELECT id, node FROM workers WHERE connected = 1")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("node")?)))
+            .collect()
     }
 
     /// Every known worker, connected first, then by id.

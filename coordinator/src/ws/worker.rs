@@ -186,6 +186,15 @@ async fn session<S, R, E>(
     // Only now may the scheduler pick it: an attempt assigned before the reconcile would
     // look like one this hello left out, and be failed.
     state.workers.set_ready(&id, conn_id);
+    if let Err(e) = state.store.worker_ready(&id, &state.node).await {
+        warn!(error = %e, "cannot record the worker's coordinator");
+    }
+    if let Some(cluster) = &state.cluster {
+        // A socket of it left on another coordinator is stale now.
+        cluster.send(crate::cluster::BusMessage::Superseded {
+            worker_id: id.clone(),
+        });
+    }
     let welcome = CoordinatorMessage::Welcome {
         protocol_version: PROTOCOL_VERSION,
         worker_id: id.clone(),
@@ -205,7 +214,7 @@ async fn session<S, R, E>(
     }
     if state.workers.disconnect(&id, conn_id) {
         info!("worker disconnected");
-        if let Err(e) = state.store.set_worker_connected(&id, false).await {
+        if let Err(e) = state.store.worker_disconnected(&id, &state.node).await {
             warn!(error = %e, "cannot record the disconnect");
         }
         state.publish_worker(&id).await;
@@ -242,7 +251,7 @@ async fn reattach(state: &AppState, id: &str, running: &[AttemptRef]) -> anyhow:
         {
             state.job_changed(&job);
             let ranks = state.store.attempt_workers(r.attempt).await?;
-            crate::scheduler::stop_other_ranks(state, r.attempt, &ranks, id);
+            crate::scheduler::stop_other_ranks(state, r.attempt, &ranks, id).await;
         }
     }
     for attempt in claimed.difference(&attached) {
@@ -399,7 +408,7 @@ impl Conn<'_> {
             WorkerMessage::Logs { attempt, lines } => {
                 match self.state.store.insert_logs(attempt, &lines).await {
                     Ok(true) => {
-                        let _ = self.state.events.send(ServerEvent::Logs {
+                        self.state.publish(ServerEvent::Logs {
                             job_id: attempt.job_id,
                             lines,
                         });
@@ -441,7 +450,7 @@ impl Conn<'_> {
                         "controlled: {}",
                         control.describe()
                     );
-                    let _ = self.state.events.send(ServerEvent::Logs {
+                    self.state.publish(ServerEvent::Logs {
                         job_id: attempt.job_id,
                         lines: vec![line],
                     });
@@ -518,7 +527,7 @@ impl Conn<'_> {
             .telemetry
             .metric_points
             .inc_by(points.len() as u64);
-        if self.state.events.receiver_count() > 0 {
+        if self.state.has_listeners() {
             let points = points
                 .into_iter()
                 .map(|metric| MetricPoint {
@@ -526,7 +535,7 @@ impl Conn<'_> {
                     metric,
                 })
                 .collect();
-            let _ = self.state.events.send(ServerEvent::Metrics {
+            self.state.publish(ServerEvent::Metrics {
                 job_id: attempt.job_id,
                 points,
             });
@@ -536,7 +545,7 @@ impl Conn<'_> {
             {
                 self.last_progress = Some(Instant::now());
                 let job = self.state.store.job(attempt.job_id).await?;
-                let _ = self.state.events.send(ServerEvent::Job { job });
+                self.state.publish(ServerEvent::Job { job });
             }
         }
         Ok(())
@@ -584,7 +593,7 @@ impl Conn<'_> {
                     "finished"
                 );
                 self.state.job_changed(&job);
-                crate::scheduler::stop_other_ranks(self.state, attempt, &ranks, self.id);
+                crate::scheduler::stop_other_ranks(self.state, attempt, &ranks, self.id).await;
                 self.state.publish_worker(self.id).await;
             }
             None => {

@@ -2,6 +2,7 @@
 //! 127.0.0.1:0, real WebSockets (tokio-tungstenite). One binary keeps link time down.
 
 mod api;
+mod cluster;
 mod control;
 mod datasets;
 mod import;
