@@ -23,6 +23,7 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// Keep jobs, metrics and tokens in this PostgreSQL database instead of SQLite
     /// (postgres://USER:PASSWORD@HOST:PORT/DB; artifacts stay in the data directory).
+    /// Several `kiln serve` may share one database (and a data directory on a shared volume).
     #[arg(
         long,
         env = "KILN_DATABASE",

@@ -360,7 +360,7 @@ fn start_coordinator(data_dir: &Path, ip: &str, port: u16) -> Proc {
 }
 
 /// A job of `steps` steps on synthetic data, heavy enough to take a few ms a step.
-fn spec(name: &str, steps: u64, checkpoint_every: u64) -> String {
+pub fn spec(name: &str, steps: u64, checkpoint_every: u64) -> String {
     format!(
         r#"
 name = "{name}"

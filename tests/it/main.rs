@@ -2,6 +2,7 @@
 
 mod cluster;
 mod control;
+mod coordinators;
 mod datasets;
 mod ddp;
 mod demo;

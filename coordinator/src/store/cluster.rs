@@ -50,13 +50,13 @@ impl Store {
     }
 
     /// Workers whose coordinator has not been heard from since `since_ms` (it died with
-    /// their sockets), or that stayed half-connected (hello, never re-attached) since then:
-    /// disconnected. Returns their ids. Also forgets coordinators silent for an hour.
+    /// their sockets): disconnected. Returns their ids. Also forgets coordinators silent for
+    /// an hour.
     pub async fn disconnect_orphans(&self, since_ms: i64) -> StoreResult<Vec<String>> {
         let rows = sqlx::query(
             "UPDATE workers SET connected = 0, node = NULL WHERE connected = 1 AND \
-             ((node IS NULL AND last_seen_ms < $1) OR (node IS NOT NULL AND node NOT IN \
-             (SELECT node FROM coordinators WHERE heartbeat_ms >= $1))) RETURNING id",
+             (node IS NULL OR node NOT IN \
+             (SELECT node FROM coordinators WHERE heartbeat_ms >= $1)) RETURNING id",
         )
         .bind(since_ms)
         .fetch_all(&self.pool)

@@ -403,7 +403,29 @@ async fn tokens_and_workers() {
         .connect_worker("w", "box", &caps, false)
         .await
         .expect("connect");
-    assert!(w.connected && !w.draining);
+    // Connected once its hello is reconciled on a coordinator, not before.
+    assert!(!w.connected && !w.draining);
+    store.worker_ready("w", "node-1").await.expect("ready");
+    assert!(store.worker("w").await.expect("worker").connected);
+    assert_eq!(
+        store.worker_nodes().await.expect("nodes"),
+        vec![("w".to_string(), Some("node-1".to_string()))]
+    );
+    // A disconnect seen on another coordinator does not undo it; one on its own does.
+    assert!(
+        store
+            .worker_disconnected("w", "node-2")
+            .await
+            .expect("elsewhere")
+            .connected
+    );
+    assert!(
+        !store
+            .worker_disconnected("w", "node-1")
+            .await
+            .expect("its own")
+            .connected
+    );
     assert!(store.drain_worker("w").await.expect("drain").draining);
     assert!(
         store

@@ -35,7 +35,9 @@ fn worker_from_row(row: &sqlx::any::AnyRow) -> StoreResult<WorkerInfo> {
 }
 
 impl Store {
-    /// A worker said hello (its node is unset until [`Store::worker_ready`]). `keep_draining`: keep an earlier drain (a reconnect with jobs
+    /// A worker said hello. It counts as connected (and names its coordinator) only once
+    /// [`Store::worker_ready`]: until its running attempts are reconciled no job may be
+    /// planned for it, and `connected` is what clients wait on. `keep_draining`: keep an earlier drain (a reconnect with jobs
     /// still running) rather than clearing it (a fresh worker process).
     pub async fn connect_worker(
         &self,
@@ -48,8 +50,8 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("cannot serialize capabilities: {e}")))?;
         sqlx::query(
             "INSERT INTO workers (id, name, capabilities_json, connected, draining, last_seen_ms) \
-             VALUES ($1, $2, $3, 1, 0, $4) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
-             capabilities_json = excluded.capabilities_json, connected = 1, node = NULL, \
+             VALUES ($1, $2, $3, 0, 0, $4) ON CONFLICT (id) DO UPDATE SET name = excluded.name, \
+             capabilities_json = excluded.capabilities_json, connected = 0, node = NULL, \
              draining = CASE WHEN $5 THEN workers.draining ELSE 0 END, last_seen_ms = excluded.last_seen_ms",
         )
         .bind(id)
@@ -125,8 +127,8 @@ impl Store {
         worker_from_row(&row)
     }
 
-    /// Connected workers' ids and the node each is connected to (`None` while it is being
-    /// re-attached).
+    /// Connected workers' ids and the node each is connected to (`None` only in rows written
+    /// before nodes were recorded).
     pub async fn worker_nodes(&self) -> StoreResult<Vec<(String, Option<String>)>> {
         let rows = sqlx::query("SELECT id, node FROM workers WHERE connected = 1")
             .fetch_all(&self.pool)
