@@ -1,9 +1,9 @@
 //! kiln-coordinator: the job queue of Kiln.
 //!
-//! An axum HTTP + WebSocket server over a SQLite store. Clients submit job specs over REST
-//! (`routes`); workers connect over `/ws/worker` (`ws::worker`) and get jobs from the
-//! `scheduler`; dashboards follow along over `/ws/events` (`ws::events`). Only `store` talks
-//! SQL. The typed client for the REST API (CLI, workers, tests) is the `kiln-client` crate.
+//! An axum HTTP + WebSocket server over a SQLite (or PostgreSQL) store. Clients submit job
+//! specs over REST (`routes`); workers connect over `/ws/worker` (`ws::worker`) and get jobs
+//! from the `scheduler`; dashboards follow along over `/ws/events` (`ws::events`). Several
+//! coordinators may share one PostgreSQL database (`cluster`). Only `store` talks SQL. The typed client for the REST API (CLI, workers, tests) is the `kiln-client` crate.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {

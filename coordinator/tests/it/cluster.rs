@@ -70,16 +70,7 @@ async fn two_coordinators_pass_events_and_worker_messages_through_the_database()
     let (attempt, _) = expect_assign(&mut w, hb).await;
     assert_eq!(attempt.job_id, job.id);
     assert!(!schedules(&b), "B schedules while A holds the lease");
-    send_json(
-        &mut w,
-        &WorkerMessage::Started {
-            attempt,
-            device: "cpu".into(),
-            total_steps: 10,
-            start_step: 0,
-        },
-    )
-    .await;
+    support::start_ok(&mut w, attempt, 10).await;
     // A's dashboard sees it start on wb, and a log batch longer than a NOTIFY payload (it
     // travels as a stored bus message) arrives whole.
     event(&mut events, |e| {

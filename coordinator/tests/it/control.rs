@@ -199,16 +199,7 @@ async fn control_reaches_the_worker_and_forks_resume_from_a_checkpoint() {
     assert_eq!(attempt.job_id, a.id);
     assert_eq!((resume, start_paused, lrs), (None, true, vec![]));
     support::wait_state(&client, a.id, JobState::Running).await;
-    send_json(
-        &mut w,
-        &WorkerMessage::Started {
-            attempt,
-            device: "cpu".into(),
-            total_steps: 10,
-            start_step: 0,
-        },
-    )
-    .await;
+    support::start_ok(&mut w, attempt, 10).await;
     // Metrics come every `log_every` steps: the last one here is step 2.
     send_json(&mut w, &metrics(attempt, 1..=2)).await;
 

@@ -20,16 +20,7 @@ async fn restart_keeps_jobs_and_reattaches_running_attempts() {
     let job = support::submit(&client, "long").await;
     let mut w = support::worker(&c, &token, "w", vec![]).await;
     let (attempt, _) = expect_assign(&mut w, hb).await;
-    send_json(
-        &mut w,
-        &WorkerMessage::Started {
-            attempt,
-            device: "cpu".into(),
-            total_steps: 10,
-            start_step: 0,
-        },
-    )
-    .await;
+    support::start_ok(&mut w, attempt, 10).await;
     let point = Metric {
         step: 3,
         epoch: 0.1,

@@ -139,6 +139,20 @@ pub async fn send_json<T: serde::Serialize>(ws: &mut Ws, msg: &T) {
     ws.send(Message::Text(text.into())).await.expect("send");
 }
 
+/// The worker reports its attempt started on the CPU: `total_steps` steps from step 0.
+pub async fn start_ok(ws: &mut Ws, attempt: AttemptRef, total_steps: u64) {
+    send_json(
+        ws,
+        &WorkerMessage::Started {
+            attempt,
+            device: "cpu".into(),
+            total_steps,
+            start_step: 0,
+        },
+    )
+    .await;
+}
+
 /// The worker reports its attempt finished successfully after `steps` steps.
 pub async fn finish_ok(ws: &mut Ws, attempt: AttemptRef, steps: u64) {
     let msg = WorkerMessage::Finished {

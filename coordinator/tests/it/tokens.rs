@@ -261,16 +261,7 @@ async fn a_worker_token_acts_only_for_the_attempts_of_its_own_workers() {
     let job = support::submit(&admin, "mine").await;
     let mut a = support::worker(&c, &pool, "a", vec![]).await;
     let (attempt, _) = expect_assign(&mut a, hb).await;
-    send_json(
-        &mut a,
-        &WorkerMessage::Started {
-            attempt,
-            device: "cpu".into(),
-            total_steps: 10,
-            start_step: 0,
-        },
-    )
-    .await;
+    support::start_ok(&mut a, attempt, 10).await;
     support::wait_state(&admin, job.id, JobState::Running).await;
 
     // Worker `a` stores and fetches its attempt's artifacts with the pool token.

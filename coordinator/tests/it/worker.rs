@@ -70,16 +70,7 @@ async fn a_job_runs_on_a_fake_worker() {
     let running = support::wait_state(&client, job.id, JobState::Running).await;
     assert_eq!(running.worker_id.as_deref(), Some("w1"));
 
-    send_json(
-        &mut ws,
-        &WorkerMessage::Started {
-            attempt,
-            device: "cpu".into(),
-            total_steps: 4,
-            start_step: 0,
-        },
-    )
-    .await;
+    support::start_ok(&mut ws, attempt, 4).await;
     let points: Vec<Metric> = (1..=4)
         .map(|s| metric(s, Split::Train, 1.0 / s as f64))
         .chain([metric(4, Split::Val, 0.3)])
@@ -295,16 +286,7 @@ async fn a_silent_worker_is_lost_and_the_job_resumes_elsewhere() {
 
     let mut a = support::worker(&c, &token, "a", vec![]).await;
     let (attempt, _) = expect_assign(&mut a, hb).await;
-    send_json(
-        &mut a,
-        &WorkerMessage::Started {
-            attempt,
-            device: "cpu".into(),
-            total_steps: 100,
-            start_step: 0,
-        },
-    )
-    .await;
+    support::start_ok(&mut a, attempt, 100).await;
     send_json(
         &mut a,
         &WorkerMessage::Metrics {
