@@ -383,6 +383,27 @@ pub fn load_weights<M: Module>(model: M, bytes: &[u8]) -> Result<M, TrainError> 
         .map_err(|e| TrainError::Resume(format!("weights do not fit the model: {e:?}")))
 }
 
+/// What Burn 0.22's optimizer loading assumes of a record but does not check: every tensor
+/// names its parameter (`ModuleOptimizer::load_record` panics on one that does not). A corrupt
+/// checkpoint must get an error, not a crash (found by fuzzing: `fuzz/src/train.rs`).
+fn check_optimizer_record(bytes: &[u8]) -> Result<(), TrainError> {
+    let bad = |e: burn_pack::Error| {
+        TrainError::Resume(format!("optimizer state is not a valid burnpack: {e:?}"))
+    };
+    let tensors = burn_pack::Reader::from_bytes(burn_pack::Bytes::from_bytes_vec(bytes.to_vec()))
+        .and_then(burn_pack::Reader::into_tensors)
+        .map_err(bad)?;
+    for tensor in tensors {
+        let (name, _, _, param_id, _) = tensor.into_parts().map_err(bad)?;
+        if param_id.is_none() {
+            return Err(TrainError::Resume(format!(
+                "optimizer state: tensor `{name}` names no parameter (the file is corrupt)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Running sums of detached per-step values, read only when a metric is due.
 struct Accumulator {
     loss: Option<Tensor<1>>,
@@ -622,6 +643,7 @@ impl<M: TrainModel> Loop<M> {
                     ckpt.state.step
                 )));
             } else {
+                check_optimizer_record(&ckpt.optimizer)?;
                 optim = optim
                     .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
                     .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
@@ -646,8 +668,12 @@ impl<M: TrainModel> Loop<M> {
         let epochs = spec.training.epochs as u64;
         let mut total_steps = step;
         if epoch < epochs {
-            total_steps += data::steps_left_in_epoch(n, consumed, batch, world) as u64
-                + steps_per_epoch * (epochs - epoch - 1);
+            // Saturating: a resumed state's counts are checked (`TrainState::check`), but an
+            // overflow here must never be what stops a run.
+            total_steps = total_steps.saturating_add(
+                (data::steps_left_in_epoch(n, consumed, batch, world) as u64)
+                    .saturating_add(steps_per_epoch.saturating_mul(epochs - epoch - 1)),
+            );
         }
         for limit in [spec.training.max_steps, max_steps].into_iter().flatten() {
             total_steps = total_steps.min(limit);

@@ -47,14 +47,42 @@ pub struct TrainState {
     pub schedule_world: Option<usize>,
 }
 
+/// The largest count a loop state may hold (2⁴⁸: a million steps a second for nine years). A
+/// larger one is a corrupt file, and the loop's arithmetic on it would overflow.
+pub const MAX_COUNT: u64 = 1 << 48;
+
 impl TrainState {
     /// Examples of the current epoch consumed, for an epoch of `n` examples. A format-1 state
     /// has only steps: each took `batch × world` examples (the last one of an epoch the rest).
     pub fn samples_in_epoch(&self, n: usize) -> u64 {
         self.samples_in_epoch.unwrap_or_else(|| {
             let per_step = self.spec.training.batch_size as u64 * self.world.max(1) as u64;
-            (self.batch_in_epoch * per_step).min(n as u64)
+            self.batch_in_epoch.saturating_mul(per_step).min(n as u64)
         })
+    }
+
+    /// Every count within [`MAX_COUNT`]; the error names the first that is not.
+    pub fn check(&self) -> Result<(), String> {
+        let counts = [
+            ("step", Some(self.step)),
+            ("epoch", Some(self.epoch)),
+            ("batch_in_epoch", Some(self.batch_in_epoch)),
+            ("samples", Some(self.samples)),
+            ("samples_in_epoch", self.samples_in_epoch),
+            ("world", Some(self.world as u64)),
+            ("schedule_world", self.schedule_world.map(|w| w as u64)),
+        ];
+        for (name, value) in counts {
+            if let Some(v) = value
+                && v > MAX_COUNT
+            {
+                return Err(format!(
+                    "`{name}` is {v}, more than any run counts to (at most {MAX_COUNT}): the \
+                     file is corrupt"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -119,8 +147,9 @@ impl Checkpoint {
         }
         let optimizer = sections.pop().unwrap_or_default();
         let model = sections.pop().unwrap_or_default();
-        let state = serde_json::from_slice(&sections.pop().unwrap_or_default())
+        let state: TrainState = serde_json::from_slice(&sections.pop().unwrap_or_default())
             .map_err(|e| CheckpointError::State(e.to_string()))?;
+        state.check().map_err(CheckpointError::State)?;
         Ok(Checkpoint {
             state,
             model,

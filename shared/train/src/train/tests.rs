@@ -389,6 +389,20 @@ fn checkpoint_decode_rejects_garbage() {
         Checkpoint::decode(&trailing),
         Err(CheckpointError::Trailing(1))
     ));
+    // Counts no run reaches (the loop's arithmetic on them overflowed: found by fuzzing).
+    let mut huge = r.checkpoints[0].clone();
+    huge.state.step = u64::MAX;
+    let err = Checkpoint::decode(&huge.encode()).unwrap_err();
+    assert!(
+        matches!(&err, CheckpointError::State(why) if why.contains("`step` is 18446744073709551615")),
+        "{err}"
+    );
+    let mut huge = r.checkpoints[0].clone();
+    huge.state.epoch = 1 << 60;
+    assert!(matches!(
+        Checkpoint::decode(&huge.encode()),
+        Err(CheckpointError::State(why)) if why.contains("`epoch`")
+    ));
 }
 
 #[test]
