@@ -249,15 +249,7 @@ fn deliver(state: &AppState, message: BusMessage) {
             }
         }
         BusMessage::ToWorker { worker_id, message } => {
-            let assigned = match &message {
-                CoordinatorMessage::Assign { attempt, .. } => Some(*attempt),
-                _ => None,
-            };
-            if state.workers.send(&worker_id, Outbound::Message(message)) {
-                if let Some(attempt) = assigned {
-                    state.workers.assigned(&worker_id, attempt);
-                }
-            } else {
+            if !state.send_here(&worker_id, message) {
                 debug!(%worker_id, "a message for a worker that is not connected here");
             }
         }

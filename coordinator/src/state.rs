@@ -132,10 +132,6 @@ impl AppState {
     /// Send `message` to worker `id`, over its socket here or through the coordinator that
     /// holds it. `false` if it is connected to no coordinator.
     pub async fn send_to_worker(&self, id: &str, message: CoordinatorMessage) -> bool {
-        let assigned = match &message {
-            CoordinatorMessage::Assign { attempt, .. } => Some(*attempt),
-            _ => None,
-        };
         if let Some(cluster) = &self.cluster
             && self.workers.capabilities(id).is_none()
         {
@@ -154,6 +150,16 @@ impl AppState {
                 }
             };
         }
+        self.send_here(id, message)
+    }
+
+    /// Send `message` over worker `id`'s socket on this coordinator (an Assign also marks the
+    /// attempt as run by it). `false` if it is not connected here.
+    pub fn send_here(&self, id: &str, message: CoordinatorMessage) -> bool {
+        let assigned = match &message {
+            CoordinatorMessage::Assign { attempt, .. } => Some(*attempt),
+            _ => None,
+        };
         let sent = self.workers.send(id, Outbound::Message(message));
         if sent && let Some(attempt) = assigned {
             self.workers.assigned(id, attempt);
