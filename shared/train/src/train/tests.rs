@@ -406,6 +406,30 @@ fn checkpoint_decode_rejects_garbage() {
 }
 
 #[test]
+fn checkpoint_state_floats_round_trip_exactly() {
+    // Without serde_json's `float_roundtrip`, this schedule position came back 1 ULP off
+    // (…744e-10): found by fuzzing. A resume must continue from exactly where the run was.
+    let r = run_with(&spec("checkpoint_every = 5", MLP), None, Some(5), None);
+    for at in [
+        -6.984922831104743e-10,
+        0.1,
+        1.0 / 3.0,
+        12345.678901234567,
+        f64::MIN_POSITIVE,
+    ] {
+        let mut ckpt = r.checkpoints[0].clone();
+        ckpt.state.schedule_step = Some(at);
+        let back = Checkpoint::decode(&ckpt.encode()).expect("decodes");
+        assert_eq!(
+            back.state.schedule_step.map(f64::to_bits),
+            Some(at.to_bits()),
+            "{at:e} came back as {:e}",
+            back.state.schedule_step.unwrap_or(f64::NAN)
+        );
+    }
+}
+
+#[test]
 fn resume_with_another_model_is_refused() {
     let r = run_with(&spec("checkpoint_every = 5", MLP), None, Some(5), None);
     let other = spec("", "kind = \"mlp\"\nhidden = [8]");
