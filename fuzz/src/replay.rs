@@ -7,8 +7,12 @@ use std::path::Path;
 
 /// Every file of `target`'s corpus through `check`; fails naming each input that panicked.
 pub fn replay(target: &str, check: fn(&[u8])) {
+    // The crate replaying is somewhere inside the repository that holds `fuzz/`.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
+        .ancestors()
+        .map(|dir| dir.join("fuzz/corpus"))
+        .find(|corpus| corpus.is_dir())
+        .expect("the crate is inside the Kiln repository, beside fuzz/")
         .join(target);
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("the corpus {} is missing: {e}", dir.display()))

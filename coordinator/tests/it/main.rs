@@ -5,6 +5,7 @@ mod api;
 mod cluster;
 mod control;
 mod datasets;
+mod fuzz_corpus;
 mod import;
 mod restart;
 mod shares;

@@ -383,6 +383,18 @@ pub fn load_weights<M: Module>(model: M, bytes: &[u8]) -> Result<M, TrainError> 
         .map_err(|e| TrainError::Resume(format!("weights do not fit the model: {e:?}")))
 }
 
+/// Load a checkpoint's optimizer state (burnpack) into `optim`; an error, never a panic, for
+/// state that is not a valid record.
+pub fn load_optimizer(
+    optim: ModuleOptimizer,
+    bytes: Vec<u8>,
+) -> Result<ModuleOptimizer, TrainError> {
+    check_optimizer_record(&bytes)?;
+    optim
+        .from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))
+}
+
 /// What Burn 0.22's optimizer loading assumes of a record but does not check: every tensor
 /// names its parameter (`ModuleOptimizer::load_record` panics on one that does not). A corrupt
 /// checkpoint must get an error, not a crash (found by fuzzing: `fuzz/src/train.rs`).
@@ -643,10 +655,7 @@ impl<M: TrainModel> Loop<M> {
                     ckpt.state.step
                 )));
             } else {
-                check_optimizer_record(&ckpt.optimizer)?;
-                optim = optim
-                    .from_bytes(Bytes::from_bytes_vec(ckpt.optimizer))
-                    .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))?;
+                optim = load_optimizer(optim, ckpt.optimizer)?;
             }
             let s = ckpt.state;
             // The schedule's clock: where the run was, in steps of the world it started at.

@@ -1,6 +1,6 @@
 //! Replays the committed fuzz corpora of the training core's fuzz targets (`idx`, `csv`,
-//! `text`, `checkpoint`) on stable, so CI checks every input the fuzzers ever kept without
-//! nightly or libFuzzer. The checks are the targets' own (`fuzz/src/train.rs`, included here).
+//! `text`, `checkpoint`, `checkpoint_decode`) on stable, so CI checks every input the fuzzers
+//! ever kept without nightly or libFuzzer. The checks are the targets' own (`fuzz/src/train.rs`, included here).
 
 #[path = "../../../fuzz/src/train.rs"]
 mod checks;
@@ -27,4 +27,11 @@ fn text() {
 #[test]
 fn checkpoint() {
     replay("train_checkpoint", checks::checkpoint);
+}
+
+#[test]
+fn checkpoint_decode() {
+    // Its inputs are `checkpoint`'s: each corpus goes through both checks.
+    replay("train_checkpoint_decode", checks::checkpoint_decode);
+    replay("train_checkpoint", checks::checkpoint_decode);
 }
