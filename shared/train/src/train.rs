@@ -398,18 +398,40 @@ pub fn load_optimizer(
 /// What Burn 0.22's optimizer loading assumes of a record but does not check: every tensor
 /// names its parameter (`ModuleOptimizer::load_record` panics on one that does not). A corrupt
 /// checkpoint must get an error, not a crash (found by fuzzing: `fuzz/src/train.rs`).
+/// Nor does it check that a parameter's state tensors all have the rank its `{id}.__rank` scalar
+/// gives, one Burn supports (it panics building the state; also found by fuzzing).
 fn check_optimizer_record(bytes: &[u8]) -> Result<(), TrainError> {
+    /// The highest rank Burn 0.22's optimizers dispatch on.
+    const MAX_RANK: usize = 8;
     let bad = |e: burn_pack::Error| {
         TrainError::Resume(format!("optimizer state is not a valid burnpack: {e:?}"))
     };
-    let tensors = burn_pack::Reader::from_bytes(burn_pack::Bytes::from_bytes_vec(bytes.to_vec()))
-        .and_then(burn_pack::Reader::into_tensors)
+    let corrupt =
+        |what: String| TrainError::Resume(format!("optimizer state: {what} (the file is corrupt)"));
+    let reader = burn_pack::Reader::from_bytes(burn_pack::Bytes::from_bytes_vec(bytes.to_vec()))
         .map_err(bad)?;
-    for tensor in tensors {
-        let (name, _, _, param_id, _) = tensor.into_parts().map_err(bad)?;
-        if param_id.is_none() {
-            return Err(TrainError::Resume(format!(
-                "optimizer state: tensor `{name}` names no parameter (the file is corrupt)"
+    // Each parameter's rank, as Burn reads it: its `__rank` scalar, else its first tensor's.
+    let mut ranks = std::collections::BTreeMap::new();
+    for (name, value) in reader.scalars() {
+        if let Some(id) = name.strip_suffix(".__rank")
+            && let (Ok(id), Ok(rank)) = (id.parse::<u64>(), usize::try_from(*value))
+        {
+            if rank > MAX_RANK {
+                return Err(corrupt(format!("`{name}` is {rank}, more than {MAX_RANK}")));
+            }
+            ranks.insert(id, rank);
+        }
+    }
+    for tensor in reader.into_tensors().map_err(bad)? {
+        let (name, _, shape, param_id, _) = tensor.into_parts().map_err(bad)?;
+        let Some(id) = param_id else {
+            return Err(corrupt(format!("tensor `{name}` names no parameter")));
+        };
+        let rank = *ranks.entry(id).or_insert(shape.num_dims());
+        if shape.num_dims() != rank {
+            return Err(corrupt(format!(
+                "tensor `{name}` has rank {}, its parameter's state rank {rank}",
+                shape.num_dims()
             )));
         }
     }

@@ -430,6 +430,42 @@ fn checkpoint_state_floats_round_trip_exactly() {
 }
 
 #[test]
+fn optimizer_state_of_another_rank_is_refused_not_a_panic() {
+    // Burn 0.22 builds a parameter's optimizer state at the rank its `{id}.__rank` scalar gives
+    // and panics when the state's tensors have another, or on a rank over 8: found by fuzzing
+    // (`train_checkpoint_decode`, one byte of the optimizer section changed).
+    let s = spec("checkpoint_every = 5", MLP);
+    let r = run_with(&s, None, Some(5), None);
+    let optimizer = &r.checkpoints[0].optimizer;
+    let fresh = || build_optimizer(&s.optimizer, s.training.grad_clip);
+    assert!(load_optimizer(fresh(), optimizer.clone()).is_ok());
+    for (rank, why) in [(4u64, "has rank"), (9, "is 9, more than 8")] {
+        let reader =
+            burn_pack::Reader::from_bytes(burn_pack::Bytes::from_bytes_vec(optimizer.clone()))
+                .expect("a burnpack");
+        let (scalars, metadata) = (reader.scalars().clone(), reader.metadata().clone());
+        let mut writer = burn_pack::Writer::new(reader.into_tensors().expect("its tensors"));
+        let mut changed = false;
+        for (key, value) in &scalars {
+            let value = if key.ends_with(".__rank") && !changed {
+                changed = true;
+                burn_pack::Scalar::from(rank)
+            } else {
+                *value
+            };
+            writer = writer.with_scalar(key, value);
+        }
+        assert!(changed, "the record has rank scalars: {scalars:?}");
+        for (key, value) in &metadata {
+            writer = writer.with_metadata(key, value);
+        }
+        let edited = writer.into_bytes().expect("writes").to_vec();
+        let err = load_optimizer(fresh(), edited).err().expect("refused");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+}
+
+#[test]
 fn resume_with_another_model_is_refused() {
     let r = run_with(&spec("checkpoint_every = 5", MLP), None, Some(5), None);
     let other = spec("", "kind = \"mlp\"\nhidden = [8]");
