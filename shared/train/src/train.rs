@@ -395,11 +395,10 @@ pub fn load_optimizer(
         .map_err(|e| TrainError::Resume(format!("optimizer state: {e:?}")))
 }
 
-/// What Burn 0.22's optimizer loading assumes of a record but does not check: every tensor
-/// names its parameter (`ModuleOptimizer::load_record` panics on one that does not). A corrupt
-/// checkpoint must get an error, not a crash (found by fuzzing: `fuzz/src/train.rs`).
-/// Nor does it check that a parameter's state tensors all have the rank its `{id}.__rank` scalar
-/// gives, one Burn supports (it panics building the state; also found by fuzzing).
+/// What Burn 0.22's optimizer loading assumes of a record but does not check, where
+/// `ModuleOptimizer::load_record` panics instead: every tensor names its parameter, and a
+/// parameter's state tensors all have the rank its `{id}.__rank` scalar gives, at most 8. A
+/// corrupt checkpoint must get an error, not a crash (both found by fuzzing: `fuzz/src/train.rs`).
 fn check_optimizer_record(bytes: &[u8]) -> Result<(), TrainError> {
     /// The highest rank Burn 0.22's optimizers dispatch on.
     const MAX_RANK: usize = 8;
