@@ -1,6 +1,8 @@
 //! Time W2's layers on the CPU backend, op by op, forward and backward, through Burn's modules
 //! and through the alternatives Kiln could use instead. Medians of REPS runs, in milliseconds.
-//!   cargo run --release -p kiln-train --example conv_routes
+//!   scripts/build && /var/tmp/kiln-target/release/examples/conv_routes
+//! (scripts/build, not `cargo run -p kiln-train`: that resolves Burn's features differently and
+//! compiles it again.)
 //! RAYON_NUM_THREADS=1 for the one-thread figures.
 
 use std::time::Instant;
