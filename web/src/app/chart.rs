@@ -288,6 +288,20 @@ pub fn ChartControls(view: ChartView) -> impl IntoView {
     }
 }
 
+/// Create the canvas's 2D context CPU-backed, before plotters asks for it (a canvas has one
+/// context: later `getContext("2d")` calls return this one). `willReadFrequently` is the
+/// standard way to ask for that, and we use it for that effect, not to read pixels back. A
+/// GPU-backed canvas makes the drawing calls wait on the browser's GPU process, which is busy
+/// when a tab trains on WebGPU or has no real GPU: the playground's first drawings then blocked
+/// the page for 56-103 ms in headless Chromium (SwiftShader), and for none CPU-backed. A few
+/// thousand line segments on a 220-pixel-high canvas are cheap to rasterise on the CPU.
+fn cpu_backed(canvas: &web_sys::HtmlCanvasElement) {
+    let attributes = web_sys::ContextAttributes2d::new();
+    attributes.set_will_read_frequently(true);
+    // An error here (a canvas with another kind of context) shows up as plotters' `None`.
+    let _ = canvas.get_context_with_context_options("2d", &attributes);
+}
+
 /// Draw the series (over faint raw lines when `smoothed` is given, one per series) and a
 /// dashed line at each of `marks`' steps; returns the plot geometry (None if the canvas could
 /// not be used).
@@ -324,6 +338,7 @@ fn draw(
     if canvas.height() != HEIGHT {
         canvas.set_height(HEIGHT);
     }
+    cpu_backed(canvas);
     let backend = CanvasBackend::with_canvas_object(canvas.clone())?;
     let root = backend.into_drawing_area();
     root.fill(&WHITE).ok()?;
