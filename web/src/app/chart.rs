@@ -293,8 +293,9 @@ pub fn ChartControls(view: ChartView) -> impl IntoView {
 /// standard way to ask for that, and we use it for that effect, not to read pixels back. A
 /// GPU-backed canvas makes the drawing calls wait on the browser's GPU process, which is busy
 /// when a tab trains on WebGPU or has no real GPU: the playground's first drawings then blocked
-/// the page for 56-103 ms in headless Chromium (SwiftShader), and for none CPU-backed. A few
-/// thousand line segments on a 220-pixel-high canvas are cheap to rasterise on the CPU.
+/// the page for 56-103 ms in headless Chromium (SwiftShader); CPU-backed, no long task in most
+/// runs and at most 74 ms (CI). A few thousand line segments on a 220-pixel-high canvas are
+/// cheap to rasterise on the CPU.
 fn cpu_backed(canvas: &web_sys::HtmlCanvasElement) {
     let attributes = web_sys::ContextAttributes2d::new();
     attributes.set_will_read_frequently(true);
