@@ -7,9 +7,11 @@
 
 use std::time::Instant;
 
+use burn::tensor::activation::relu;
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Distribution, Tensor};
+use kiln_train::model::cpu_ops;
 
 const REPS: usize = 15;
 
@@ -66,14 +68,25 @@ fn unfold_conv(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
     (wm.matmul(col) + b.reshape([1, o, 1])).reshape([n, o, oh, ow])
 }
 
+/// Kiln's convolution for the CPU (`model::cpu_ops`): per image, im2col + one GEMM, with a
+/// hand-written backward.
+fn kiln_conv(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
+    cpu_ops::conv2d(x, w, b, 0)
+}
+
 fn burn_pool(x: Tensor<4>) -> Tensor<4> {
-    max_pool2d(x, MaxPoolOptions::new([2, 2]))
+    relu(max_pool2d(x, MaxPoolOptions::new([2, 2])))
 }
 
 fn reshape_pool(x: Tensor<4>) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     let x: Tensor<6> = x.reshape([n, c, h / 2, 2, w / 2, 2]);
-    x.max_dim(5).max_dim(3).reshape([n, c, h / 2, w / 2])
+    relu(x.max_dim(5).max_dim(3).reshape([n, c, h / 2, w / 2]))
+}
+
+/// Kiln's fused max-pool + ReLU for the CPU.
+fn kiln_pool(x: Tensor<4>) -> Tensor<4> {
+    cpu_ops::max_pool_relu(x, 2)
 }
 
 fn main() {
@@ -91,6 +104,7 @@ fn main() {
             ("burn", burn_conv as Route),
             ("slices+mm", slice_conv),
             ("unfold+mm", unfold_conv),
+            ("kiln", kiln_conv),
         ] {
             let mk = |d: &Device| {
                 (
@@ -119,29 +133,37 @@ fn main() {
     for (route, f) in [
         ("burn", burn_pool as fn(Tensor<4>) -> Tensor<4>),
         ("reshape+max_dim", reshape_pool),
+        ("kiln", kiln_pool),
     ] {
-        let x = Tensor::<4>::random([64, 64, 24, 24], Distribution::Default, &plain);
+        // Half the inputs negative, as before a ReLU.
+        let x = Tensor::<4>::random([64, 64, 24, 24], Distribution::Normal(0.0, 1.0), &plain);
         let fwd = time(&plain, || {
             let _ = f(x.clone());
         });
-        let x = Tensor::<4>::random([64, 64, 24, 24], Distribution::Default, &ad);
+        let x = Tensor::<4>::random([64, 64, 24, 24], Distribution::Normal(0.0, 1.0), &ad);
         let both = time(&ad, || {
             let _ = f(x.clone().require_grad()).sum().backward();
         });
-        println!("pool 2×2 64×24² {route:<15} {fwd:>6.2} {both:>11.2}");
+        println!("pool+relu 2×2 64×24² {route:<15} {fwd:>6.2} {both:>11.2}");
     }
     // Check the routes agree.
     let x = Tensor::<4>::random([4, 32, 26, 26], Distribution::Default, &plain);
     let w = Tensor::<4>::random([64, 32, 3, 3], Distribution::Default, &plain);
     let b = Tensor::<1>::random([64], Distribution::Default, &plain);
-    let diff = (burn_conv(x.clone(), w.clone(), b.clone()) - slice_conv(x.clone(), w, b))
-        .abs()
-        .max()
-        .into_scalar::<f32>();
-    let y = Tensor::<4>::random([4, 64, 24, 24], Distribution::Default, &plain);
-    let pool_diff = (burn_pool(y.clone()) - reshape_pool(y))
-        .abs()
-        .max()
-        .into_scalar::<f32>();
-    println!("max |burn - slices| = {diff:e}; pools differ by {pool_diff:e}");
+    let differ = |a: Tensor<4>, b: Tensor<4>| (a - b).abs().max().into_scalar::<f32>();
+    let slices = differ(
+        burn_conv(x.clone(), w.clone(), b.clone()),
+        slice_conv(x.clone(), w.clone(), b.clone()),
+    );
+    let kiln = differ(
+        burn_conv(x.clone(), w.clone(), b.clone()),
+        kiln_conv(x, w, b),
+    );
+    let y = Tensor::<4>::random([4, 64, 24, 24], Distribution::Normal(0.0, 1.0), &plain);
+    let pools = differ(burn_pool(y.clone()), reshape_pool(y.clone()));
+    let kiln_pools = differ(burn_pool(y.clone()), kiln_pool(y));
+    println!(
+        "max |burn - slices| = {slices:e}, |burn - kiln| = {kiln:e}; pools differ by {pools:e} \
+         and {kiln_pools:e}"
+    );
 }

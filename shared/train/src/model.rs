@@ -6,6 +6,7 @@
 
 mod charlm;
 mod cnn;
+pub mod cpu_ops;
 mod mlp;
 
 use burn::module::Module;

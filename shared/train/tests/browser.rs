@@ -1,6 +1,6 @@
 //! The training core inside a browser: headless Chromium runs this wasm module, trains the
-//! `mlp` on the committed MNIST subset and checks that the loss falls — once on Burn's CPU
-//! backend and once on WebGPU (Chromium's SwiftShader adapter in CI; built with `--features
+//! `mlp` (and the `cnn`, on the CPU) on the committed MNIST subset and checks that the loss
+//! falls — on Burn's CPU backend and on WebGPU (Chromium's SwiftShader adapter in CI; built with `--features
 //! webgpu`, as scripts/test does).
 #![cfg(target_arch = "wasm32")]
 
@@ -25,15 +25,20 @@ fn mnist_subset() -> MemorySource {
         )
 }
 
-async fn train_in_browser(request: DeviceRequest, steps: u64) -> (DeviceRequest, Vec<f64>) {
+const MLP: &str = "kind = \"mlp\"\nhidden = [64]";
+
+async fn train_in_browser(
+    request: DeviceRequest,
+    model: &str,
+    steps: u64,
+) -> (DeviceRequest, Vec<f64>) {
     let spec = JobSpec::from_toml_str(&format!(
         r#"
 name = "browser"
 seed = 1
 device = "{request}"
 [model]
-kind = "mlp"
-hidden = [64]
+{model}
 [dataset]
 kind = "idx"
 path = "mnist"
@@ -81,7 +86,17 @@ fn assert_falls(losses: &[f64]) {
 
 #[wasm_bindgen_test]
 async fn mlp_trains_on_the_cpu_backend_in_the_browser() {
-    let (kind, losses) = train_in_browser(DeviceRequest::Cpu, 40).await;
+    let (kind, losses) = train_in_browser(DeviceRequest::Cpu, MLP, 40).await;
+    assert_eq!(kind, DeviceRequest::Cpu);
+    assert_falls(&losses);
+}
+
+/// The CNN on the CPU runs Kiln's own convolution and pooling (`model::cpu_ops`), which in
+/// wasm32 go without threads.
+#[wasm_bindgen_test]
+async fn cnn_trains_on_the_cpu_backend_in_the_browser() {
+    let cnn = "kind = \"cnn\"\nconv = [{ channels = 8, kernel = 3, pool = 2 }]\nhidden = [32]";
+    let (kind, losses) = train_in_browser(DeviceRequest::Cpu, cnn, 40).await;
     assert_eq!(kind, DeviceRequest::Cpu);
     assert_falls(&losses);
 }
@@ -89,7 +104,7 @@ async fn mlp_trains_on_the_cpu_backend_in_the_browser() {
 #[cfg(feature = "webgpu")]
 #[wasm_bindgen_test]
 async fn mlp_trains_on_webgpu_in_the_browser() {
-    let (kind, losses) = train_in_browser(DeviceRequest::Webgpu, 16).await;
+    let (kind, losses) = train_in_browser(DeviceRequest::Webgpu, MLP, 16).await;
     assert_eq!(
         kind,
         DeviceRequest::Webgpu,

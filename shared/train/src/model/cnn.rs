@@ -4,12 +4,12 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ModelError, StepOutput, TrainModel, activate, dense_inputs, dense_inputs_of, supervised_output,
+    ModelError, StepOutput, TrainModel, activate, cpu_ops, dense_inputs, dense_inputs_of,
+    supervised_output,
 };
 use crate::data::{Dataset, Inputs};
 use kiln_proto::spec::{Activation, ConvSpec};
@@ -97,19 +97,24 @@ impl Cnn {
     /// - input: `[batch, channels, height, width]`
     /// - output: `[batch, outputs]`
     pub fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
-        let on_flex = x.device() == Device::flex();
+        // On the CPU, Kiln's own convolution and pooling (`cpu_ops`); Burn's modules elsewhere.
+        let on_flex = x.device() == Device::flex() && cpu_ops::takes(x.dtype());
         let mut pools = self.pools.iter();
-        for (i, (conv, &pooled)) in self.convs.iter().zip(&self.pooled).enumerate() {
-            // The first convolution reads the data, which needs no gradient: on the CPU it is
-            // faster as im2col + matmul (see `im2col_conv`); Burn's own conv2d everywhere else.
-            x = match im2col_padding(conv) {
-                Some(padding) if i == 0 && on_flex => im2col_conv(conv, x, padding),
+        for (conv, &pooled) in self.convs.iter().zip(&self.pooled) {
+            x = match (on_flex, gemm_padding(conv), &conv.bias) {
+                (true, Some(padding), Some(bias)) => {
+                    cpu_ops::conv2d(x, conv.weight.val(), bias.val(), padding)
+                }
                 _ => conv.forward(x),
             }; // [batch, c_i, h_i, w_i]
             let pool = if pooled { pools.next() } else { None };
             x = match (pool, self.activation) {
-                // max(relu(x)) = relu(max(x)), values and gradients alike; a quarter of the work.
-                (Some(pool), Activation::Relu) => activate(self.activation, pool.forward(x)),
+                (Some(pool), Activation::Relu) => match fused_window(pool) {
+                    Some(window) if on_flex => cpu_ops::max_pool_relu(x, window),
+                    // max(relu(x)) = relu(max(x)), values and gradients alike; a quarter of
+                    // the work.
+                    _ => activate(self.activation, pool.forward(x)),
+                },
                 (Some(pool), _) => pool.forward(activate(self.activation, x)),
                 (None, _) => activate(self.activation, x),
             };
@@ -124,10 +129,11 @@ impl Cnn {
     }
 }
 
-/// The padding of a convolution that [`im2col_conv`] can compute (stride 1, no dilation, one
-/// group, the same padding on every side), or `None`.
-fn im2col_padding(conv: &Conv2d) -> Option<usize> {
-    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
+/// The padding of a convolution that [`cpu_ops::conv2d`] computes (stride 1, no dilation, one
+/// group, a square kernel, the same padding on every side), or `None`.
+fn gemm_padding(conv: &Conv2d) -> Option<usize> {
+    let [_, _, kh, kw] = conv.weight.dims();
+    if conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 || kh != kw {
         return None;
     }
     match conv.padding {
@@ -137,44 +143,15 @@ fn im2col_padding(conv: &Conv2d) -> Option<usize> {
     }
 }
 
-/// `conv` as im2col and one batched matrix product, for Burn's CPU backend (`flex`).
-///
-/// flex's own conv2d computes the weight gradient as a convolution whose kernel is the size of
-/// the feature map. Here the columns are two `unfold` views of the input (no copy) made
-/// contiguous in one copy, and the arithmetic, forward and weight gradient, is one batched GEMM.
-/// Same values as `conv.forward` up to float summation order; the weight keeps Burn's
-/// `[out, in, kh, kw]` layout, so checkpoints move between devices unchanged. Only where
-/// [`im2col_padding`] allows.
-///
-/// Used for the first layer only, whose input (the data) needs no gradient. At W2's shapes on
-/// two cores (`shared/train/examples/conv_routes.rs`, forward + backward): the first layer
-/// (1 → 32 channels) takes 4 ms instead of Burn's 17. For the second (32 → 64, with an input
-/// gradient) both im2col routes lose: Burn takes 104 ms, im2col from shifted slices 180 ms
-/// (copies into the columns and back out), and from `unfold` 557 ms (autodiff's unfold
-/// backward adds window by window).
-fn im2col_conv(conv: &Conv2d, x: Tensor<4>, padding: usize) -> Tensor<4> {
-    let x = if padding > 0 {
-        x.pad(
-            [(padding, padding), (padding, padding)],
-            PadMode::Constant(0.0),
-        )
-    } else {
-        x
-    };
-    let [n, c, h, w] = x.dims();
-    let [o, _, kh, kw] = conv.weight.dims();
-    let (oh, ow) = (h + 1 - kh, w + 1 - kw);
-    let windows: Tensor<6> = x.unfold::<5, _>(2, kh, 1).unfold(3, kw, 1); // [n, c, oh, ow, kh, kw]
-    // [batch, in·kh·kw, oh·ow], rows in the weight's (in, kh, kw) order.
-    let columns: Tensor<3> = windows
-        .permute([0, 1, 4, 5, 2, 3])
-        .reshape([n, c * kh * kw, oh * ow]);
-    let weight: Tensor<3> = conv.weight.val().reshape([1, o, c * kh * kw]);
-    let mut y = weight.matmul(columns); // [batch, out, oh·ow]
-    if let Some(bias) = &conv.bias {
-        y = y + bias.val().reshape([1, o, 1]);
-    }
-    y.reshape([n, o, oh, ow])
+/// The window of a pooling that [`cpu_ops::max_pool_relu`] computes (square, stride = window,
+/// no padding or dilation, floor), or `None`.
+fn fused_window(pool: &MaxPool2d) -> Option<usize> {
+    let [k, kw] = pool.kernel_size;
+    let plain = pool.stride == [k, k]
+        && pool.dilation == [1, 1]
+        && !pool.ceil_mode
+        && matches!(pool.padding, PaddingConfig2d::Valid);
+    (plain && k == kw && k <= cpu_ops::MAX_POOL_WINDOW).then_some(k)
 }
 
 impl TrainModel for Cnn {
@@ -240,6 +217,7 @@ impl TrainModel for Cnn {
 #[cfg(test)]
 mod tests {
     use burn::tensor::Distribution;
+    use burn::tensor::Gradients;
 
     use super::*;
 
@@ -247,55 +225,117 @@ mod tests {
         (a - b).abs().max().into_scalar::<f32>()
     }
 
+    /// Burn's gradients of `x`, the weight and the bias against ours, for `Σ probe · f(x)`.
+    fn assert_same_gradients(
+        x: &Tensor<4>,
+        params: &[Tensor<4>],
+        ours: Tensor<4>,
+        burns: Tensor<4>,
+        what: &str,
+    ) -> [Gradients; 2] {
+        assert_eq!(ours.dims(), burns.dims(), "shape, {what}");
+        assert!(
+            max_difference(ours.clone(), burns.clone()) < 1e-5,
+            "values, {what}"
+        );
+        // A random weighting of the outputs, so every gradient entry is exercised.
+        let probe = Tensor::<4>::random(ours.dims(), Distribution::Default, &ours.device());
+        let g_ours = (ours * probe.clone()).sum().backward();
+        let g_burns = (burns * probe).sum().backward();
+        for t in params.iter().chain([x]) {
+            let (a, b) = (t.grad(&g_ours), t.grad(&g_burns));
+            let (a, b) = (a.expect("our gradient"), b.expect("Burn's gradient"));
+            assert!(max_difference(a, b) < 1e-4, "gradients, {what}");
+        }
+        [g_ours, g_burns]
+    }
+
     #[test]
-    fn im2col_conv_matches_burns_conv_values_and_gradients() {
+    fn cpu_conv_matches_burns_conv_values_and_gradients() {
         let device = Device::flex().autodiff();
-        // (in, out, kernel, padding, size): W2's first layer, padding, a 1×1 kernel.
-        for (c_in, c_out, kernel, padding, size) in
-            [(1, 8, 3, 0, 12), (3, 5, 5, 2, 9), (4, 6, 1, 0, 7)]
-        {
+        // (in, out, kernel, padding, size, batch): W2's layers, padding, a 1×1 kernel, a kernel
+        // as large as the padded input, batches that are not a multiple of the chunk.
+        for (c_in, c_out, kernel, padding, size, batch) in [
+            (1, 8, 3, 0, 12, 2),
+            (6, 10, 3, 0, 9, 9),
+            (3, 5, 5, 2, 9, 5),
+            (4, 6, 1, 0, 7, 3),
+            (2, 3, 5, 1, 3, 1),
+        ] {
+            let what = format!("{c_in}→{c_out}, k {kernel}, pad {padding}, batch {batch}");
             let conv = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
                 .with_padding(PaddingConfig2d::Explicit(
                     padding, padding, padding, padding,
                 ))
                 .init(&device);
-            assert_eq!(im2col_padding(&conv), Some(padding));
-            let x = Tensor::<4>::random([2, c_in, size, size], Distribution::Default, &device)
+            assert_eq!(gemm_padding(&conv), Some(padding));
+            let x = Tensor::<4>::random([batch, c_in, size, size], Distribution::Default, &device)
                 .require_grad();
-            let ours = im2col_conv(&conv, x.clone(), padding);
+            let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().expect("a bias").val());
+            let ours = cpu_ops::conv2d(x.clone(), weight.clone(), bias.clone(), padding);
             let burns = conv.forward(x.clone());
-            assert_eq!(ours.dims(), burns.dims(), "shape, kernel {kernel}");
-            assert!(max_difference(ours.clone(), burns.clone()) < 1e-5);
-            // A random weighting of the outputs, so every gradient entry is exercised.
-            let probe = Tensor::<4>::random(ours.dims(), Distribution::Default, &device);
-            let g_ours = (ours * probe.clone()).sum().backward();
-            let g_burns = (burns * probe).sum().backward();
-            let grad = |t: &Tensor<4>, g| t.grad(g).expect("a gradient");
-            let weight = conv.weight.val();
-            assert!(max_difference(grad(&weight, &g_ours), grad(&weight, &g_burns)) < 1e-4);
-            assert!(max_difference(grad(&x, &g_ours), grad(&x, &g_burns)) < 1e-4);
-            let bias = conv.bias.as_ref().expect("a bias").val();
-            let db = |g| bias.grad(g).expect("a bias gradient");
-            assert!(max_difference(db(&g_ours), db(&g_burns)) < 1e-4);
+            let [g_ours, g_burns] = assert_same_gradients(&x, &[weight], ours, burns, &what);
+            let (a, b) = (bias.grad(&g_ours), bias.grad(&g_burns));
+            let (a, b) = (a.expect("our bias gradient"), b.expect("Burn's"));
+            assert!(max_difference(a, b) < 1e-4, "bias gradient, {what}");
         }
     }
 
     #[test]
-    fn im2col_applies_only_where_it_computes_the_same_thing() {
+    fn cpu_conv_without_autodiff_and_without_an_input_gradient() {
+        let conv = Conv2dConfig::new([3, 4], [3, 3]).init(&Device::flex());
+        let x = Tensor::<4>::random([5, 3, 8, 8], Distribution::Default, &Device::flex());
+        let bias = conv.bias.as_ref().expect("a bias").val();
+        let ours = cpu_ops::conv2d(x.clone(), conv.weight.val(), bias, 0);
+        assert!(max_difference(ours, conv.forward(x)) < 1e-5);
+
+        // The first layer: the data needs no gradient, the weight does.
+        let device = Device::flex().autodiff();
+        let conv = Conv2dConfig::new([1, 4], [3, 3]).init(&device);
+        let x = Tensor::<4>::random([5, 1, 8, 8], Distribution::Default, &device);
+        let bias = conv.bias.as_ref().expect("a bias").val();
+        let weight = conv.weight.val();
+        let ours = cpu_ops::conv2d(x.clone(), weight.clone(), bias, 0);
+        let grads = ours.sum().backward();
+        let burns = conv.forward(x.clone()).sum().backward();
+        assert!(x.grad(&grads).is_none());
+        let (a, b) = (weight.grad(&grads), weight.grad(&burns));
+        assert!(max_difference(a.expect("ours"), b.expect("Burn's")) < 1e-4);
+    }
+
+    #[test]
+    fn cpu_pool_relu_matches_burns_pool_then_relu() {
+        let device = Device::flex().autodiff();
+        // (channels, height, width, window): W2's pool, odd sizes (the remainder is dropped),
+        // a window of one.
+        for (c, h, w, window) in [(4, 8, 8, 2), (3, 7, 9, 3), (2, 5, 4, 1)] {
+            let pool = MaxPool2dConfig::new([window, window]).init();
+            assert_eq!(fused_window(&pool), Some(window));
+            let x = Tensor::<4>::random([3, c, h, w], Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let ours = cpu_ops::max_pool_relu(x.clone(), window);
+            let burns = activate(Activation::Relu, pool.forward(x.clone()));
+            let what = format!("{c}×{h}×{w}, window {window}");
+            assert_same_gradients(&x, &[], ours, burns, &what);
+        }
+        let strided = MaxPool2dConfig::new([2, 2]).with_strides([1, 1]).init();
+        assert_eq!(fused_window(&strided), None);
+    }
+
+    #[test]
+    fn the_cpu_routes_apply_only_where_they_compute_the_same_thing() {
         let device = Device::flex();
         let conv = |config: Conv2dConfig| config.init(&device);
         let plain = Conv2dConfig::new([1, 2], [3, 3]);
-        assert_eq!(im2col_padding(&conv(plain.clone())), Some(0));
+        assert_eq!(gemm_padding(&conv(plain.clone())), Some(0));
+        assert_eq!(gemm_padding(&conv(plain.clone().with_stride([2, 2]))), None);
         assert_eq!(
-            im2col_padding(&conv(plain.clone().with_stride([2, 2]))),
+            gemm_padding(&conv(plain.clone().with_dilation([2, 2]))),
             None
         );
+        assert_eq!(gemm_padding(&conv(Conv2dConfig::new([1, 2], [3, 2]))), None);
         assert_eq!(
-            im2col_padding(&conv(plain.clone().with_dilation([2, 2]))),
-            None
-        );
-        assert_eq!(
-            im2col_padding(&conv(
+            gemm_padding(&conv(
                 plain.with_padding(PaddingConfig2d::Explicit(1, 0, 1, 0))
             )),
             None
@@ -304,7 +344,7 @@ mod tests {
 
     #[test]
     fn pooling_before_relu_is_the_same_model() {
-        // W2's shape, small: the CPU route (im2col first layer, pool before ReLU) against the
+        // W2's shape, small: the CPU route (`cpu_ops`' convolution and fused pool) against the
         // plain composition of Burn's modules, on the same weights.
         let device = Device::flex().autodiff();
         let cfg = CnnConfig::new(
