@@ -123,6 +123,15 @@ fn param_values(summary: &TrainSummary) -> Vec<f32> {
     values.0
 }
 
+/// The checkpoint `run` stored at `step`.
+fn checkpoint_at(run: &Recorded, step: u64) -> Checkpoint {
+    run.checkpoints
+        .iter()
+        .find(|c| c.state.step == step)
+        .unwrap_or_else(|| panic!("a checkpoint at step {step}"))
+        .clone()
+}
+
 fn train_losses(metrics: &[Metric]) -> Vec<(u64, f64)> {
     metrics
         .iter()
@@ -148,33 +157,35 @@ fn mlp_learns_blobs() {
     assert!(val.accuracy.expect("accuracy") > 0.8, "{val:?}");
 }
 
+/// 10 steps with a checkpoint at 7, resumed from it up to 20, against 20 steps uninterrupted:
+/// the same losses from step 8 on and the same final weights, bit for bit. Returns the
+/// uninterrupted run's training losses.
+fn assert_resume_is_bit_exact(s: &JobSpec, what: &str) -> Vec<(u64, f64)> {
+    let full = run_with(s, None, Some(20), None);
+    let first = run_with(s, None, Some(10), None);
+    let ckpt = checkpoint_at(&first, 7);
+    // Through the byte format, as it would travel.
+    let ckpt = Checkpoint::decode(&ckpt.encode()).expect("round trip");
+    let resumed = run_with(s, Some(ckpt), Some(20), None);
+    let full_losses = train_losses(&full.metrics);
+    let resumed_losses = train_losses(&resumed.metrics);
+    assert_eq!(resumed_losses.first().map(|l| l.0), Some(8));
+    assert_eq!(&full_losses[7..], &resumed_losses[..], "model: {what}");
+    // Parameter ids are random per process, so compare the values, not the bytes.
+    assert_eq!(
+        param_values(&full.summary),
+        param_values(&resumed.summary),
+        "final weights, model: {what}"
+    );
+    full_losses
+}
+
 /// N steps, checkpoint, resume, N more steps == 2N steps uninterrupted, bit for bit, also with
 /// dropout and across an epoch boundary (12 steps per epoch).
 #[test]
 fn resume_is_bit_exact() {
     for model in [MLP, "kind = \"mlp\"\nhidden = [16, 16]\ndropout = 0.3"] {
-        let s = spec("epochs = 4\ncheckpoint_every = 7", model);
-        let full = run_with(&s, None, Some(20), None);
-        let first = run_with(&s, None, Some(10), None);
-        let ckpt = first
-            .checkpoints
-            .iter()
-            .find(|c| c.state.step == 7)
-            .expect("checkpoint at step 7")
-            .clone();
-        // Through the byte format, as it would travel.
-        let ckpt = Checkpoint::decode(&ckpt.encode()).expect("round trip");
-        let resumed = run_with(&s, Some(ckpt), Some(20), None);
-        let full_losses = train_losses(&full.metrics);
-        let resumed_losses = train_losses(&resumed.metrics);
-        assert_eq!(resumed_losses.first().map(|l| l.0), Some(8));
-        assert_eq!(&full_losses[7..], &resumed_losses[..], "model: {model}");
-        // Parameter ids are random per process, so compare the values, not the bytes.
-        assert_eq!(
-            param_values(&full.summary),
-            param_values(&resumed.summary),
-            "final weights, model: {model}"
-        );
+        assert_resume_is_bit_exact(&spec("epochs = 4\ncheckpoint_every = 7", model), model);
     }
 }
 
@@ -208,23 +219,9 @@ checkpoint_every = 7
         env!("CARGO_MANIFEST_DIR")
     );
     let s = JobSpec::from_toml_str(&text).expect("test spec is valid");
-    let full = run_with(&s, None, Some(20), None);
-    let first = run_with(&s, None, Some(10), None);
-    let ckpt = first
-        .checkpoints
-        .iter()
-        .find(|c| c.state.step == 7)
-        .expect("checkpoint at step 7")
-        .clone();
-    let ckpt = Checkpoint::decode(&ckpt.encode()).expect("round trip");
-    let resumed = run_with(&s, Some(ckpt), Some(20), None);
-    let full_losses = train_losses(&full.metrics);
-    let resumed_losses = train_losses(&resumed.metrics);
-    assert_eq!(resumed_losses.first().map(|l| l.0), Some(8));
-    assert_eq!(&full_losses[7..], &resumed_losses[..]);
-    assert_eq!(param_values(&full.summary), param_values(&resumed.summary));
+    let losses = assert_resume_is_bit_exact(&s, "cnn");
     // It learned: the loss fell.
-    let (first_loss, last_loss) = (full_losses[0].1, full_losses[full_losses.len() - 1].1);
+    let (first_loss, last_loss) = (losses[0].1, losses[losses.len() - 1].1);
     assert!(last_loss < first_loss, "loss {first_loss} → {last_loss}");
 }
 
@@ -253,12 +250,7 @@ fn resume_with_notes(s: &JobSpec, ckpt: Checkpoint, max_steps: u64) -> (Vec<Stri
 fn a_checkpoint_without_optimizer_state_resumes_with_a_fresh_optimizer() {
     let s = spec("epochs = 4\ncheckpoint_every = 7", MLP);
     let first = run_with(&s, None, Some(10), None);
-    let mut ckpt = first
-        .checkpoints
-        .iter()
-        .find(|c| c.state.step == 7)
-        .expect("checkpoint at step 7")
-        .clone();
+    let mut ckpt = checkpoint_at(&first, 7);
     ckpt.optimizer.clear();
     let ckpt = Checkpoint::decode(&ckpt.encode()).expect("an empty section round-trips");
     let (notes, metrics) = resume_with_notes(&s, ckpt, 20);
@@ -287,12 +279,7 @@ fn a_resume_with_another_optimizer_kind_starts_it_afresh() {
     let s = spec("epochs = 4\ncheckpoint_every = 7", MLP);
     assert_eq!(s.optimizer.kind, kiln_proto::spec::OptimizerKind::Adam);
     let first = run_with(&s, None, Some(10), None);
-    let ckpt = first
-        .checkpoints
-        .iter()
-        .find(|c| c.state.step == 7)
-        .expect("checkpoint at step 7")
-        .clone();
+    let ckpt = checkpoint_at(&first, 7);
     let mut sgd = s.clone();
     sgd.optimizer.kind = kiln_proto::spec::OptimizerKind::Sgd;
     sgd.optimizer.momentum = 0.9;
@@ -930,12 +917,7 @@ fn a_live_learning_rate_applies_after_its_step_and_replays_on_resume() {
         let want = if m.step <= 9 { 0.01 } else { 0.002 };
         assert_eq!(m.lr, Some(want), "lr at step {}", m.step);
     }
-    let ckpt = live
-        .checkpoints
-        .iter()
-        .find(|c| c.state.step == 6)
-        .expect("checkpoint at step 6")
-        .clone();
+    let ckpt = checkpoint_at(&live, 6);
     let replay = LiveControl::new(vec![LrChange { step: 9, lr: 0.002 }], Vec::new());
     let (resumed, none) = run_controlled(&s, Some(ckpt), replay, |_, _| {});
     assert!(
