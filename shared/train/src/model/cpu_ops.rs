@@ -325,8 +325,8 @@ impl ConvDims {
     }
 }
 
-/// For row `ky`/`kx` of the kernel: the output columns `lo..hi` that read inside the image
-/// (the rest read padding), and the input column of output column `lo`.
+/// For kernel column `kx`: the output columns `lo..hi` that read inside the image (the rest
+/// read padding), and the input column that output column `lo` reads.
 fn column_span(d: &ConvDims, kx: usize) -> (usize, usize, usize) {
     let ow = d.out_width();
     // Output column `ox` reads input column `ox + kx - padding`.
