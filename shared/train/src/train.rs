@@ -5,6 +5,7 @@
 //! `spawn_local`). It never touches a socket or a file: it reports through [`TrainEvent`]s,
 //! stops when its [`CancelToken`] is set, and hands gradients to an optional [`GradientHook`].
 
+mod adam;
 mod checkpoint;
 mod control;
 mod hook;
@@ -18,13 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::grad_clipping::GradientClippingConfig;
 use burn::module::Module;
 use burn::optim::{
-    AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig,
+    AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig, decay::WeightDecayConfig,
     momentum::MomentumConfig,
 };
 use burn::store::ModuleRecord;
 use burn::tensor::{Bytes, Device, Int, Tensor};
 use web_time::Instant;
 
+use adam::FusedAdam;
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, CheckpointError, TrainState};
 pub use control::LiveControl;
 pub use hook::{GradientHook, HookError, HookFuture, Replica};
@@ -331,13 +333,18 @@ pub fn build_optimizer(o: &OptimizerSpec, clip: Option<GradClip>) -> ModuleOptim
             .with_weight_decay(decay)
             .with_gradient_clipping(clip)
             .init(),
-        OptimizerKind::Adam => AdamConfig::new()
-            .with_beta_1(o.beta1 as f32)
-            .with_beta_2(o.beta2 as f32)
-            .with_epsilon(o.epsilon as f32)
-            .with_weight_decay(decay)
-            .with_grad_clipping(clip)
-            .init(),
+        OptimizerKind::Adam => {
+            let adam = FusedAdam::new(
+                o.beta1 as f32,
+                o.beta2 as f32,
+                o.epsilon as f32,
+                decay.map(|d| d.penalty),
+            );
+            match clip {
+                Some(clip) => ModuleOptimizer::from(adam).with_grad_clipping(clip.init()),
+                None => ModuleOptimizer::from(adam),
+            }
+        }
         OptimizerKind::Adamw => AdamWConfig::new()
             .with_beta_1(o.beta1 as f32)
             .with_beta_2(o.beta2 as f32)
