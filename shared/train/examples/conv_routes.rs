@@ -71,7 +71,7 @@ fn unfold_conv(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
 /// Kiln's convolution for the CPU (`model::cpu_ops`): per image, im2col + one GEMM, with a
 /// hand-written backward.
 fn kiln_conv(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
-    cpu_ops::conv2d(x, w, b, 0)
+    cpu_ops::conv2d(x, w, b, 0, false)
 }
 
 fn burn_pool(x: Tensor<4>) -> Tensor<4> {

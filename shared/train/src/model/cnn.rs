@@ -101,13 +101,20 @@ impl Cnn {
         let on_flex = x.device() == Device::flex() && cpu_ops::takes(x.dtype());
         let mut pools = self.pools.iter();
         for (conv, &pooled) in self.convs.iter().zip(&self.pooled) {
-            x = match (on_flex, gemm_padding(conv), &conv.bias) {
-                (true, Some(padding), Some(bias)) => {
-                    cpu_ops::conv2d(x, conv.weight.val(), bias.val(), padding)
-                }
-                _ => conv.forward(x),
-            }; // [batch, c_i, h_i, w_i]
             let pool = if pooled { pools.next() } else { None };
+            let cpu_conv = match (on_flex, gemm_padding(conv), &conv.bias) {
+                (true, Some(padding), Some(bias)) => Some((padding, bias)),
+                _ => None,
+            };
+            // A ReLU with no pooling after it runs inside Kiln's convolution.
+            let relu_in_conv =
+                cpu_conv.is_some() && pool.is_none() && self.activation == Activation::Relu;
+            x = match cpu_conv {
+                Some((padding, bias)) => {
+                    cpu_ops::conv2d(x, conv.weight.val(), bias.val(), padding, relu_in_conv)
+                }
+                None => conv.forward(x),
+            }; // [batch, c_i, h_i, w_i]
             x = match (pool, self.activation) {
                 (Some(pool), Activation::Relu) => match fused_window(pool) {
                     Some(window) if on_flex => cpu_ops::max_pool_relu(x, window),
@@ -116,6 +123,7 @@ impl Cnn {
                     _ => activate(self.activation, pool.forward(x)),
                 },
                 (Some(pool), _) => pool.forward(activate(self.activation, x)),
+                (None, _) if relu_in_conv => x,
                 (None, _) => activate(self.activation, x),
             };
         }
@@ -272,12 +280,19 @@ mod tests {
             let x = Tensor::<4>::random([batch, c_in, size, size], Distribution::Default, &device)
                 .require_grad();
             let (weight, bias) = (conv.weight.val(), conv.bias.as_ref().expect("a bias").val());
-            let ours = cpu_ops::conv2d(x.clone(), weight.clone(), bias.clone(), padding);
-            let burns = conv.forward(x.clone());
-            let [g_ours, g_burns] = assert_same_gradients(&x, &[weight], ours, burns, &what);
-            let (a, b) = (bias.grad(&g_ours), bias.grad(&g_burns));
-            let (a, b) = (a.expect("our bias gradient"), b.expect("Burn's"));
-            assert!(max_difference(a, b) < 1e-4, "bias gradient, {what}");
+            for relu in [false, true] {
+                let what = format!("{what}, relu {relu}");
+                let ours = cpu_ops::conv2d(x.clone(), weight.clone(), bias.clone(), padding, relu);
+                let mut burns = conv.forward(x.clone());
+                if relu {
+                    burns = activate(Activation::Relu, burns);
+                }
+                let [g_ours, g_burns] =
+                    assert_same_gradients(&x, std::slice::from_ref(&weight), ours, burns, &what);
+                let (a, b) = (bias.grad(&g_ours), bias.grad(&g_burns));
+                let (a, b) = (a.expect("our bias gradient"), b.expect("Burn's"));
+                assert!(max_difference(a, b) < 1e-4, "bias gradient, {what}");
+            }
         }
     }
 
@@ -286,8 +301,11 @@ mod tests {
         let conv = Conv2dConfig::new([3, 4], [3, 3]).init(&Device::flex());
         let x = Tensor::<4>::random([5, 3, 8, 8], Distribution::Default, &Device::flex());
         let bias = conv.bias.as_ref().expect("a bias").val();
-        let ours = cpu_ops::conv2d(x.clone(), conv.weight.val(), bias, 0);
-        assert!(max_difference(ours, conv.forward(x)) < 1e-5);
+        let ours = cpu_ops::conv2d(x.clone(), conv.weight.val(), bias.clone(), 0, false);
+        assert!(max_difference(ours, conv.forward(x.clone())) < 1e-5);
+        let ours = cpu_ops::conv2d(x.clone(), conv.weight.val(), bias, 0, true);
+        let burns = activate(Activation::Relu, conv.forward(x));
+        assert!(max_difference(ours, burns) < 1e-5);
 
         // The first layer: the data needs no gradient, the weight does.
         let device = Device::flex().autodiff();
@@ -295,9 +313,11 @@ mod tests {
         let x = Tensor::<4>::random([5, 1, 8, 8], Distribution::Default, &device);
         let bias = conv.bias.as_ref().expect("a bias").val();
         let weight = conv.weight.val();
-        let ours = cpu_ops::conv2d(x.clone(), weight.clone(), bias, 0);
+        let ours = cpu_ops::conv2d(x.clone(), weight.clone(), bias, 0, true);
         let grads = ours.sum().backward();
-        let burns = conv.forward(x.clone()).sum().backward();
+        let burns = activate(Activation::Relu, conv.forward(x.clone()))
+            .sum()
+            .backward();
         assert!(x.grad(&grads).is_none());
         let (a, b) = (weight.grad(&grads), weight.grad(&burns));
         assert!(max_difference(a.expect("ours"), b.expect("Burn's")) < 1e-4);

@@ -40,6 +40,8 @@ use rayon::prelude::*;
 
 /// Images per partial sum of a weight gradient (see the module docs).
 const CHUNK: usize = 4;
+/// Elements per parallel task of the ReLU's backward mask.
+const RELU_TASK: usize = 1 << 16;
 /// A pooled output the ReLU set to zero: no gradient flows back through it.
 const DEAD: u8 = u8::MAX;
 /// The largest pooling window [`max_pool_relu`] takes: positions in a window must fit a byte
@@ -50,12 +52,14 @@ pub const MAX_POOL_WINDOW: usize = 15;
 /// Burn's own modules (`cnn.rs` only calls these on flex).
 #[backend_extension(Flex, Autodiff)]
 pub trait CpuOps: Backend {
-    /// 2-D convolution: stride 1, no dilation, one group, `padding` zeros on every side.
+    /// 2-D convolution: stride 1, no dilation, one group, `padding` zeros on every side; with
+    /// `relu`, the ReLU of it.
     fn conv2d_gemm(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         padding: usize,
+        relu: bool,
     ) -> FloatTensor<Self>;
 
     /// `relu(max_pool(x))` with a `window × window` window and the same stride.
@@ -63,13 +67,20 @@ pub trait CpuOps: Backend {
 }
 
 /// [`CpuOps::conv2d_gemm`] on Burn tensors: `x` `[n, c, h, w]`, `weight` `[o, c, k, k]`, `bias`
-/// `[o]`, all `f32` on flex (plain or autodiff).
-pub fn conv2d(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>, padding: usize) -> Tensor<4> {
+/// `[o]`, all `f32` on flex (plain or autodiff); `relu` applies a ReLU to the output.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    padding: usize,
+    relu: bool,
+) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as CpuOps>::conv2d_gemm(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
         padding,
+        relu,
     ))
 }
 
@@ -145,10 +156,11 @@ impl CpuOps for Flex {
         weight: FlexTensor,
         bias: FlexTensor,
         padding: usize,
+        relu: bool,
     ) -> FlexTensor {
         let (x, weight, bias) = (plain(x), plain(weight), plain(bias));
         let dims = conv_dims(&x, &weight, padding);
-        let y = conv_forward(&dims, values(&x), values(&weight), values(&bias));
+        let y = conv_forward(&dims, values(&x), values(&weight), values(&bias), relu);
         tensor(y, dims.output_shape())
     }
 
@@ -160,12 +172,14 @@ impl CpuOps for Flex {
     }
 }
 
-/// What the convolution's backward keeps: the input and weight it read (shared, not copied).
+/// What the convolution's backward keeps: the input and weight it read and, with a ReLU, the
+/// output it gave (shared, not copied).
 #[derive(Clone, Debug)]
 struct ConvState {
     x: FlexTensor,
     weight: FlexTensor,
     padding: usize,
+    relu_output: Option<FlexTensor>,
 }
 
 #[derive(Debug)]
@@ -176,8 +190,16 @@ impl Backward<Flex, 3> for ConvBackward {
 
     fn backward(self, ops: Ops<ConvState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node, weight_node, bias_node] = ops.parents;
-        let dy = plain(grads.consume::<Flex>(&ops.node));
-        let ConvState { x, weight, padding } = ops.state;
+        let ConvState {
+            x,
+            weight,
+            padding,
+            relu_output,
+        } = ops.state;
+        let mut dy = plain(grads.consume::<Flex>(&ops.node));
+        if let Some(y) = relu_output {
+            dy = relu_backward(dy, &plain(y));
+        }
         let dims = conv_dims(&x, &weight, padding);
         let g = conv_backward(
             &dims,
@@ -232,6 +254,7 @@ impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         padding: usize,
+        relu: bool,
     ) -> FloatTensor<Self> {
         match ConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -240,15 +263,28 @@ impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let (x, weight) = (plain(x.into_primitive()), plain(weight.into_primitive()));
-                let y =
-                    Flex::conv2d_gemm(x.clone(), weight.clone(), bias.into_primitive(), padding);
-                prep.finish(ConvState { x, weight, padding }, y)
+                let y = Flex::conv2d_gemm(
+                    x.clone(),
+                    weight.clone(),
+                    bias.into_primitive(),
+                    padding,
+                    relu,
+                );
+                let relu_output = relu.then(|| y.clone());
+                let state = ConvState {
+                    x,
+                    weight,
+                    padding,
+                    relu_output,
+                };
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d_gemm(
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.into_primitive(),
                 padding,
+                relu,
             )),
         }
     }
@@ -526,8 +562,39 @@ fn lane_sum(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
-/// The convolution's output `[batch, out, oh, ow]`.
-pub(crate) fn conv_forward(d: &ConvDims, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+/// `dy` where the ReLU's output `y` is positive (or NaN), else zero, as Burn's ReLU backward;
+/// in `dy`'s buffer where nothing else holds it.
+fn relu_backward(mut dy: FlexTensor, y: &FlexTensor) -> FlexTensor {
+    let y = values(y);
+    let mask = |dy: &mut [f32]| {
+        each_chunk(dy, RELU_TASK, |i, dy| {
+            for (g, &y) in dy.iter_mut().zip(&y[i * RELU_TASK..]) {
+                if y <= 0.0 {
+                    *g = 0.0;
+                }
+            }
+        })
+    };
+    let n = y.len();
+    if dy.layout().contiguous_offsets() == Some((0, n))
+        && let Some(values) = dy.try_storage_mut::<f32>()
+    {
+        mask(&mut values[..n]);
+        return dy;
+    }
+    let mut copy = values(&dy).to_vec();
+    mask(&mut copy);
+    FlexTensor::from_data(TensorData::new(copy, dy.layout().shape().clone()))
+}
+
+/// The convolution's output `[batch, out, oh, ow]`, through a ReLU with `relu`.
+pub(crate) fn conv_forward(
+    d: &ConvDims,
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    relu: bool,
+) -> Vec<f32> {
     assert_eq!(x.len(), d.batch * d.image());
     assert_eq!(weight.len(), d.out * d.rows());
     assert_eq!(bias.len(), d.out);
@@ -545,6 +612,10 @@ pub(crate) fn conv_forward(d: &ConvDims, x: &[f32], weight: &[f32], bias: &[f32]
             let [lhs, rhs] = [Operand::rows(weight, rows), Operand::rows(cols, pixels)];
             matmul(y, true, lhs, rhs, [d.out, pixels, rows]);
         });
+        if relu {
+            // Burn's ReLU: zero where `y ≤ 0`; a NaN passes.
+            y.iter_mut().filter(|v| **v <= 0.0).for_each(|v| *v = 0.0);
+        }
     });
     y
 }
@@ -783,7 +854,7 @@ mod tests {
                 .build()
                 .expect("a thread pool");
             pool.install(|| {
-                let y = conv_forward(&d, &x, &weight, &bias);
+                let y = conv_forward(&d, &x, &weight, &bias, false);
                 let g = conv_backward(&d, &x, &weight, &dy, true);
                 (y, g.x, g.weight, g.bias)
             })
