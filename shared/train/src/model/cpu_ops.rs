@@ -25,6 +25,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -533,6 +534,35 @@ fn each_chunk_pair<A: Send, B: Send>(
         .for_each(|(i, (a, b))| f(i, a, b));
 }
 
+/// A vector of `len` floats built in `size`-long chunks (the last may be shorter), in parallel
+/// where there are threads: each task zeroes its own chunk, then `f(i, chunk)` fills it. Large
+/// outputs are not zeroed by one serial `memset` on the calling thread while the pool waits
+/// (`vec![0.0; len]`: ≈ 4% of a W2 step, BENCHMARKS.md).
+fn zeroed_in_tasks(
+    len: usize,
+    size: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    each_chunk(&mut values.spare_capacity_mut()[..len], size, |i, chunk| {
+        for v in chunk.iter_mut() {
+            v.write(0.0);
+        }
+        // SAFETY: every element of `chunk` was initialised just above, and `MaybeUninit<f32>`
+        // has `f32`'s layout.
+        #[allow(unsafe_code)]
+        let chunk = unsafe { &mut *(chunk as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        f(i, chunk);
+    });
+    // SAFETY: `each_chunk` handed every chunk of the first `len` elements to a task, and each
+    // task initialised all of its chunk before `f` ran (a panic in a task never gets here).
+    #[allow(unsafe_code)]
+    unsafe {
+        values.set_len(len)
+    };
+    values
+}
+
 /// `f` on a scratch buffer of `len` floats (contents unspecified) kept per thread, so the im2col
 /// matrices of a step are not allocated and zeroed image by image. A thread keeps the largest
 /// it was asked for (W2: 0.66 MB).
@@ -599,11 +629,11 @@ pub(crate) fn conv_forward(
     assert_eq!(weight.len(), d.out * d.rows());
     assert_eq!(bias.len(), d.out);
     let (rows, pixels) = (d.rows(), d.pixels());
-    let mut y = vec![0.0; d.batch * d.out * pixels];
-    if y.is_empty() {
-        return y;
+    let len = d.batch * d.out * pixels;
+    if len == 0 {
+        return Vec::new();
     }
-    each_chunk(&mut y, d.out * pixels, |i, y| {
+    zeroed_in_tasks(len, d.out * pixels, |i, y| {
         with_scratch(rows * pixels, |cols| {
             im2col(d, &x[i * d.image()..][..d.image()], cols);
             for (row, &b) in y.chunks_exact_mut(pixels).zip(bias) {
@@ -616,8 +646,7 @@ pub(crate) fn conv_forward(
             // Burn's ReLU: zero where `y ≤ 0`; a NaN passes.
             y.iter_mut().filter(|v| **v <= 0.0).for_each(|v| *v = 0.0);
         }
-    });
-    y
+    })
 }
 
 /// The convolution's gradients.
@@ -673,19 +702,18 @@ pub(crate) fn conv_backward(
     }
 
     let dx = input_grad.then(|| {
-        let mut dx = vec![0.0; d.batch * d.image()];
-        if d.image() > 0 {
-            each_chunk(&mut dx, d.image(), |n, dx| {
-                with_scratch(rows * pixels, |dcols| {
-                    // dcols [rows × pixels] = Wᵀ [rows × out] · dy [out × pixels]
-                    let dy = &dy[n * image_dy..][..image_dy];
-                    let [lhs, rhs] = [Operand::transposed(weight, rows), Operand::rows(dy, pixels)];
-                    matmul(dcols, false, lhs, rhs, [rows, pixels, out]);
-                    col2im(d, dcols, dx);
-                });
-            });
+        if d.image() == 0 {
+            return vec![0.0; d.batch * d.image()];
         }
-        dx
+        zeroed_in_tasks(d.batch * d.image(), d.image(), |n, dx| {
+            with_scratch(rows * pixels, |dcols| {
+                // dcols [rows × pixels] = Wᵀ [rows × out] · dy [out × pixels]
+                let dy = &dy[n * image_dy..][..image_dy];
+                let [lhs, rhs] = [Operand::transposed(weight, rows), Operand::rows(dy, pixels)];
+                matmul(dcols, false, lhs, rhs, [rows, pixels, out]);
+                col2im(d, dcols, dx);
+            });
+        })
     });
     ConvGrads {
         x: dx,
@@ -790,12 +818,11 @@ pub(crate) fn pool_relu_backward(d: &PoolDims, argmax: &[u8], dy: &[f32]) -> Vec
     let k = d.window;
     assert_eq!(dy.len(), n * c * oh * ow);
     assert_eq!(argmax.len(), dy.len());
-    let mut dx = vec![0.0; n * c * h * w];
-    if dx.is_empty() || dy.is_empty() {
-        return dx;
+    if c * h * w == 0 || dy.is_empty() {
+        return vec![0.0; n * c * h * w];
     }
     // One image per task.
-    each_chunk(&mut dx, c * h * w, |i, image| {
+    zeroed_in_tasks(n * c * h * w, c * h * w, |i, image| {
         let outputs = i * c * oh * ow..(i + 1) * c * oh * ow;
         let rows = argmax[outputs.clone()]
             .chunks_exact(ow)
@@ -810,8 +837,7 @@ pub(crate) fn pool_relu_backward(d: &PoolDims, argmax: &[u8], dy: &[f32]) -> Vec
                 }
             }
         }
-    });
-    dx
+    })
 }
 
 #[cfg(test)]
