@@ -109,7 +109,7 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 }
 
 /// The tensor's `f32` values, copied only if its layout is not already plain.
-fn plain(t: FlexTensor) -> FlexTensor {
+pub(crate) fn plain(t: FlexTensor) -> FlexTensor {
     assert_eq!(t.dtype(), DType::F32, "cpu_ops: f32 tensors only");
     if t.as_slice::<f32>().is_some() {
         t
@@ -118,9 +118,33 @@ fn plain(t: FlexTensor) -> FlexTensor {
     }
 }
 
-fn values(t: &FlexTensor) -> &[f32] {
+pub(crate) fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("cpu_ops: `plain` made the tensor contiguous")
+}
+
+/// `t` itself where it alone holds its buffer and its `f32` values lie plainly from the buffer's
+/// start; else a copy that does. Its values can then be changed in place ([`values_mut`]).
+pub(crate) fn owned(mut t: FlexTensor) -> FlexTensor {
+    let n = t.layout().shape().num_elements();
+    if t.dtype() == DType::F32
+        && t.layout().contiguous_offsets() == Some((0, n))
+        && t.try_storage_mut::<f32>().is_some()
+    {
+        return t;
+    }
+    let copy = plain(t);
+    let shape = copy.layout().shape().clone();
+    FlexTensor::from_data(TensorData::new(values(&copy).to_vec(), shape))
+}
+
+/// The values of a tensor [`owned`] returned, to change in place.
+pub(crate) fn values_mut(t: &mut FlexTensor) -> &mut [f32] {
+    let n = t.layout().shape().num_elements();
+    let values = t
+        .try_storage_mut::<f32>()
+        .expect("cpu_ops: `owned` made the buffer unshared");
+    &mut values[..n]
 }
 
 fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
@@ -594,27 +618,17 @@ fn lane_sum(values: &[f32]) -> f32 {
 
 /// `dy` where the ReLU's output `y` is positive (or NaN), else zero, as Burn's ReLU backward;
 /// in `dy`'s buffer where nothing else holds it.
-fn relu_backward(mut dy: FlexTensor, y: &FlexTensor) -> FlexTensor {
+fn relu_backward(dy: FlexTensor, y: &FlexTensor) -> FlexTensor {
     let y = values(y);
-    let mask = |dy: &mut [f32]| {
-        each_chunk(dy, RELU_TASK, |i, dy| {
-            for (g, &y) in dy.iter_mut().zip(&y[i * RELU_TASK..]) {
-                if y <= 0.0 {
-                    *g = 0.0;
-                }
+    let mut dy = owned(dy);
+    each_chunk(values_mut(&mut dy), RELU_TASK, |i, dy| {
+        for (g, &y) in dy.iter_mut().zip(&y[i * RELU_TASK..]) {
+            if y <= 0.0 {
+                *g = 0.0;
             }
-        })
-    };
-    let n = y.len();
-    if dy.layout().contiguous_offsets() == Some((0, n))
-        && let Some(values) = dy.try_storage_mut::<f32>()
-    {
-        mask(&mut values[..n]);
-        return dy;
-    }
-    let mut copy = values(&dy).to_vec();
-    mask(&mut copy);
-    FlexTensor::from_data(TensorData::new(copy, dy.layout().shape().clone()))
+        }
+    });
+    dy
 }
 
 /// The convolution's output `[batch, out, oh, ow]`, through a ReLU with `relu`.

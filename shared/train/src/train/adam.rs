@@ -16,8 +16,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, backend_extension};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{Adam, AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, Optimizer};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use burn_flex::FlexTensor;
+
+use crate::model::cpu_ops::{owned, plain, values, values_mut};
 #[cfg(not(target_arch = "wasm32"))]
 use rayon::prelude::*;
 
@@ -64,49 +66,16 @@ impl AdamOps for Flex {
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let (mut param, mut moment_1, mut moment_2) =
             (owned(param), owned(moment_1), owned(moment_2));
-        let grad = if grad.as_slice::<f32>().is_some() {
-            grad
-        } else {
-            grad.to_contiguous()
-        };
-        let g = grad
-            .as_slice::<f32>()
-            .expect("adam_update: a contiguous f32 gradient");
-        let n = g.len();
+        let grad = plain(grad);
         update(
-            &mut storage(&mut param)[..n],
-            &mut storage(&mut moment_1)[..n],
-            &mut storage(&mut moment_2)[..n],
-            g,
+            values_mut(&mut param),
+            values_mut(&mut moment_1),
+            values_mut(&mut moment_2),
+            values(&grad),
             &step,
         );
         (param, moment_1, moment_2)
     }
-}
-
-/// `t` itself where it alone holds its buffer, plainly laid out from its start; else a copy.
-fn owned(mut t: FlexTensor) -> FlexTensor {
-    assert_eq!(t.dtype(), DType::F32, "adam_update: f32 tensors only");
-    let n = t.layout().shape().num_elements();
-    let plain = t.layout().contiguous_offsets() == Some((0, n));
-    if plain && t.try_storage_mut::<f32>().is_some() {
-        return t;
-    }
-    let copy = if t.as_slice::<f32>().is_some() {
-        t
-    } else {
-        t.to_contiguous()
-    };
-    let values = copy
-        .as_slice::<f32>()
-        .expect("adam_update: contiguous")
-        .to_vec();
-    FlexTensor::from_data(TensorData::new(values, copy.layout().shape().clone()))
-}
-
-fn storage(t: &mut FlexTensor) -> &mut [f32] {
-    t.try_storage_mut::<f32>()
-        .expect("adam_update: `owned` made the buffer unshared")
 }
 
 /// The update over slices of equal length, in parallel chunks where the tensor is large.

@@ -1,6 +1,6 @@
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Bytes, Distribution, Tensor};
+use burn::tensor::{Bytes, Distribution, Tensor, TensorData};
 
 use super::*;
 
