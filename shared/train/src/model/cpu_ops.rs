@@ -561,12 +561,16 @@ fn each_chunk_pair<A: Send, B: Send>(
 /// A vector of `len` floats built in `size`-long chunks (the last may be shorter), in parallel
 /// where there are threads: each task zeroes its own chunk, then `f(i, chunk)` fills it. Large
 /// outputs are not zeroed by one serial `memset` on the calling thread while the pool waits
-/// (`vec![0.0; len]`: ≈ 4% of a W2 step, BENCHMARKS.md).
+/// (`vec![0.0; len]`: ≈ 4% of a W2 step, BENCHMARKS.md). Empty outputs (`len` or `size` 0) are
+/// an empty vector, `f` not called.
 fn zeroed_in_tasks(
     len: usize,
     size: usize,
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> Vec<f32> {
+    if len == 0 || size == 0 {
+        return Vec::new();
+    }
     let mut values = Vec::with_capacity(len);
     each_chunk(&mut values.spare_capacity_mut()[..len], size, |i, chunk| {
         for v in chunk.iter_mut() {
@@ -643,11 +647,7 @@ pub(crate) fn conv_forward(
     assert_eq!(weight.len(), d.out * d.rows());
     assert_eq!(bias.len(), d.out);
     let (rows, pixels) = (d.rows(), d.pixels());
-    let len = d.batch * d.out * pixels;
-    if len == 0 {
-        return Vec::new();
-    }
-    zeroed_in_tasks(len, d.out * pixels, |i, y| {
+    zeroed_in_tasks(d.batch * d.out * pixels, d.out * pixels, |i, y| {
         with_scratch(rows * pixels, |cols| {
             im2col(d, &x[i * d.image()..][..d.image()], cols);
             for (row, &b) in y.chunks_exact_mut(pixels).zip(bias) {
@@ -716,9 +716,6 @@ pub(crate) fn conv_backward(
     }
 
     let dx = input_grad.then(|| {
-        if d.image() == 0 {
-            return vec![0.0; d.batch * d.image()];
-        }
         zeroed_in_tasks(d.batch * d.image(), d.image(), |n, dx| {
             with_scratch(rows * pixels, |dcols| {
                 // dcols [rows × pixels] = Wᵀ [rows × out] · dy [out × pixels]
@@ -832,7 +829,8 @@ pub(crate) fn pool_relu_backward(d: &PoolDims, argmax: &[u8], dy: &[f32]) -> Vec
     let k = d.window;
     assert_eq!(dy.len(), n * c * oh * ow);
     assert_eq!(argmax.len(), dy.len());
-    if c * h * w == 0 || dy.is_empty() {
+    if dy.is_empty() {
+        // Nothing was pooled (an input smaller than the window): no gradient flows back.
         return vec![0.0; n * c * h * w];
     }
     // One image per task.
