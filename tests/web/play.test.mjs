@@ -13,8 +13,7 @@ let session, base, dataDir, ctx, pageErrors;
 before(async () => {
   session = await startSession('play', { webgpu: true });
   ({ base, dataDir, ctx, errors: pageErrors } = session);
-  // Long tasks on the page's main thread (the trainer runs in a Web Worker, so there should
-  // be none worth the name while it trains).
+  // Long tasks on the page's main thread, by wall clock (printed by the CPU test).
   await ctx.addInitScript(() => {
     window.__longTasks = [];
     new PerformanceObserver((list) => {
@@ -50,6 +49,23 @@ async function waitForJob(id, ms) {
   }
 }
 
+/**
+ * The main-thread tasks of the page's renderer from a Chromium trace (`toplevel` category):
+ * each with its wall time and its thread (CPU) time, in ms. Thread time is what the page did;
+ * wall time also counts the time the OS ran other threads instead, which on a 2-core machine
+ * with the trainer's Web Worker busy is most of it (a 59 ms long task measured 12 ms of CPU).
+ */
+function mainThreadTasks(trace) {
+  const events = JSON.parse(trace.toString()).traceEvents;
+  const main = new Set(events
+    .filter((e) => e.name === 'thread_name' && e.args?.name === 'CrRendererMain')
+    .map((e) => `${e.pid}:${e.tid}`));
+  return events
+    .filter((e) => e.ph === 'X' && e.name === 'ThreadControllerImpl::RunTask' && main.has(`${e.pid}:${e.tid}`))
+    // A task of a microsecond or so comes without thread time: its wall time bounds it.
+    .map((e) => ({ wall: e.dur / 1000, cpu: (e.tdur ?? e.dur) / 1000 }));
+}
+
 async function waitForState(page, states, ms) {
   await page.waitForFunction(
     (s) => s.includes(document.querySelector('.play-status')?.dataset.state),
@@ -65,8 +81,11 @@ test('the playground trains the MNIST MLP on the CPU in the tab: the loss falls 
   await page.fill('#f-training-epochs', '3');
   await page.fill('#f-training-log_every', '5');
   const mark = await page.evaluate(() => performance.now());
+  await session.browser.startTracing(page, { categories: ['toplevel'] });
   await page.click('button[type=submit]');
-  assert.equal(await waitForState(page, ['done', 'failed'], 120_000), 'done', await status(page).textContent());
+  const state = await waitForState(page, ['done', 'failed'], 120_000);
+  const tasks = mainThreadTasks(await session.browser.stopTracing());
+  assert.equal(state, 'done', await status(page).textContent());
   await assert.doesNotReject(page.locator('.play-device', { hasText: 'cpu' }).waitFor());
   const losses = await trainLosses(page);
   assert.ok(losses.length >= 10, `train points: ${losses.length}`);
@@ -75,13 +94,16 @@ test('the playground trains the MNIST MLP on the CPU in the tab: the loss falls 
   assert.ok(tail < head * 0.6, `loss should fall: first ${head}, last ${tail}`);
   // A test accuracy is shown at the end (the subset's t10k files).
   await assert.doesNotReject(page.locator('.final-accuracy', { hasText: 'test' }).waitFor());
-  // Main-thread long tasks (> 50 ms) from the click to the end, the first chart updates
-  // included: none may reach 100 ms.
+  // The page never blocks: from the click to the end, the first chart updates included, no
+  // main-thread task does 50 ms of work (the Long Tasks API's threshold, on thread time).
+  // Wall-clock long tasks are printed, not asserted: they also count preemption, and on a
+  // 2-core machine the trainer's worker, Chromium and the test share the cores.
   const first = Number(await page.locator('section.play').getAttribute('data-first-metric-ms'));
   const long = await page.evaluate((m) => window.__longTasks.filter((t) => t.start >= m), mark);
-  const worst = Math.max(0, ...long.map((t) => t.ms));
-  console.log(`# playground CPU: ${losses.length} points, loss ${head.toFixed(3)} → ${tail.toFixed(3)}; first metrics ${(first - mark).toFixed(0)} ms after the click; main-thread long tasks: ${JSON.stringify(long.map((t) => Math.round(t.ms)))} ms (longest ${worst.toFixed(0)} ms)`);
-  assert.ok(worst < 100, `the page was blocked for ${worst} ms: ${JSON.stringify(long)}`);
+  assert.ok(tasks.length > 100, `the trace should hold the page's main-thread tasks: ${tasks.length}`);
+  const busiest = tasks.reduce((a, t) => (t.cpu > a.cpu ? t : a));
+  console.log(`# playground CPU: ${losses.length} points, loss ${head.toFixed(3)} → ${tail.toFixed(3)}; first metrics ${(first - mark).toFixed(0)} ms after the click; ${tasks.length} main-thread tasks, the busiest ${busiest.cpu.toFixed(1)} ms of CPU (${busiest.wall.toFixed(1)} ms wall); wall-clock long tasks: ${JSON.stringify(long.map((t) => Math.round(t.ms)))} ms`);
+  assert.ok(busiest.cpu < 50, `a main-thread task did ${busiest.cpu} ms of work (${busiest.wall} ms wall)`);
   await page.screenshot({ path: join(SHOTS, 'playground.png'), fullPage: true });
   // Save as a run: a job like any other, with the tab's curve, spec and model.
   await page.click('#play-save');
