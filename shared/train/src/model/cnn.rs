@@ -326,9 +326,9 @@ mod tests {
     #[test]
     fn cpu_pool_relu_matches_burns_pool_then_relu() {
         let device = Device::flex().autodiff();
-        // (channels, height, width, window): W2's pool, odd sizes (the remainder is dropped),
-        // a window of one.
-        for (c, h, w, window) in [(4, 8, 8, 2), (3, 7, 9, 3), (2, 5, 4, 1)] {
+        // (channels, height, width, window): W2's pool, odd sizes (the remainder is dropped)
+        // for the 2×2 path and the general one, a window of one.
+        for (c, h, w, window) in [(4, 8, 8, 2), (3, 7, 5, 2), (3, 7, 9, 3), (2, 5, 4, 1)] {
             let pool = MaxPool2dConfig::new([window, window]).init();
             assert_eq!(fused_window(&pool), Some(window));
             let x = Tensor::<4>::random([3, c, h, w], Distribution::Normal(0.0, 1.0), &device)
